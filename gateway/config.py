@@ -1,0 +1,282 @@
+"""Settings from environment variables.
+
+One frozen dataclass; every field names its variable, its parser and whether it
+is a secret. A bad value stops start-up with a message that names the variable
+(never its value when it is a secret), and `repr` never shows a secret.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import quote
+
+from gateway.errors import ConfigError
+
+Parser = Callable[[str], Any]
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _int(low: int | None = None, high: int | None = None) -> Parser:
+    def parse(raw: str) -> int:
+        value = int(raw.strip())
+        if low is not None and value < low:
+            raise ValueError(f"must be >= {low}")
+        if high is not None and value > high:
+            raise ValueError(f"must be <= {high}")
+        return value
+
+    return parse
+
+
+def _float(low: float = 0.0) -> Parser:
+    def parse(raw: str) -> float:
+        value = float(raw.strip())
+        if not value >= low:  # also rejects NaN
+            raise ValueError(f"must be >= {low}")
+        return value
+
+    return parse
+
+
+def _decimal(raw: str) -> Decimal:
+    try:
+        value = Decimal(raw.strip())
+    except InvalidOperation as exc:
+        raise ValueError("expected a decimal number") from exc
+    if not value.is_finite() or value < 0:
+        raise ValueError("must be a finite number >= 0")
+    return value
+
+
+def _choice(*options: str) -> Parser:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+def _secret_list(raw: str) -> tuple[str, ...]:
+    return tuple(part for part in raw.split() if part)
+
+
+def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    parts = [p for p in raw.replace(",", " ").split() if p]
+    return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
+
+
+def _log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("expected debug, info, warning, error or critical")
+    return value
+
+
+def env(name: str, default: Any, parse: Parser = _str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"env": name, "parse": parse, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Server
+    host: str = env("HOST", "127.0.0.1")
+    port: int = env("PORT", 3004, _int(0, 65535))
+    web_concurrency: int = env("WEB_CONCURRENCY", 1, _int(1, 64))
+    log_level: str = env("LOG_LEVEL", "INFO", _log_level)
+    enable_metrics: bool = env("ENABLE_METRICS", True, _bool)
+    metrics_port: int = env("METRICS_PORT", 0, _int(0, 65535))
+    max_body_bytes: int = env("MAX_BODY_BYTES", 256 * 1024, _int(1024, 64 * 1024 * 1024))
+    webhook_timeout_ms: int = env("WEBHOOK_TIMEOUT_MS", 5000, _int(10, 600_000))
+    shutdown_timeout_seconds: float = env("SHUTDOWN_TIMEOUT_SECONDS", 15.0, _float(0.1))
+    max_in_flight_requests: int = env("MAX_IN_FLIGHT_REQUESTS", 4096, _int(1))
+    client_timeout_seconds: float = env("CLIENT_TIMEOUT_SECONDS", 10.0, _float(0.1))
+    tls_cert_file: str = env("TLS_CERT_FILE", "")
+    tls_key_file: str = env("TLS_KEY_FILE", "")
+
+    # Connections. Unset URLs mean "start the embedded server" under `paygate dev`.
+    database_url: str = env("DATABASE_URL", "", secret=True)
+    redis_url: str = env("REDIS_URL", "", secret=True)
+    kafka_bootstrap_servers: str = env("KAFKA_BOOTSTRAP_SERVERS", "")
+    db_pool_min: int = env("DB_POOL_MIN", 2, _int(1, 1000))
+    db_pool_max: int = env("DB_POOL_MAX", 10, _int(1, 1000))
+    db_statement_cache_size: int = env("DB_STATEMENT_CACHE_SIZE", 100, _int(0))
+
+    # Redis
+    enable_redis_cache: bool = env("ENABLE_REDIS_CACHE", True, _bool)
+    redis_ttl_seconds: int = env("REDIS_TTL_SECONDS", 86400, _int(1))
+    redis_timeout_ms: int = env("REDIS_TIMEOUT_MS", 50, _int(1, 60_000))
+    redis_breaker_failures: int = env("REDIS_BREAKER_FAILURES", 3, _int(1))
+    redis_breaker_reset_seconds: float = env("REDIS_BREAKER_RESET_SECONDS", 5.0, _float(0.01))
+
+    # Kafka
+    kafka_topic: str = env("KAFKA_TOPIC", "payment.events")
+    kafka_client_id: str = env("KAFKA_CLIENT_ID", "paygate")
+    kafka_batch_size: int = env("KAFKA_BATCH_SIZE", 500, _int(1, 100_000))
+    kafka_topic_partitions: int = env("KAFKA_TOPIC_PARTITIONS", 3, _int(1, 1000))
+    kafka_enable_idempotence: bool = env("KAFKA_ENABLE_IDEMPOTENCE", False, _bool)
+    kafka_request_timeout_ms: int = env("KAFKA_REQUEST_TIMEOUT_MS", 5000, _int(100))
+
+    # Webhooks and signatures
+    webhook_secret: tuple[str, ...] = env("WEBHOOK_SECRET", (), _secret_list, secret=True)
+    webhook_scheme: str = env(
+        "WEBHOOK_SCHEME", "standard", _choice("standard", "stripe", "github", "shopify")
+    )
+    channels_file: str = env("CHANNELS_FILE", "")
+    signature_tolerance_seconds: int = env("SIGNATURE_TOLERANCE_SECONDS", 300, _int(1))
+    payment_date_max_future_days: int = env("PAYMENT_DATE_MAX_FUTURE_DAYS", 31, _int(0))
+    trusted_proxies: tuple[Any, ...] = env("TRUSTED_PROXIES", (), _networks)
+
+    # Dedup
+    enable_memory_cache: bool = env("ENABLE_MEMORY_CACHE", True, _bool)
+    memory_cache_max_size: int = env("MEMORY_CACHE_MAX_SIZE", 100_000, _int(1))
+    cache_warm_count: int = env("CACHE_WARM_COUNT", 10_000, _int(0))
+    reference_cache_ttl_days: int = env("REFERENCE_CACHE_TTL_DAYS", 90, _int(1))
+
+    # Group commit
+    write_batch_max_size: int = env("WRITE_BATCH_MAX_SIZE", 500, _int(1, 100_000))
+    write_batch_max_wait_ms: float = env("WRITE_BATCH_MAX_WAIT_MS", 2.0, _float(0.0))
+    write_concurrency: int = env("WRITE_CONCURRENCY", 3, _int(1, 64))
+    write_queue_max: int = env("WRITE_QUEUE_MAX", 20_000, _int(1))
+
+    # Outbox relay
+    enable_outbox_relay: bool = env("ENABLE_OUTBOX_RELAY", True, _bool)
+    outbox_max_attempts: int = env("OUTBOX_MAX_ATTEMPTS", 10, _int(1))
+    outbox_poll_interval_ms: int = env("OUTBOX_POLL_INTERVAL_MS", 1000, _int(10))
+    outbox_backoff_base_ms: int = env("OUTBOX_BACKOFF_BASE_MS", 500, _int(1))
+    outbox_backoff_max_seconds: float = env("OUTBOX_BACKOFF_MAX_SECONDS", 300.0, _float(0.01))
+
+    # Staging processor
+    enable_staging_processor: bool = env("ENABLE_STAGING_PROCESSOR", True, _bool)
+    staging_batch_size: int = env("STAGING_BATCH_SIZE", 1000, _int(1, 1_000_000))
+    staging_interval_seconds: float = env("STAGING_INTERVAL_SECONDS", 30.0, _float(0.01))
+    staging_max_retries: int = env("STAGING_MAX_RETRIES", 3, _int(0))
+
+    # Partitions and retention
+    enable_partition_maintenance: bool = env("ENABLE_PARTITION_MAINTENANCE", True, _bool)
+    partition_retention_months: int = env("PARTITION_RETENTION_MONTHS", 12, _int(1))
+    partition_premake_months: int = env("PARTITION_PREMAKE_MONTHS", 3, _int(0, 120))
+    partition_retention_action: str = env(
+        "PARTITION_RETENTION_ACTION", "detach", _choice("detach", "drop")
+    )
+    partition_maintenance_interval_seconds: float = env(
+        "PARTITION_MAINTENANCE_INTERVAL_SECONDS", 3600.0, _float(1)
+    )
+    webhook_events_retention_months: int = env("WEBHOOK_EVENTS_RETENTION_MONTHS", 3, _int(1))
+    audit_log_retention_months: int = env("AUDIT_LOG_RETENTION_MONTHS", 84, _int(1))
+
+    # Reconciliation
+    enable_status_poller: bool = env("ENABLE_STATUS_POLLER", True, _bool)
+    reconcile_stale_after_seconds: float = env("RECONCILE_STALE_AFTER_SECONDS", 3600.0, _float(1))
+    reconcile_interval_seconds: float = env("RECONCILE_INTERVAL_SECONDS", 300.0, _float(0.01))
+    reconcile_concurrency: int = env("RECONCILE_CONCURRENCY", 4, _int(1, 256))
+    reconcile_amount_tolerance: Decimal = env(
+        "RECONCILE_AMOUNT_TOLERANCE", Decimal("0"), _decimal
+    )
+
+    # Ops API
+    admin_jwt_secret: str = env("ADMIN_JWT_SECRET", "", secret=True)
+
+    # Embedded development stack (`paygate dev`)
+    data_dir: str = env("PAYGATE_DATA_DIR", ".paygate")
+    embedded_pg_port: int = env("EMBEDDED_PG_PORT", 54329, _int(0, 65535))
+    embedded_redis_port: int = env("EMBEDDED_REDIS_PORT", 63799, _int(0, 65535))
+    embedded_kafka_port: int = env("EMBEDDED_KAFKA_PORT", 19092, _int(0, 65535))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f.metadata["env"]
+            raw = environ.get(name)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[f.name] = f.metadata["parse"](raw)
+            except (ValueError, TypeError) as exc:
+                shown = "" if f.metadata["secret"] else f" (got {raw!r})"
+                raise ConfigError(f"invalid value for {name}{shown}: {exc}") from None
+        values.setdefault("database_url", _database_url_from_parts(environ))
+        values.setdefault("redis_url", _redis_url_from_parts(environ))
+        kafka = environ.get("KAFKA_BROKERS", "").strip()
+        if kafka:
+            values.setdefault("kafka_bootstrap_servers", kafka)
+        values.update(overrides)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.db_pool_min > self.db_pool_max:
+            raise ConfigError("invalid value for DB_POOL_MIN: must be <= DB_POOL_MAX")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        for name, url, schemes in (
+            ("DATABASE_URL", self.database_url, ("postgres://", "postgresql://")),
+            ("REDIS_URL", self.redis_url, ("redis://", "rediss://", "unix://")),
+        ):
+            if url and not url.startswith(schemes):
+                raise ConfigError(f"invalid value for {name}: expected a {schemes[0]} URL")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["secret"] and value:
+                value = "***"
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    __str__ = __repr__
+
+
+def _database_url_from_parts(environ: Mapping[str, str]) -> str:
+    """Seed 004 configures Postgres as DB_HOST/DB_PORT/...; DATABASE_URL wins when set."""
+    host = environ.get("DB_HOST", "").strip()
+    if not host:
+        return ""
+    user = quote(environ.get("DB_USERNAME", "postgres"), safe="")
+    password = environ.get("DB_PASSWORD", "")
+    auth = f"{user}:{quote(password, safe='')}" if password else user
+    port = environ.get("DB_PORT", "5432").strip()
+    database = quote(environ.get("DB_DATABASE", "postgres"), safe="")
+    return f"postgresql://{auth}@{host}:{port}/{database}"
+
+
+def _redis_url_from_parts(environ: Mapping[str, str]) -> str:
+    host = environ.get("REDIS_HOST", "").strip()
+    if not host:
+        return ""
+    port = environ.get("REDIS_PORT", "6379").strip()
+    return f"redis://{host}:{port}/0"
+
+
+def describe() -> list[tuple[str, str, bool]]:
+    """(variable, default, secret) for every setting: the README's table is checked against it."""
+    return [
+        (f.metadata["env"], repr(f.default), f.metadata["secret"])
+        for f in dataclasses.fields(Settings)
+    ]

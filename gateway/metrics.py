@@ -1,0 +1,123 @@
+"""Every Prometheus metric paygate exports, declared once.
+
+Names carry the `paygate_` prefix and their unit; counters end in `_total`; labels stay
+low-cardinality (channel names come from configuration, never from requests). With
+several server processes on one port, prometheus-client's multiprocess mode is used
+(PROMETHEUS_MULTIPROC_DIR); gauges then say how values from processes combine.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+webhook_requests = Counter(
+    "paygate_webhook_requests_total",
+    "Webhook deliveries by channel and outcome (created, duplicate, updated, stale, conflict, "
+    "rejected, unavailable...).",
+    ["channel", "outcome"],
+)
+webhook_duration = Histogram(
+    "paygate_webhook_request_duration_seconds",
+    "Time from reading a webhook to answering it.",
+    ["channel"],
+    buckets=LATENCY_BUCKETS,
+)
+signature_failures = Counter(
+    "paygate_signature_failures_total",
+    "Deliveries refused for their signature, by reason.",
+    ["channel", "reason"],
+)
+dedup_hits = Counter(
+    "paygate_dedup_hits_total",
+    "Duplicates recognised, by the layer that recognised them (memory, redis, database).",
+    ["layer"],
+)
+redis_errors = Counter(
+    "paygate_redis_errors_total", "Redis calls that failed or timed out (dedup falls through)."
+)
+write_batch_size = Histogram(
+    "paygate_write_batch_size",
+    "Payments per group-commit transaction.",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+)
+write_commit_duration = Histogram(
+    "paygate_write_commit_duration_seconds",
+    "Duration of one group-commit transaction.",
+    buckets=LATENCY_BUCKETS,
+)
+write_queue_depth = Gauge(
+    "paygate_write_queue_depth",
+    "Payments waiting for the group-commit writer.",
+    multiprocess_mode="livesum",
+)
+outbox_pending = Gauge(
+    "paygate_outbox_pending",
+    "Outbox rows not yet published (dead letters excluded).",
+    multiprocess_mode="max",
+)
+outbox_oldest_age = Gauge(
+    "paygate_outbox_oldest_age_seconds",
+    "Age of the oldest unpublished outbox row.",
+    multiprocess_mode="max",
+)
+outbox_lag = Histogram(
+    "paygate_outbox_publish_lag_seconds",
+    "Time from the payment's commit to the broker's acknowledgement.",
+    buckets=LATENCY_BUCKETS,
+)
+kafka_publish = Counter(
+    "paygate_kafka_publish_total", "Outbox publish attempts by result.", ["result"]
+)
+dead_letters = Gauge(
+    "paygate_dead_letters",
+    "Outbox rows dead-lettered after too many failed attempts.",
+    multiprocess_mode="max",
+)
+staging_rows = Counter(
+    "paygate_staging_rows_total",
+    "Staging rows handled by result (processed, duplicate, error).",
+    ["result"],
+)
+staging_batch_duration = Histogram(
+    "paygate_staging_batch_duration_seconds",
+    "Duration of one staging batch.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+staging_backlog = Gauge(
+    "paygate_staging_backlog", "Unprocessed staging rows.", multiprocess_mode="max"
+)
+partition_default_rows = Gauge(
+    "paygate_partition_default_rows",
+    "Rows sitting in a DEFAULT partition, by table.",
+    ["table"],
+    multiprocess_mode="max",
+)
+partition_maintenance_runs = Counter(
+    "paygate_partition_maintenance_runs_total", "Partition maintenance runs by result.", ["result"]
+)
+db_pool_connections = Gauge(
+    "paygate_db_pool_connections",
+    "Database pool connections by state (idle, in_use, max).",
+    ["state"],
+    multiprocess_mode="livesum",
+)
+reconciliation_items = Counter(
+    "paygate_reconciliation_items_total",
+    "Reconciliation results by category.",
+    ["category"],
+)
+status_updates = Counter(
+    "paygate_status_updates_total",
+    "Payment status changes by outcome (updated, stale, deferred).",
+    ["outcome"],
+)
+status_poll = Counter(
+    "paygate_status_poll_total",
+    "Provider status API calls by result (applied, unchanged, flagged, error).",
+    ["result"],
+)
+rate_limited = Counter(
+    "paygate_rate_limited_total", "Requests refused by a limit.", ["channel", "limit"]
+)

@@ -1,0 +1,64 @@
+"""The payment value that flows from validation to the writer, the staging
+processor and the events."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+STATUSES = ("pending", "succeeded", "failed", "reversed", "refunded")
+DEFAULT_STATUS = "succeeded"
+
+# Column widths from the schema; validation enforces them before Postgres does.
+REFERENCE_MAX = 255
+ACCOUNT_MAX = 20
+CIF_MAX = 20
+CHANNEL_MAX = 100
+# DECIMAL(15,2): 13 integer digits.
+AMOUNT_MAX = Decimal("9999999999999.99")
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    reference_number: str
+    loan_account_number: str
+    cif: str
+    amount: Decimal
+    payment_date: datetime  # naive UTC, as stored in TIMESTAMP columns
+    payment_channel: str | None = None
+    metadata: dict[str, Any] | None = field(default=None, compare=False)
+    status: str = DEFAULT_STATUS
+    provider_event_at: datetime | None = None  # naive UTC
+
+    @property
+    def payload_hash(self) -> str:
+        """Hash of the business fields that decide duplicate vs conflict.
+
+        Only amount, account, cif and payment date count: a provider re-sending the
+        same payment with other metadata is still the same payment.
+        """
+        return business_hash(
+            self.reference_number,
+            self.loan_account_number,
+            self.cif,
+            self.amount,
+            self.payment_date,
+        )
+
+
+def business_hash(
+    reference: str, account: str, cif: str, amount: Decimal, payment_date: datetime
+) -> str:
+    canon = "\x1f".join(
+        (
+            reference,
+            account,
+            cif,
+            format(amount.quantize(Decimal("0.01")), "f"),
+            payment_date.isoformat(timespec="microseconds"),
+        )
+    )
+    return hashlib.sha256(canon.encode()).hexdigest()[:32]

@@ -1,0 +1,132 @@
+"""Session-wide real servers, a clean database per test, and an app factory client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.config import Settings
+from gateway.db import create_pool
+from gateway.kafka import ensure_topic
+from gateway.migrations import migrate
+from tests.stack import TestStack
+
+TEST_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXBheWdhdGUtdGVzdHMtMDE="  # base64 of a test key
+
+# Every table a test may write; truncated before each test that uses the database.
+TABLES = (
+    "payments", "payment_references", "webhook_events", "outbox", "payment_staging",
+    "staging_process_log", "audit_log", "pending_status_updates", "reconciliation_items",
+    "reconciliation_runs",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+async def stack() -> AsyncIterator[TestStack]:
+    s = await TestStack.start()
+    await migrate(s.database_url)
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+def make_settings(stack: TestStack, **overrides: Any) -> Settings:
+    """Test settings: real URLs, a unique topic per call, background workers off unless
+    a test turns one on."""
+    base: dict[str, Any] = {
+        "database_url": stack.database_url,
+        "redis_url": stack.redis_url,
+        "kafka_bootstrap_servers": stack.kafka_bootstrap,
+        "kafka_topic": f"payment.events.{uuid.uuid4().hex[:12]}",
+        "webhook_secret": (TEST_SECRET,),
+        "db_pool_min": 1,
+        "db_pool_max": 6,
+        "cache_warm_count": 1000,
+        "enable_outbox_relay": False,
+        "enable_staging_processor": False,
+        "enable_partition_maintenance": False,
+        "enable_status_poller": False,
+        "admin_jwt_secret": "test-admin-jwt-secret-0123456789abcdef",
+    }
+    base.update(overrides)
+    return Settings.from_env({}, **base)
+
+
+@pytest.fixture
+def settings(stack: TestStack) -> Settings:
+    return make_settings(stack)
+
+
+@pytest.fixture(scope="session")
+async def pool(stack: TestStack) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(make_settings(stack), min_size=1, max_size=4)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+@pytest.fixture
+async def db(stack: TestStack, pool: asyncpg.Pool) -> asyncpg.Pool:
+    """A clean database (and a flushed Redis) for this test; the shared pool to read it."""
+    if not (stack.servers.get("postgres") and not stack.postgres.running):
+        tables = ", ".join(f"payment_service.{t}" for t in TABLES)
+        await pool.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+    if stack.servers.get("redis") is None or stack.redis.running:
+        r = aioredis.from_url(stack.redis_url)
+        try:
+            await r.flushdb()
+        finally:
+            await r.aclose()
+    return pool
+
+
+@pytest.fixture
+async def make_client(
+    db: asyncpg.Pool, stack: TestStack
+) -> AsyncIterator[Callable[..., Awaitable[TestClient[Any, Any]]]]:
+    """Build the real app through its factory with settings overrides; closes what it made."""
+    from gateway.app import create_app
+
+    clients: list[TestClient[Any, Any]] = []
+
+    async def factory(settings: Settings | None = None, **overrides: Any) -> TestClient[Any, Any]:
+        s = settings or make_settings(stack, **overrides)
+        if s.kafka_topic.startswith("payment.events."):
+            await ensure_topic(s)
+        client = TestClient(TestServer(create_app(s)))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield factory
+    for c in reversed(clients):
+        await c.close()
+
+
+@pytest.fixture
+async def client(make_client: Callable[..., Awaitable[TestClient[Any, Any]]]) -> TestClient[Any, Any]:
+    return await make_client()
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[Any]], timeout: float = 10.0, interval: float = 0.05
+) -> Any:
+    """Poll an async condition until it returns something truthy, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+        await asyncio.sleep(interval)

@@ -1,0 +1,77 @@
+"""The shape every background worker shares: a poll loop woken early by a signal,
+a burst mode that runs until there is no work (what tests call), and a stop that
+lets the current round finish before cancelling."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import suppress
+
+from gateway.notify import Wakeup
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    name = "worker"
+
+    def __init__(self, interval: float, wakeup: Wakeup | None = None) -> None:
+        self.interval = interval
+        self.wakeup = wakeup or Wakeup()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.consecutive_failures = 0
+
+    async def run_once(self) -> bool:
+        """Do one round of work; return True if there may be more right away."""
+        raise NotImplementedError
+
+    async def on_start(self) -> None:
+        """Open what the worker needs (clients, listeners)."""
+
+    async def on_stop(self) -> None:
+        """Close what on_start opened; must be safe to call twice."""
+
+    async def burst(self, max_rounds: int = 1_000_000) -> int:
+        """Run rounds until one reports no more work; return the number of rounds."""
+        rounds = 0
+        while rounds < max_rounds:
+            rounds += 1
+            if not await self.run_once():
+                break
+        return rounds
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                more = await self.run_once()
+                self.consecutive_failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.consecutive_failures += 1
+                delay = min(self.interval, 0.5 * 2 ** min(self.consecutive_failures, 6))
+                log.exception("%s round failed; retrying in %.1fs", self.name, delay)
+                await asyncio.sleep(delay)
+                continue
+            if not more and not self._stopping:
+                await self.wakeup.wait(self.interval)
+
+    async def start(self) -> None:
+        await self.on_start()
+        self._stopping = False
+        self._task = asyncio.create_task(self._loop(), name=f"paygate-{self.name}")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        self._stopping = True
+        self.wakeup.ring()
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), grace)
+            except (TimeoutError, Exception):
+                task.cancel()
+                with suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self.on_stop()
