@@ -1,0 +1,439 @@
+"""Partition maintenance: monthly partitions that look after themselves.
+
+One run, under a Postgres advisory lock so only one instance works at a time (the
+others report "skipped"):
+
+1. For `payments`, `webhook_events` and `audit_log`, create every missing monthly
+   partition from the retention start to `PARTITION_PREMAKE_MONTHS` ahead. After an
+   outage every missing month is made, not just the next one.
+2. Rows that landed in a DEFAULT partition are moved into the partition created for
+   their month, in the same transaction (see `_create_partition`).
+3. Partitions whose upper bound is at or before the retention start are detached
+   (`PARTITION_RETENTION_ACTION=detach`, the default) or dropped (`drop`). A detached
+   partition is kept as a plain table renamed `<name>_detached`: its data stays for
+   archiving (pg_dump it, then drop it), and the rename frees the monthly name so a
+   later, longer retention can recreate an empty partition for that month. The
+   DEFAULT partition is never detached or dropped.
+4. `payment_references` rows older than `REFERENCE_CACHE_TTL_DAYS` are deleted in
+   small batches, each its own short transaction.
+
+What pruning references means: `payment_references` is the only authority on "have we
+seen this reference". Once a reference's row is pruned, a delivery carrying that
+reference is no longer recognised as a duplicate: it is recorded again as a new
+payment. A provider replaying a delivery more than REFERENCE_CACHE_TTL_DAYS (default
+90) days after it was first recorded therefore creates a second payment with a new
+payment_id (and a second `payment.recorded` event). Keep the TTL longer than the
+longest replay window of every provider you accept webhooks from.
+
+Locks: creating a partition takes SHARE UPDATE EXCLUSIVE on the parent (inserts and
+reads of other months carry on) and ACCESS EXCLUSIVE on the DEFAULT partition for the
+few milliseconds it takes to move its rows. Every DDL transaction runs with a
+`lock_timeout`; a timeout leaves the table for the next run instead of queueing the
+hot path behind us. Retention (DETACH/DROP) needs ACCESS EXCLUSIVE on the parent,
+bounded by the same timeout. An insert that was already waiting on the DEFAULT
+partition while its rows were moved out fails with a check violation (SQLSTATE
+23514) rather than landing in the wrong place; the writer answers 503 and the provider
+retries, so nothing is lost or recorded twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from gateway import metrics
+from gateway.config import Settings
+from workers.base import Worker
+from workers.partition_plan import (
+    Existing,
+    Partition,
+    TablePlan,
+    TableSpec,
+    bound_literal,
+    parse_bound,
+    plan_table,
+    table_specs,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SCHEMA = "payment_service"
+PRUNE_BATCH_SIZE = 5000
+LOCK_TIMEOUT = "2s"
+# Above this size a partition's row count is the planner's estimate, not count(*).
+EXACT_COUNT_MAX_BYTES = 16 * 1024 * 1024
+
+
+def advisory_key(schema: str) -> int:
+    """A stable signed 64-bit lock key per schema, so scratch schemas never contend
+    with the real one."""
+    digest = hashlib.sha256(f"paygate-partitions:{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@dataclass
+class MaintenanceReport:
+    """What one run did; `result` is ok, partial (a lock timed out), skipped or error."""
+
+    result: str = "ok"
+    created: list[str] = field(default_factory=list)
+    moved_rows: dict[str, int] = field(default_factory=dict)
+    detached: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    references_pruned: int = 0
+    prune_batches: int = 0
+    default_rows: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> bool:
+        return self.result == "skipped"
+
+
+@dataclass(frozen=True)
+class PartitionInfo:
+    """One line of `paygate partitions status`. `action` is what maintenance would do:
+    keep, create (not there yet), detach, drop, conflict, or default."""
+
+    table: str
+    name: str
+    lower: datetime | None
+    upper: datetime | None
+    rows: int | None
+    exact: bool
+    action: str
+
+
+class PartitionMaintainer:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        prune_batch_size: int = PRUNE_BATCH_SIZE,
+        lock_timeout: str = LOCK_TIMEOUT,
+    ) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.schema = schema
+        self.prune_batch_size = prune_batch_size
+        self.lock_timeout = lock_timeout
+        self.specs = table_specs(settings)
+
+    def _q(self, name: str) -> str:
+        return f"{_ident(self.schema)}.{_ident(name)}"
+
+    async def maintain(self, now: datetime | None = None) -> MaintenanceReport:
+        """One full run: create, move, retire, prune, measure. Never raises for a held
+        lock; other failures are counted, logged and re-raised."""
+        return await self._run(now, full=True)
+
+    async def ensure(
+        self, now: datetime | None = None, wait_seconds: float = 30.0
+    ) -> MaintenanceReport:
+        """Only create the partitions that are missing (and move DEFAULT rows into them).
+        Waits up to `wait_seconds` for a run in progress elsewhere, then runs itself, so
+        the partitions exist when it returns (unless it reports skipped)."""
+        return await self._run(now, full=False, wait_seconds=wait_seconds)
+
+    async def _run(
+        self, now: datetime | None, *, full: bool, wait_seconds: float = 0.0
+    ) -> MaintenanceReport:
+        now = now or datetime.now(UTC)
+        report = MaintenanceReport()
+        try:
+            async with self.pool.acquire() as conn:
+                # Advisory locks belong to the session: this connection holds it for the
+                # whole run and gives it back before returning to the pool.
+                key = advisory_key(self.schema)
+                if not await _try_lock(conn, key, wait_seconds):
+                    report.result = "skipped"
+                    metrics.partition_maintenance_runs.labels(result="skipped").inc()
+                    log.info("partition maintenance skipped: another instance holds the lock")
+                    return report
+                try:
+                    await self._work(conn, now, report, full=full)
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+        except Exception:
+            metrics.partition_maintenance_runs.labels(result="error").inc()
+            raise
+        if report.deferred:
+            report.result = "partial"
+        metrics.partition_maintenance_runs.labels(result=report.result).inc()
+        log.info(
+            "partition maintenance %s: created=%d detached=%d dropped=%d deferred=%d "
+            "moved=%d references_pruned=%d",
+            report.result,
+            len(report.created),
+            len(report.detached),
+            len(report.dropped),
+            len(report.deferred),
+            sum(report.moved_rows.values()),
+            report.references_pruned,
+        )
+        return report
+
+    async def _work(
+        self, conn: asyncpg.Connection, now: datetime, report: MaintenanceReport, *, full: bool
+    ) -> None:
+        for spec in self.specs:
+            plan = plan_table(
+                spec,
+                now,
+                self.settings.partition_premake_months,
+                await self._existing(conn, spec.name),
+            )
+            report.conflicts.extend(p.name for p in plan.conflicts)
+            for n, wanted in enumerate(plan.create):
+                try:
+                    moved = await self._create_partition(conn, spec, wanted)
+                except asyncpg.LockNotAvailableError:
+                    # The hot path holds the table: try again next run, skip the rest of it.
+                    report.deferred.extend(p.name for p in plan.create[n:])
+                    log.warning("lock timeout creating %s; deferred to next run", wanted.name)
+                    break
+                if moved is None:
+                    continue
+                report.created.append(wanted.name)
+                if moved:
+                    report.moved_rows[wanted.name] = moved
+            if full:
+                await self._retire(conn, spec, plan, report)
+        if full:
+            await self._prune_references(conn, now, report)
+        for spec in self.specs:
+            count = await conn.fetchval(f"SELECT count(*) FROM {self._q(spec.name + '_default')}")
+            report.default_rows[spec.name] = int(count)
+            metrics.partition_default_rows.labels(table=spec.name).set(count)
+
+    async def _existing(self, conn: asyncpg.Connection, table: str) -> list[Existing]:
+        rows = await conn.fetch(
+            """
+            SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound
+            FROM pg_inherits i
+            JOIN pg_class c ON c.oid = i.inhrelid
+            WHERE i.inhparent = to_regclass($1)
+            ORDER BY c.relname
+            """,
+            self._q(table),
+        )
+        found = []
+        for row in rows:
+            bounds = parse_bound(row["bound"])
+            if bounds is None:
+                found.append(Existing(row["relname"], None, None, is_default=True))
+            else:
+                found.append(Existing(row["relname"], *bounds))
+        return found
+
+    async def _create_partition(
+        self, conn: asyncpg.Connection, spec: TableSpec, p: Partition
+    ) -> int | None:
+        """Create `p` and move its rows out of DEFAULT; return rows moved, or None when
+        the partition already exists.
+
+        Postgres refuses to attach a range that rows in DEFAULT belong to, and CREATE
+        TABLE ... PARTITION OF locks the whole parent. So, in one transaction: lock
+        DEFAULT (writers routed there wait), build a standalone table shaped like the
+        parent, move the range's rows into it, and ATTACH it. ATTACH validates DEFAULT,
+        which no longer holds any of those rows, and only takes SHARE UPDATE EXCLUSIVE
+        on the parent.
+        """
+        parent, default, new = self._q(spec.name), self._q(spec.name + "_default"), self._q(p.name)
+        lo = bound_literal(p.lower, spec.with_time_zone)
+        hi = bound_literal(p.upper, spec.with_time_zone)
+        key = _ident(spec.column)
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{self.lock_timeout}'")
+            if await conn.fetchval("SELECT to_regclass($1)", new):
+                return None
+            await conn.execute(f"LOCK TABLE ONLY {parent} IN SHARE UPDATE EXCLUSIVE MODE")
+            await conn.execute(f"LOCK TABLE {default} IN ACCESS EXCLUSIVE MODE")
+            await conn.execute(
+                f"CREATE TABLE {new} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+            )
+            status = await conn.execute(
+                f"""
+                WITH moved AS (
+                    DELETE FROM {default} WHERE {key} >= {lo} AND {key} < {hi} RETURNING *
+                )
+                INSERT INTO {new} SELECT * FROM moved
+                """
+            )
+            await conn.execute(
+                f"ALTER TABLE {parent} ATTACH PARTITION {new} FOR VALUES FROM ({lo}) TO ({hi})"
+            )
+        moved = int(status.split()[-1])
+        if moved:
+            log.info("moved %d rows from %s_default into %s", moved, spec.name, p.name)
+        return moved
+
+    async def _retire(
+        self, conn: asyncpg.Connection, spec: TableSpec, plan: TablePlan, report: MaintenanceReport
+    ) -> None:
+        drop = self.settings.partition_retention_action == "drop"
+        parent = self._q(spec.name)
+        for old in plan.retire:
+            if old.is_default or old.name == spec.name + "_default":
+                continue
+            try:
+                async with conn.transaction():
+                    await conn.execute(f"SET LOCAL lock_timeout = '{self.lock_timeout}'")
+                    await conn.execute(f"ALTER TABLE {parent} DETACH PARTITION {self._q(old.name)}")
+                    if drop:
+                        await conn.execute(f"DROP TABLE {self._q(old.name)}")
+                    else:
+                        renamed = _ident(old.name + "_detached")
+                        await conn.execute(f"ALTER TABLE {self._q(old.name)} RENAME TO {renamed}")
+            except asyncpg.LockNotAvailableError:
+                report.deferred.append(old.name)
+                log.warning("lock timeout retiring %s; deferred to next run", old.name)
+                continue
+            except asyncpg.DuplicateTableError:
+                report.conflicts.append(old.name)
+                log.error("cannot detach %s: %s_detached already exists", old.name, old.name)
+                continue
+            (report.dropped if drop else report.detached).append(old.name)
+
+    async def _prune_references(
+        self, conn: asyncpg.Connection, now: datetime, report: MaintenanceReport
+    ) -> None:
+        """Delete expired references a batch at a time; rows a writer holds are skipped
+        and left for the next run."""
+        cutoff = now - timedelta(days=self.settings.reference_cache_ttl_days)
+        refs = self._q("payment_references")
+        while True:
+            status = await conn.execute(
+                f"""
+                DELETE FROM {refs}
+                WHERE reference_number IN (
+                    SELECT reference_number FROM {refs}
+                    WHERE created_at < $1
+                    ORDER BY created_at
+                    LIMIT $2
+                    FOR UPDATE SKIP LOCKED
+                )
+                AND created_at < $1
+                """,
+                cutoff,
+                self.prune_batch_size,
+            )
+            deleted = int(status.split()[-1])
+            report.prune_batches += 1
+            report.references_pruned += deleted
+            if deleted < self.prune_batch_size:
+                return
+
+    async def status(self, now: datetime | None = None) -> list[PartitionInfo]:
+        """Every partition of the maintained tables, its rows and what a run would do."""
+        now = now or datetime.now(UTC)
+        infos: list[PartitionInfo] = []
+        drop = self.settings.partition_retention_action == "drop"
+        async with self.pool.acquire() as conn:
+            for spec in self.specs:
+                existing = await self._existing(conn, spec.name)
+                plan = plan_table(spec, now, self.settings.partition_premake_months, existing)
+                retire = {e.name for e in plan.retire}
+                for e in existing:
+                    rows, exact = await self._row_count(conn, e.name)
+                    if e.is_default:
+                        action = "default"
+                    elif e.name in retire:
+                        action = "drop" if drop else "detach"
+                    else:
+                        action = "keep"
+                    infos.append(
+                        PartitionInfo(spec.name, e.name, e.lower, e.upper, rows, exact, action)
+                    )
+                for p, action in [(p, "create") for p in plan.create] + [
+                    (p, "conflict") for p in plan.conflicts
+                ]:
+                    infos.append(
+                        PartitionInfo(spec.name, p.name, p.lower, p.upper, None, True, action)
+                    )
+        infos.sort(key=lambda i: (i.table, i.lower is None, i.lower or now, i.name))
+        return infos
+
+    async def _row_count(self, conn: asyncpg.Connection, name: str) -> tuple[int | None, bool]:
+        row = await conn.fetchrow(
+            "SELECT pg_relation_size(c.oid) AS size, c.reltuples FROM pg_class c "
+            "WHERE c.oid = to_regclass($1)",
+            self._q(name),
+        )
+        if row is None:
+            return None, True
+        if row["size"] <= EXACT_COUNT_MAX_BYTES:
+            return int(await conn.fetchval(f"SELECT count(*) FROM {self._q(name)}")), True
+        estimate = row["reltuples"]
+        return (int(estimate) if estimate >= 0 else None), False
+
+
+class PartitionWorker(Worker):
+    """Runs maintenance every PARTITION_MAINTENANCE_INTERVAL_SECONDS."""
+
+    name = "partitions"
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        super().__init__(settings.partition_maintenance_interval_seconds)
+        self.maintainer = PartitionMaintainer(pool, settings)
+        self.last_report: MaintenanceReport | None = None
+
+    async def run_once(self) -> bool:
+        self.last_report = await self.maintainer.maintain()
+        return False
+
+
+async def ensure_partitions(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    now: datetime | None = None,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+) -> MaintenanceReport:
+    """Create the missing monthly partitions (right after migrating, before traffic).
+    Nothing is detached, dropped or pruned here; the worker does that."""
+    return await PartitionMaintainer(pool, settings, schema=schema).ensure(now)
+
+
+def format_status(infos: list[PartitionInfo]) -> str:
+    """A plain table for `paygate partitions status`."""
+    header = ("TABLE", "PARTITION", "FROM", "TO", "ROWS", "ACTION")
+    lines = [header]
+    for i in infos:
+        if i.rows is None:
+            rows = "-" if i.action in ("create", "conflict") else "?"
+        else:
+            rows = str(i.rows) if i.exact else f"~{i.rows}"
+        lines.append((i.table, i.name, _fmt_time(i.lower), _fmt_time(i.upper), rows, i.action))
+    widths = [max(len(line[c]) for line in lines) for c in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+async def _try_lock(conn: asyncpg.Connection, key: int, wait_seconds: float) -> bool:
+    deadline = time.monotonic() + wait_seconds
+    while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.2)
+    return True
+
+
+def _fmt_time(moment: datetime | None) -> str:
+    return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+def _ident(name: str) -> str:
+    """Quote an identifier; names come from code and settings, never from requests."""
+    return '"' + name.replace('"', '""') + '"'
