@@ -1,0 +1,106 @@
+"""The application factory: `create_app(settings)` wires resources and routes.
+
+One cleanup context per resource, opened in order and closed in reverse: pool, Redis,
+dedup (warmed before the instance listens, so it is ready when it reports ready),
+the group-commit writer. The writer stops after aiohttp has finished the requests
+in flight, so every accepted delivery is committed and answered on shutdown.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway import appkeys
+from gateway.channels import load_channels
+from gateway.config import Settings
+from gateway.db import create_pool
+from gateway.dedup import Deduplicator
+from gateway.handlers.webhook import handle_webhook
+from gateway.health import HealthProbes, health, live, ready
+from gateway.middleware import request_context
+from gateway.notify import Wakeup
+from gateway.redis_cache import RedisCache
+from gateway.writer import GroupCommitWriter
+
+log = logging.getLogger(__name__)
+
+
+async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[appkeys.POOL] = await create_pool(app[appkeys.SETTINGS])
+    yield
+    await app[appkeys.POOL].close()
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    cache = RedisCache(settings) if settings.enable_redis_cache and settings.redis_url else None
+    app[appkeys.REDIS] = cache
+    yield
+    if cache is not None:
+        await cache.close()
+
+
+async def _dedup_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    dedup = Deduplicator(settings, app[appkeys.REDIS])
+    await dedup.warm(app[appkeys.POOL], settings.cache_warm_count)
+    app[appkeys.DEDUP] = dedup
+    app[appkeys.PROBES] = HealthProbes(settings, app[appkeys.POOL], app[appkeys.REDIS])
+    yield
+
+
+async def _writer_ctx(app: web.Application) -> AsyncIterator[None]:
+    writer = GroupCommitWriter(
+        app[appkeys.POOL],
+        app[appkeys.SETTINGS],
+        app[appkeys.DEDUP],
+        app[appkeys.OUTBOX_WAKE],
+        after_commit=app.get(appkeys.AFTER_COMMIT, ()),
+    )
+    app[appkeys.WRITER] = writer
+    await writer.start()
+    yield
+    await writer.stop(timeout=app[appkeys.SETTINGS].shutdown_timeout_seconds)
+
+
+# Feature modules: each exposes `install(app)` adding its routes, contexts and app keys.
+FEATURES = (
+    "gateway.observability",  # /metrics, /api/v1/payments/stats, pool gauges
+    "gateway.security",  # allowlists, rate limits, replay guard, ops API auth, SIGHUP reload
+    "gateway.status",  # payment lifecycle: status updates through the state machine
+    "gateway.ops_api",  # reconciliation and DLQ endpoints
+)
+
+
+def _install_features(app: web.Application) -> None:
+    for name in FEATURES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.install(app)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[request_context],
+    )
+    app[appkeys.SETTINGS] = settings
+    app[appkeys.CHANNELS] = load_channels(settings)
+    app[appkeys.OUTBOX_WAKE] = Wakeup()
+    app.cleanup_ctx.extend([_pool_ctx, _redis_ctx, _dedup_ctx, _writer_ctx])
+
+    app.router.add_post("/api/v1/payments/webhook", handle_webhook)
+    app.router.add_post("/api/v1/payments/webhook/{channel}", handle_webhook)
+    app.router.add_get("/health", health)
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/health/ready", ready)
+    _install_features(app)
+    return app

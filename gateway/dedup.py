@@ -1,0 +1,92 @@
+"""Deduplication hints: L1 (in-process LRU) and L2 (Redis).
+
+Neither is the truth: `payment_references` in Postgres is (see store.py). A hint only
+short-circuits a delivery we already know to be an exact duplicate: same reference,
+same business fields, same status. Everything else falls through to the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+from cachetools import LRUCache
+
+from gateway.config import Settings
+from gateway.redis_cache import RedisCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    payment_id: str
+    payload_hash: str
+    status: str
+
+    def encode(self) -> bytes:
+        return f"{self.payment_id}|{self.payload_hash}|{self.status}".encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> Known | None:
+        if not raw:
+            return None
+        try:
+            payment_id, payload_hash, status = raw.decode().split("|")
+        except ValueError:
+            return None  # a foreign or corrupt value is only a miss
+        return cls(payment_id, payload_hash, status)
+
+
+class Deduplicator:
+    def __init__(self, settings: Settings, redis: RedisCache | None) -> None:
+        self.l1: LRUCache[str, Known] | None = (
+            LRUCache(maxsize=settings.memory_cache_max_size)
+            if settings.enable_memory_cache
+            else None
+        )
+        self.redis = redis
+
+    def lookup_local(self, reference: str) -> Known | None:
+        return self.l1.get(reference) if self.l1 is not None else None
+
+    async def lookup_remote(self, references: Sequence[str]) -> list[Known | None]:
+        if self.redis is None:
+            return [None] * len(references)
+        return [Known.decode(v) for v in await self.redis.get_many(references)]
+
+    def remember(self, items: Iterable[tuple[str, Known]]) -> None:
+        if self.l1 is not None:
+            for reference, known in items:
+                self.l1[reference] = known
+
+    async def publish(self, items: Sequence[tuple[str, Known]]) -> None:
+        if self.redis is not None and items:
+            await self.redis.set_many((ref, known.encode()) for ref, known in items)
+
+    def forget(self, reference: str) -> None:
+        if self.l1 is not None:
+            self.l1.pop(reference, None)
+
+    async def warm(self, pool: asyncpg.Pool, count: int) -> int:
+        """Load the most recent references into L1 before the instance reports ready."""
+        if self.l1 is None or count <= 0:
+            return 0
+        rows = await pool.fetch(
+            """
+            SELECT r.reference_number, r.payment_id, r.payload_hash, p.status
+            FROM (SELECT * FROM payment_service.payment_references
+                  ORDER BY created_at DESC LIMIT $1) r
+            JOIN payment_service.payments p
+              ON p.id = r.payment_id AND p.payment_date = r.payment_date
+            """,
+            min(count, self.l1.maxsize),
+        )
+        self.remember(
+            (r["reference_number"], Known(str(r["payment_id"]), r["payload_hash"], r["status"]))
+            for r in rows
+        )
+        log.info("warmed the reference cache with %d entries", len(rows))
+        return len(rows)

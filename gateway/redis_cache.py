@@ -1,0 +1,110 @@
+"""L2 of deduplication: a Redis client that can only ever cost speed.
+
+Short timeouts and a circuit breaker: while Redis is down or slow, calls return
+"nothing known" at once instead of waiting, and the database (L3) answers. Reads and
+writes are pipelined per batch, never one round trip per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway import metrics
+from gateway.config import Settings
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "paygate:ref:"
+
+
+class CircuitBreaker:
+    """Open after `threshold` consecutive failures; half-open again after `reset_seconds`."""
+
+    def __init__(self, threshold: int, reset_seconds: float) -> None:
+        self.threshold = threshold
+        self.reset_seconds = reset_seconds
+        self.failures = 0
+        self.opened_at: float | None = None
+
+    def allow(self, now: float | None = None) -> bool:
+        if self.opened_at is None:
+            return True
+        now = time.monotonic() if now is None else now
+        return now - self.opened_at >= self.reset_seconds
+
+    def success(self) -> None:
+        self.failures = 0
+        self.opened_at = None
+
+    def failure(self, now: float | None = None) -> None:
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.opened_at = time.monotonic() if now is None else now
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened_at is not None
+
+
+class RedisCache:
+    def __init__(self, settings: Settings) -> None:
+        timeout = settings.redis_timeout_ms / 1000
+        self.ttl = settings.redis_ttl_seconds
+        self.breaker = CircuitBreaker(
+            settings.redis_breaker_failures, settings.redis_breaker_reset_seconds
+        )
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=8,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+        self.client = aioredis.Redis(connection_pool=pool)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        await self.client.connection_pool.disconnect()
+
+    async def get_many(self, refs: Sequence[str]) -> list[bytes | None]:
+        """Values for `refs` in order; all None when Redis is unavailable."""
+        if not refs or not self.breaker.allow():
+            return [None] * len(refs)
+        try:
+            values = await self.client.mget([KEY_PREFIX + r for r in refs])
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc)
+            return [None] * len(refs)
+        self.breaker.success()
+        return list(values)
+
+    async def set_many(self, items: Iterable[tuple[str, bytes]]) -> None:
+        if not self.breaker.allow():
+            return
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for ref, value in items:
+                    pipe.set(KEY_PREFIX + ref, value, ex=self.ttl)
+                await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc)
+            return
+        self.breaker.success()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (RedisError, OSError, TimeoutError):
+            return False
+
+    def _failed(self, exc: BaseException) -> None:
+        metrics.redis_errors.inc()
+        was_open = self.breaker.is_open
+        self.breaker.failure()
+        if self.breaker.is_open and not was_open:
+            log.warning("redis unavailable (%s); dedup falls through to the database", type(exc).__name__)

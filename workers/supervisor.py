@@ -1,0 +1,166 @@
+"""Running paygate: the HTTP server, the background workers, or both in one process.
+
+The CLI lives on the workers side because it composes both halves; `gateway/`
+never imports `workers/`. Workers attach to the app as one more cleanup context,
+so they share its pool and stop before it closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import AsyncIterator, Callable
+from contextlib import suppress
+
+import asyncpg
+from aiohttp import web
+
+from gateway import appkeys
+from gateway.config import Settings
+from gateway.notify import Wakeup
+from workers.base import Worker
+
+log = logging.getLogger(__name__)
+
+WorkerFactory = Callable[[asyncpg.Pool, Settings, Wakeup], Worker]
+
+
+def worker_factories() -> dict[str, tuple[str, WorkerFactory]]:
+    """name -> (the setting that switches it on, how to build it). Imports stay lazy so
+    `paygate worker outbox` does not load the others."""
+
+    def outbox(pool: asyncpg.Pool, settings: Settings, wake: Wakeup) -> Worker:
+        from workers.outbox import OutboxRelay
+
+        return OutboxRelay(pool, settings, wake)
+
+    def staging(pool: asyncpg.Pool, settings: Settings, wake: Wakeup) -> Worker:
+        from workers.staging import StagingWorker
+
+        return StagingWorker(pool, settings, wake)
+
+    def partitions(pool: asyncpg.Pool, settings: Settings, wake: Wakeup) -> Worker:
+        from workers.partitions import PartitionWorker
+
+        return PartitionWorker(pool, settings)
+
+    def reconcile(pool: asyncpg.Pool, settings: Settings, wake: Wakeup) -> Worker:
+        from workers.status_poller import StatusPoller
+
+        return StatusPoller(pool, settings, wake)
+
+    return {
+        "outbox": ("enable_outbox_relay", outbox),
+        "staging": ("enable_staging_processor", staging),
+        "partitions": ("enable_partition_maintenance", partitions),
+        "reconcile": ("enable_status_poller", reconcile),
+    }
+
+
+def available_workers() -> list[str]:
+    return list(worker_factories())
+
+
+def build_workers(
+    pool: asyncpg.Pool, settings: Settings, wake: Wakeup, only: list[str] | None = None
+) -> list[Worker]:
+    built = []
+    for name, (switch, factory) in worker_factories().items():
+        if only is not None and name not in only:
+            continue
+        if only is None and not getattr(settings, switch):
+            continue
+        try:
+            built.append(factory(pool, settings, wake))
+        except ImportError as exc:  # a worker not shipped in this build
+            log.warning("worker %s unavailable: %s", name, exc)
+    return built
+
+
+def attach_workers(app: web.Application, only: list[str] | None = None) -> None:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[appkeys.SETTINGS]
+        workers = build_workers(app[appkeys.POOL], settings, app[appkeys.OUTBOX_WAKE], only)
+        for w in workers:
+            await w.start()
+            log.info("worker %s started", w.name)
+        yield
+        for w in reversed(workers):
+            await w.stop(grace=settings.shutdown_timeout_seconds)
+
+    app.cleanup_ctx.append(ctx)
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.tls_cert_file:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return ctx
+
+
+async def wait_for_stop_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def serve(settings: Settings, *, with_workers: bool, ready: Callable[[], None] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down in order: stop listening, finish the
+    requests in flight (up to SHUTDOWN_TIMEOUT_SECONDS), stop workers, writer, pool."""
+    from gateway.app import create_app
+
+    app = create_app(settings)
+    if with_workers:
+        attach_workers(app)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=settings.shutdown_timeout_seconds,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(
+            runner,
+            settings.host,
+            settings.port,
+            reuse_port=settings.web_concurrency > 1,
+            ssl_context=_ssl_context(settings),
+            backlog=2048,
+        )
+        await site.start()
+        log.info("paygate listening on %s:%d", settings.host, settings.port)
+        if ready is not None:
+            ready()
+        await wait_for_stop_signal()
+        log.info("stopping: finishing requests in flight")
+    finally:
+        with suppress(Exception):
+            await runner.cleanup()
+    log.info("stopped")
+
+
+async def run_workers(settings: Settings, names: list[str]) -> None:
+    """`paygate worker NAME`: workers alone, with their own small pool."""
+    from gateway.db import create_pool
+
+    pool = await create_pool(settings, min_size=1, max_size=max(2, settings.db_pool_max // 2))
+    workers = build_workers(pool, settings, Wakeup(), only=names)
+    try:
+        for w in workers:
+            await w.start()
+        log.info("workers running: %s", ", ".join(w.name for w in workers))
+        await wait_for_stop_signal()
+    finally:
+        for w in reversed(workers):
+            await w.stop(grace=settings.shutdown_timeout_seconds)
+        await pool.close()
