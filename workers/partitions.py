@@ -22,18 +22,21 @@ seen this reference". Once a reference's row is pruned, a delivery carrying that
 reference is no longer recognised as a duplicate: it is recorded again as a new
 payment. A provider replaying a delivery more than REFERENCE_CACHE_TTL_DAYS (default
 90) days after it was first recorded therefore creates a second payment with a new
-payment_id (and a second `payment.recorded` event). Keep the TTL longer than the
-longest replay window of every provider you accept webhooks from.
+payment_id (and a second `payment.recorded` event); the same goes for any later
+delivery with that reference, such as a late status change. Keep the TTL longer than
+the longest replay window of every provider you accept webhooks from.
 
-Locks: creating a partition takes SHARE UPDATE EXCLUSIVE on the parent (inserts and
-reads of other months carry on) and ACCESS EXCLUSIVE on the DEFAULT partition for the
-few milliseconds it takes to move its rows. Every DDL transaction runs with a
-`lock_timeout`; a timeout leaves the table for the next run instead of queueing the
-hot path behind us. Retention (DETACH/DROP) needs ACCESS EXCLUSIVE on the parent,
-bounded by the same timeout. An insert that was already waiting on the DEFAULT
-partition while its rows were moved out fails with a check violation (SQLSTATE
-23514) rather than landing in the wrong place; the writer answers 503 and the provider
-retries, so nothing is lost or recorded twice.
+Locks: creating a partition holds, for one short transaction, EXCLUSIVE on the parent
+(writes to the table wait; reads of its other partitions carry on) and ACCESS
+EXCLUSIVE on its DEFAULT partition, while the range's rows move and the new table is
+attached. Blocking writes at the parent rather than only at DEFAULT matters: an insert
+that had already been routed to DEFAULT and waited there would fail with "new row ...
+violates partition constraint" once the new partition is attached, whereas an insert
+waiting on the parent re-reads the partition layout and lands in the new partition.
+DEFAULT is small by design, so the pause is milliseconds. Every DDL transaction runs
+with a `lock_timeout` (2 s); a timeout leaves that table for the next run instead of
+queueing the hot path behind us. Retention (DETACH/DROP) needs ACCESS EXCLUSIVE on the
+parent, bounded by the same timeout.
 """
 
 from __future__ import annotations
@@ -241,12 +244,12 @@ class PartitionMaintainer:
         """Create `p` and move its rows out of DEFAULT; return rows moved, or None when
         the partition already exists.
 
-        Postgres refuses to attach a range that rows in DEFAULT belong to, and CREATE
-        TABLE ... PARTITION OF locks the whole parent. So, in one transaction: lock
-        DEFAULT (writers routed there wait), build a standalone table shaped like the
-        parent, move the range's rows into it, and ATTACH it. ATTACH validates DEFAULT,
-        which no longer holds any of those rows, and only takes SHARE UPDATE EXCLUSIVE
-        on the parent.
+        Postgres refuses to attach a range that rows in DEFAULT belong to. So, in one
+        transaction: lock the parent against writes and DEFAULT entirely, build a
+        standalone table shaped like the parent, move the range's rows into it, and
+        ATTACH it (which also builds the parent's indexes on it). ATTACH validates
+        DEFAULT, which no longer holds any of those rows. The same path serves an empty
+        DEFAULT: the move is then a no-op on a small table.
         """
         parent, default, new = self._q(spec.name), self._q(spec.name + "_default"), self._q(p.name)
         lo = bound_literal(p.lower, spec.with_time_zone)
@@ -256,7 +259,7 @@ class PartitionMaintainer:
             await conn.execute(f"SET LOCAL lock_timeout = '{self.lock_timeout}'")
             if await conn.fetchval("SELECT to_regclass($1)", new):
                 return None
-            await conn.execute(f"LOCK TABLE ONLY {parent} IN SHARE UPDATE EXCLUSIVE MODE")
+            await conn.execute(f"LOCK TABLE ONLY {parent} IN EXCLUSIVE MODE")
             await conn.execute(f"LOCK TABLE {default} IN ACCESS EXCLUSIVE MODE")
             await conn.execute(
                 f"CREATE TABLE {new} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"

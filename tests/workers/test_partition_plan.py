@@ -20,8 +20,10 @@ PAYMENTS = TableSpec("payments", "payment_date", False, 2)
 EVENTS = TableSpec("webhook_events", "received_at", True, 1)
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(
+    year: int, month: int, day: int = 1, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def existing_for(table: str, *months: Month) -> list[Existing]:
