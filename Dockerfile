@@ -32,17 +32,20 @@ LABEL org.opencontainers.image.title="paygate" \
 # A fixed numeric uid/gid so orchestrators can verify runAsNonRoot.
 RUN groupadd --system --gid 10001 paygate \
     && useradd --system --uid 10001 --gid paygate --no-create-home \
-       --home-dir /nonexistent --shell /usr/sbin/nologin paygate
+       --home-dir /nonexistent --shell /usr/sbin/nologin paygate \
+    && install -d -o paygate -g paygate -m 0750 /var/lib/paygate
 
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 COPY sql /app/sql
 
-# The package lives in site-packages, so tell the migration runner where sql/ is.
+# The package lives in site-packages, so tell the migration runner where sql/ is. The
+# data dir is the one writable place (prometheus multiprocess files when WEB_CONCURRENCY > 1).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PAYGATE_SQL_DIR=/app/sql \
+    PAYGATE_DATA_DIR=/var/lib/paygate \
     HOST=0.0.0.0 \
     PORT=3004
 

@@ -160,6 +160,20 @@ def test_dockerfile_runs_paygate_as_non_root_on_port_3004() -> None:
     assert cmds and json.loads(cmds[-1]) == ["paygate", "run"]
 
 
+def test_dockerfile_sets_only_variables_that_exist() -> None:
+    known = {name for name, _, _ in config.describe()} | {"PAYGATE_SQL_DIR"}
+    final = final_stage(dockerfile_instructions())
+    names = {
+        m.group(1)
+        for word, args in final
+        if word == "ENV"
+        for m in re.finditer(r"(?:^|\s)([A-Z_][A-Z0-9_]*)=", args)
+    }
+    ours = {n for n in names if n != "PATH" and not n.startswith(("PYTHON", "PIP_"))}
+    assert ours - known == set(), f"unknown settings: {sorted(ours - known)}"
+    assert {"HOST", "PORT", "PAYGATE_SQL_DIR"} <= ours
+
+
 def test_dockerfile_installs_the_project_without_dev_extras_and_ships_migrations() -> None:
     instructions = dockerfile_instructions()
     runs = " ".join(args for word, args in instructions if word == "RUN")
