@@ -71,6 +71,7 @@ PRUNE_BATCH_SIZE = 5000
 LOCK_TIMEOUT = "2s"
 # Above this size a partition's row count is the planner's estimate, not count(*).
 EXACT_COUNT_MAX_BYTES = 16 * 1024 * 1024
+MAINTAINED_TABLES = ("payments", "webhook_events", "audit_log")
 
 
 def advisory_key(schema: str) -> int:
@@ -213,10 +214,7 @@ class PartitionMaintainer:
                 await self._retire(conn, spec, plan, report)
         if full:
             await self._prune_references(conn, now, report)
-        for spec in self.specs:
-            count = await conn.fetchval(f"SELECT count(*) FROM {self._q(spec.name + '_default')}")
-            report.default_rows[spec.name] = int(count)
-            metrics.partition_default_rows.labels(table=spec.name).set(count)
+        report.default_rows = await default_partition_rows(conn, self.schema)
 
     async def _existing(self, conn: asyncpg.Connection, table: str) -> list[Existing]:
         rows = await conn.fetch(
@@ -363,7 +361,8 @@ class PartitionMaintainer:
                     infos.append(
                         PartitionInfo(spec.name, p.name, p.lower, p.upper, None, True, action)
                     )
-        infos.sort(key=lambda i: (i.table, i.lower is None, i.lower or now, i.name))
+        order = {spec.name: n for n, spec in enumerate(self.specs)}
+        infos.sort(key=lambda i: (order[i.table], i.lower is None, i.lower or now, i.name))
         return infos
 
     async def _row_count(self, conn: asyncpg.Connection, name: str) -> tuple[int | None, bool]:
@@ -393,6 +392,19 @@ class PartitionWorker(Worker):
     async def run_once(self) -> bool:
         self.last_report = await self.maintainer.maintain()
         return False
+
+
+async def default_partition_rows(
+    db: asyncpg.Pool | asyncpg.Connection, schema: str = DEFAULT_SCHEMA
+) -> dict[str, int]:
+    """Rows sitting in each DEFAULT partition (a health warning when not zero); also
+    sets the `paygate_partition_default_rows` gauge. DEFAULT is small, so count(*)."""
+    counts: dict[str, int] = {}
+    for table in MAINTAINED_TABLES:
+        name = f"{_ident(schema)}.{_ident(table + '_default')}"
+        counts[table] = int(await db.fetchval(f"SELECT count(*) FROM {name}"))
+        metrics.partition_default_rows.labels(table=table).set(counts[table])
+    return counts
 
 
 async def ensure_partitions(

@@ -25,6 +25,7 @@ from workers.partitions import (
     PartitionMaintainer,
     PartitionWorker,
     advisory_key,
+    default_partition_rows,
     ensure_partitions,
     format_status,
 )
@@ -431,3 +432,16 @@ async def test_ensure_partitions_waits_for_a_run_in_progress(
         await other.close()
     report = await waiting
     assert report.result == "ok" and "payments_2026_11" in report.created
+
+
+async def test_default_partition_rows_counts_each_table(
+    db: asyncpg.Pool, scratch: str, psettings: Settings
+) -> None:
+    await insert_payment(db, scratch, datetime(2001, 1, 1))
+    await db.execute(
+        f"INSERT INTO {scratch}.audit_log (created_at, actor, action) VALUES ($1, 'test', 'x')",
+        utc(2001, 1, 1),
+    )
+    counts = await default_partition_rows(db, scratch)
+    assert counts == {"payments": 1, "webhook_events": 0, "audit_log": 1}
+    assert REGISTRY.get_sample_value("paygate_partition_default_rows", {"table": "audit_log"}) == 1
