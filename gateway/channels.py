@@ -33,19 +33,20 @@ Example `CHANNELS_FILE` (TOML)::
     [channels.shop]
     scheme = "shopify"
     secrets_env = "SHOPIFY_SECRETS"
-    amount_minor_units = false
-    event_type_path = "event"
     [channels.shop.fields]
-    reference_number = "id"
-    amount = "total_price"              # a string such as "10.50"
+    reference_number = "admin_graphql_api_id"
+    amount = "total_price"               # a decimal string such as "10.50"
     loan_account_number = "note_attributes.0.value"
     cif = "customer.id"
-    payment_date = "created_at"
+    payment_date = "processed_at"
+    status = "financial_status"
     [channels.shop.constants]
     payment_channel = "shopify"
-    [channels.shop.status_map]
-    "orders/paid" = "succeeded"
-    "refunds/create" = "refunded"
+    [channels.shop.status_map]           # other financial statuses are ignored
+    pending = "pending"
+    paid = "succeeded"
+    voided = "failed"
+    refunded = "refunded"
 
 ================================  ==========================================================
 key                               meaning
@@ -115,6 +116,8 @@ PAYMENT_FIELDS = frozenset(
     }
 )
 _DATE_FIELDS = ("payment_date",)
+# Providers often send numeric ids (Shopify order and customer ids); our columns are text.
+_TEXT_FIELDS = ("reference_number", "loan_account_number", "cif", "payment_channel", "event_id")
 
 # Currencies whose minor unit is not 1/100 (Stripe's lists; ISK, HUF and TWD are
 # sent by Stripe with two decimals, so they stay at the default).
@@ -125,6 +128,7 @@ ZERO_DECIMAL_CURRENCIES = frozenset(
 THREE_DECIMAL_CURRENCIES = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
 _CENT = Decimal("0.01")
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
+_MINOR_UNITS_MAX = 10**18
 
 _SCALAR_KEYS = frozenset(
     {
@@ -260,6 +264,10 @@ class Channel:
                 out[name] = value
         for name, value in self.constants.items():
             out.setdefault(name, value)
+        for name in _TEXT_FIELDS:
+            value = out.get(name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                out[name] = str(value)
 
         if self.event_type_path:
             event_type = _lookup(doc, paths["@event_type_path"])
@@ -297,6 +305,8 @@ class Channel:
             amount = int(amount)
         if isinstance(amount, bool) or not isinstance(amount, int):
             raise ValidationError("amount", "expected an integer amount in minor units")
+        if abs(amount) > _MINOR_UNITS_MAX:
+            raise ValidationError("amount", "exceeds the maximum amount")
         if self.currency_path and currency is None:
             raise ValidationError(self.currency_path, "the currency is missing")
         code = currency.strip().upper() if isinstance(currency, str) else ""

@@ -421,7 +421,7 @@ def test_minor_units_are_exact_decimals(
     assert str(payload["amount"]) == str(expected)
 
 
-@pytest.mark.parametrize("amount", [10.5, "10.50", True, {"value": 1}])
+@pytest.mark.parametrize("amount", [10.5, "10.50", True, {"value": 1}, 10**19, "1e3"])
 def test_minor_units_must_be_integers(tmp_path: Path, amount: Any) -> None:
     event = payment_intent_event()
     event["data"]["object"]["amount"] = amount
@@ -518,7 +518,7 @@ REJECTED = "failed"
             "value": "125.40",
             "booked": "2024-05-30T10:00:00Z",
             "state": "BOOKED",
-            "parties": [{"account": "payer"}, {"account": "LN-1", "cif": "C-1"}],
+            "parties": [{"account": "payer"}, {"account": "LN-1", "cif": 4242}],
         }
     }
 
@@ -527,7 +527,7 @@ REJECTED = "failed"
     assert payload == {
         "reference_number": "T-77",
         "loan_account_number": "LN-1",
-        "cif": "C-1",
+        "cif": "4242",  # numeric provider ids become text
         "amount": "125.40",
         "payment_date": "2024-05-30T10:00:00Z",
         "status": "succeeded",
