@@ -12,7 +12,7 @@ $(BIN)/python:
 
 # Reinstall only when the project's metadata changes (editable install: code edits need nothing).
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,embedded]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -59,7 +59,7 @@ async def _writer_ctx(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.SETTINGS],
         app[appkeys.DEDUP],
         app[appkeys.OUTBOX_WAKE],
-        after_commit=app.get(appkeys.AFTER_COMMIT, ()),
+        after_commit=app.get(appkeys.AFTER_COMMIT),
     )
     app[appkeys.WRITER] = writer
     await writer.start()

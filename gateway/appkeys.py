@@ -14,31 +14,27 @@ from gateway.notify import Wakeup
 if TYPE_CHECKING:
     from gateway.channels import ChannelRegistry
     from gateway.dedup import Deduplicator
+    from gateway.extensions import ReplayGuard, SourceGuard, StatusApplier
     from gateway.health import HealthProbes
     from gateway.redis_cache import RedisCache
-    from gateway.writer import GroupCommitWriter
+    from gateway.writer import AfterCommit, GroupCommitWriter
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
-REDIS = web.AppKey("redis", "RedisCache")
-DEDUP = web.AppKey("dedup", "Deduplicator")
-WRITER = web.AppKey("writer", "GroupCommitWriter")
-CHANNELS = web.AppKey("channels", "ChannelRegistry")
-PROBES = web.AppKey("probes", "HealthProbes")
 OUTBOX_WAKE = web.AppKey("outbox_wake", Wakeup)
+REDIS: web.AppKey[RedisCache | None] = web.AppKey("redis")
+DEDUP: web.AppKey[Deduplicator] = web.AppKey("dedup")
+WRITER: web.AppKey[GroupCommitWriter] = web.AppKey("writer")
+CHANNELS: web.AppKey[ChannelRegistry] = web.AppKey("channels")
+PROBES: web.AppKey[HealthProbes] = web.AppKey("probes")
 
-if TYPE_CHECKING:
-    from gateway.extensions import ReplayGuard, SourceGuard, StatusApplier
+# Optional request-path features (gateway/extensions.py describes each seam).
+SOURCE_GUARD: web.AppKey[SourceGuard] = web.AppKey("source_guard")
+REPLAY_GUARD: web.AppKey[ReplayGuard] = web.AppKey("replay_guard")
+STATUS_APPLIER: web.AppKey[StatusApplier] = web.AppKey("status_applier")
 
-SOURCE_GUARD = web.AppKey("source_guard", "SourceGuard")
-REPLAY_GUARD = web.AppKey("replay_guard", "ReplayGuard")
-STATUS_APPLIER = web.AppKey("status_applier", "StatusApplier")
+# Hooks the writer runs on its connection after recording new payments (parked status updates).
+AFTER_COMMIT: web.AppKey[list[AfterCommit]] = web.AppKey("after_commit")
 
-# Extra /health checks contributed by workers running in this process (e.g. default-partition rows).
+# Extra /health checks contributed by features running in this process.
 HEALTH_EXTRAS: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("health_extras")
-
-if TYPE_CHECKING:
-    from gateway.writer import AfterCommit
-
-# Hooks run in the writer's transaction after new payments were recorded (e.g. parked status updates).
-AFTER_COMMIT = web.AppKey("after_commit", list["AfterCommit"])

@@ -189,9 +189,7 @@ class Settings:
     reconcile_stale_after_seconds: float = env("RECONCILE_STALE_AFTER_SECONDS", 3600.0, _float(1))
     reconcile_interval_seconds: float = env("RECONCILE_INTERVAL_SECONDS", 300.0, _float(0.01))
     reconcile_concurrency: int = env("RECONCILE_CONCURRENCY", 4, _int(1, 256))
-    reconcile_amount_tolerance: Decimal = env(
-        "RECONCILE_AMOUNT_TOLERANCE", Decimal("0"), _decimal
-    )
+    reconcile_amount_tolerance: Decimal = env("RECONCILE_AMOUNT_TOLERANCE", Decimal("0"), _decimal)
 
     # Ops API
     admin_jwt_secret: str = env("ADMIN_JWT_SECRET", "", secret=True)

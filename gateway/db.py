@@ -19,8 +19,9 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-async def create_pool(settings: Settings, *, min_size: int | None = None,
-                      max_size: int | None = None) -> asyncpg.Pool:
+async def create_pool(
+    settings: Settings, *, min_size: int | None = None, max_size: int | None = None
+) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=min_size if min_size is not None else settings.db_pool_min,

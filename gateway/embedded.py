@@ -188,7 +188,7 @@ class EmbeddedPostgres(EmbeddedServer):
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            **self.popen_kwargs(),  # type: ignore[arg-type]
+            **self.popen_kwargs(),  # type: ignore[call-overload]
         )  # fmt: skip
 
     def _stop_orphan(self) -> None:
@@ -222,7 +222,7 @@ class EmbeddedPostgres(EmbeddedServer):
                 )
                 await conn.close()
                 return
-            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+            except (TimeoutError, OSError, asyncpg.PostgresError):
                 if time.monotonic() > deadline:
                     raise RuntimeError("embedded postgres did not accept connections") from None
                 await asyncio.sleep(0.05)
@@ -304,8 +304,7 @@ def _open_path_for(path: Path, user: pwd.struct_passwd) -> None:
             parent.chmod(mode | stat.S_IXOTH)
     if path.name != "bin":
         os.chown(path, user.pw_uid, user.pw_gid)
-        for child in path.iterdir():
-            if child.name == "data":
-                # initdb made it as that user already; only a root-made copy needs fixing
-                if child.stat().st_uid != user.pw_uid:
-                    subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(child)])
+        data = path / "data"
+        # initdb made it as that user already; only a root-made copy needs fixing
+        if data.exists() and data.stat().st_uid != user.pw_uid:
+            subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(data)])

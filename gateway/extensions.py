@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 class SourceGuard(Protocol):
     def check(self, request: web.Request, channel: Channel) -> None:
-        """Raise Forbidden (allowlist) or TooManyRequests (rate limit); runs before the body is read."""
+        """Raise Forbidden (allowlist) or TooManyRequests (rate limit), before the body is read."""
 
 
 class ReplayGuard(Protocol):

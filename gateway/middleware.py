@@ -29,7 +29,9 @@ _HTTP_CODES = {
 }
 
 
-def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
     )

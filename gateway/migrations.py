@@ -50,7 +50,9 @@ def discover(directory: Path | None = None) -> list[Migration]:
     return found
 
 
-async def migrate(dsn_or_conn: str | asyncpg.Connection, directory: Path | None = None) -> list[str]:
+async def migrate(
+    dsn_or_conn: str | asyncpg.Connection, directory: Path | None = None
+) -> list[str]:
     """Apply every migration not yet recorded; return the versions applied now."""
     conn = await asyncpg.connect(dsn_or_conn) if isinstance(dsn_or_conn, str) else dsn_or_conn
     try:

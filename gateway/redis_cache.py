@@ -81,7 +81,7 @@ class RedisCache:
             self._failed(exc)
             return [None] * len(refs)
         self.breaker.success()
-        return list(values)
+        return [v if isinstance(v, bytes | None) else v.encode() for v in values]
 
     async def set_many(self, items: Iterable[tuple[str, bytes]]) -> None:
         if not self.breaker.allow():
@@ -107,4 +107,6 @@ class RedisCache:
         was_open = self.breaker.is_open
         self.breaker.failure()
         if self.breaker.is_open and not was_open:
-            log.warning("redis unavailable (%s); dedup falls through to the database", type(exc).__name__)
+            log.warning(
+                "redis unavailable (%s); dedup falls through to the database", type(exc).__name__
+            )

@@ -12,6 +12,7 @@ land exactly once.
 from __future__ import annotations
 
 import asyncio
+import uuid
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -64,13 +65,13 @@ class GroupCommitWriter:
         settings: Settings,
         dedup: Deduplicator,
         wakeup: Wakeup | None = None,
-        after_commit: Sequence[AfterCommit] = (),
+        after_commit: Sequence[AfterCommit] | None = None,
     ) -> None:
         self.pool = pool
         self.settings = settings
         self.dedup = dedup
         self.wakeup = wakeup
-        self.after_commit = list(after_commit)
+        self.after_commit = list(after_commit or ())
         self.queue: asyncio.Queue[tuple[Candidate, asyncio.Future[WriteResult]]] = asyncio.Queue()
         self.in_flight = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -151,7 +152,9 @@ class GroupCommitWriter:
                 for _, fut in batch:
                     self._settle(fut, exc=ServiceUnavailable("write failed", code="write_failed"))
 
-    def _drain(self, batch: list[tuple[Candidate, asyncio.Future[WriteResult]]], limit: int) -> None:
+    def _drain(
+        self, batch: list[tuple[Candidate, asyncio.Future[WriteResult]]], limit: int
+    ) -> None:
         while len(batch) < limit:
             try:
                 batch.append(self.queue.get_nowait())
@@ -208,7 +211,7 @@ class GroupCommitWriter:
                         leaders.pop(ref)
                 written = {}
                 if not leaders:
-                    for cand, fut in followers:
+                    for _cand, fut in followers:
                         self._settle(fut, exc=exc)
                     return
             decided.update(written)
@@ -266,10 +269,14 @@ class GroupCommitWriter:
             except CONNECTION_ERRORS as exc:
                 self.db_down_since = time.monotonic()
                 log.warning("group commit could not reach the database: %s", type(exc).__name__)
-                raise ServiceUnavailable("database unavailable", code="database_unavailable") from None
+                raise ServiceUnavailable(
+                    "database unavailable", code="database_unavailable"
+                ) from None
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                 if len(todo) == 1:
-                    raise ValidationError("body", f"rejected by the database ({exc.sqlstate})") from None
+                    raise ValidationError(
+                        "body", f"rejected by the database ({exc.sqlstate})"
+                    ) from None
                 return await self._commit_one_by_one(todo)
         self.db_down_since = None
         metrics.write_batch_size.observe(len(todo))
@@ -292,18 +299,21 @@ class GroupCommitWriter:
         return results
 
     def _classify(
-        self, todo: list[Candidate], created: set[object], existing: dict[str, Existing]
+        self, todo: list[Candidate], created: set[uuid.UUID], existing: dict[str, Existing]
     ) -> tuple[dict[str, WriteResult], list[Loser]]:
         results: dict[str, WriteResult] = {}
         losers: list[Loser] = []
         for cand in todo:
             ref = cand.payment.reference_number
             if cand.payment_id in created:
-                results[ref] = WriteResult(CREATED, str(cand.payment_id), cand.payment.status, "database")
+                results[ref] = WriteResult(
+                    CREATED, str(cand.payment_id), cand.payment.status, "database"
+                )
                 continue
             ex = existing[ref]
+            details: dict[str, object] | None = None
             if ex.payload_hash == cand.payment.payload_hash:
-                outcome, details = DUPLICATE, None
+                outcome = DUPLICATE
             else:
                 outcome = CONFLICT
                 details = {
@@ -317,6 +327,8 @@ class GroupCommitWriter:
                 }
             results[ref] = WriteResult(outcome, ex.payment_id, ex.status, "database", ex)
             losers.append(
-                Loser(ref, ex.payment_id, outcome, cand.channel, cand.delivery_id, cand.body, details)
+                Loser(
+                    ref, ex.payment_id, outcome, cand.channel, cand.delivery_id, cand.body, details
+                )
             )
         return results, losers

@@ -114,7 +114,9 @@ async def make_client(
 
 
 @pytest.fixture
-async def client(make_client: Callable[..., Awaitable[TestClient[Any, Any]]]) -> TestClient[Any, Any]:
+async def client(
+    make_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+) -> TestClient[Any, Any]:
     return await make_client()
 
 

@@ -147,7 +147,9 @@ async def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         changes["kafka_bootstrap_servers"] = kf.url
     if not settings.webhook_secret:
         changes["webhook_secret"] = (_dev_secret(data),)
-        log.info("generic channel secret: %s (WEBHOOK_SECRET overrides it)", data / "dev-webhook-secret")
+        log.info(
+            "generic channel secret: %s (WEBHOOK_SECRET overrides it)", data / "dev-webhook-secret"
+        )
     settings = settings.replace(**changes)
     try:
         await asyncio.gather(*(s.start() for s in servers))
@@ -161,7 +163,9 @@ async def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="paygate", description="Payment-webhook ingestion gateway")
+    parser = argparse.ArgumentParser(
+        prog="paygate", description="Payment-webhook ingestion gateway"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("dev", help="embedded stack + server + workers (make run)")
     sub.add_parser("run", help="server + workers against the configured URLs")
@@ -178,8 +182,12 @@ def _load_extra_commands() -> None:
     """Commands contributed by feature modules (dlq, partitions, reconcile, token)."""
     import importlib
 
-    for module in ("workers.dlq_cli", "workers.partitions_cli", "workers.reconcile_cli",
-                   "workers.token_cli"):
+    for module in (
+        "workers.dlq_cli",
+        "workers.partitions_cli",
+        "workers.reconcile_cli",
+        "workers.token_cli",
+    ):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

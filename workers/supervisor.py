@@ -113,7 +113,9 @@ async def wait_for_stop_signal() -> None:
             loop.remove_signal_handler(sig)
 
 
-async def serve(settings: Settings, *, with_workers: bool, ready: Callable[[], None] | None = None) -> None:
+async def serve(
+    settings: Settings, *, with_workers: bool, ready: Callable[[], None] | None = None
+) -> None:
     """Serve until SIGINT/SIGTERM, then shut down in order: stop listening, finish the
     requests in flight (up to SHUTDOWN_TIMEOUT_SECONDS), stop workers, writer, pool."""
     from gateway.app import create_app

@@ -108,7 +108,11 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
     body = await request.read()
     try:
         verified = SCHEMES[channel.scheme].verify(
-            request.headers, body, channel.keys, now=time.time(), tolerance=channel.tolerance_seconds
+            request.headers,
+            body,
+            channel.keys,
+            now=time.time(),
+            tolerance=channel.tolerance_seconds,
         )
     except SignatureError as exc:
         metrics.signature_failures.labels(channel.name, exc.reason).inc()
@@ -119,10 +123,12 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
     except orjson.JSONDecodeError:
         raise BadRequest("body is not valid JSON", code="invalid_json") from None
     fields = channel.extract(doc)
-    if isinstance(fields, dict) and fields.get("ignored_event_type"):
-        return json_response({"status": "ignored", "event_type": str(fields["ignored_event_type"])[:100]}), "ignored"
+    if isinstance(fields, dict) and "ignored_event_type" in fields:
+        return json_response(
+            {"status": "ignored", "event_type": str(fields["ignored_event_type"])[:100]}
+        ), "ignored"
 
-    delivery_id = verified.delivery_id or _delivery_id(request, fields)
+    delivery_id = (verified.delivery_id or _delivery_id(request, fields) or "")[:255] or None
     replay = app.get(appkeys.REPLAY_GUARD)
     if replay is not None and delivery_id:
         seen = await replay.seen(channel.name, delivery_id)
@@ -139,10 +145,16 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
 
     payment = validate_payment(
         fields,
-        window=_windows.get(settings.partition_retention_months, settings.payment_date_max_future_days),
+        window=_windows.get(
+            settings.partition_retention_months, settings.payment_date_max_future_days
+        ),
     )
     known = app[appkeys.DEDUP].lookup_local(payment.reference_number)
-    if known is not None and known.payload_hash == payment.payload_hash and known.status == payment.status:
+    if (
+        known is not None
+        and known.payload_hash == payment.payload_hash
+        and known.status == payment.status
+    ):
         metrics.dedup_hits.labels("memory").inc()
         return json_response({"status": "duplicate", "payment_id": known.payment_id}), "duplicate"
 
@@ -170,7 +182,9 @@ async def _write(request: web.Request, candidate: Candidate) -> WriteResult:
         # shield: a client that hangs up must not cancel a write other requests share
         return await asyncio.wait_for(asyncio.shield(future), settings.webhook_timeout_ms / 1000)
     except TimeoutError:
-        raise ServiceUnavailable("the write did not complete in time", code="write_timeout") from None
+        raise ServiceUnavailable(
+            "the write did not complete in time", code="write_timeout"
+        ) from None
 
 
 async def _answer(
