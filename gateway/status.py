@@ -32,6 +32,7 @@ from gateway.lifecycle import Outcome, decide
 from gateway.model import REFERENCE_MAX, STATUSES, Payment
 from gateway.store import Candidate
 from gateway.validation import parse_event_time
+from gateway.writer import AfterCommit
 
 log = logging.getLogger(__name__)
 
@@ -345,6 +346,7 @@ def install(app: web.Application) -> None:
                 for r in results:
                     dedup.forget(r.reference_number)
 
-    hooks = list(app[appkeys.AFTER_COMMIT]) if appkeys.AFTER_COMMIT in app else []
+    existing = app.get(appkeys.AFTER_COMMIT)
+    hooks: list[AfterCommit] = [] if existing is None else list(existing)
     hooks.append(apply_parked_hook)
     app[appkeys.AFTER_COMMIT] = hooks
