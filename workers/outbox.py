@@ -1,0 +1,404 @@
+"""The outbox relay: publishes committed outbox rows to Kafka, at least once, in order
+per key, and deletes each row only after the broker acknowledged it (acks=all).
+
+One round, in one transaction:
+
+1. Claim up to `KAFKA_BATCH_SIZE` due rows in id order with `FOR UPDATE SKIP LOCKED`.
+   A row is claimable only when no older undead row of the same key exists (whether
+   that one is rescheduled after a failure, locked by another relay, or simply older):
+   so a claim holds at most one row per key, the oldest, and the events of a key are
+   published strictly one after the other, each only after its predecessor was acked.
+   This is what makes several relays safe together: the row locks keep two relays
+   from publishing the same row, and the per-key rule keeps them from reordering a key.
+   The cost is one round per event of a key with a backlog; payments have a handful.
+2. Send every claimed row (bounded by a deadline: `send()` can wait on a full buffer),
+   then wait for the acknowledgements, again under a deadline.
+3. Delete the acknowledged rows; reschedule the failed ones with exponential backoff
+   and full jitter, or dead-letter them at `OUTBOX_MAX_ATTEMPTS`; commit. This write is
+   shielded from cancellation, so a stop never loses a round's bookkeeping.
+
+Broker outage versus poison rows: when nothing in a round was acknowledged and every
+failure looks transient (connection, timeout, retriable broker errors), the broker is
+down, not the rows bad. Then no row is charged an attempt (a long outage must not
+dead-letter the whole backlog); the round rolls back and the relay itself backs off
+(capped at a few seconds so draining starts soon after the broker returns). Failures
+that are specific to a row (a non-retriable error such as a message above the size
+limit, or any failure in a round where other rows went through) count towards the
+dead-letter limit. Consequence: a row whose only failure mode is a transient-looking
+error while it is alone in its round is retried until it goes through, not
+dead-lettered.
+
+Dead letters no longer block their key: later events of that payment keep flowing, so
+a consumer can see them before a replayed dead letter. The alternative, stalling every
+later event of the payment until an operator acts, was judged worse; consumers already
+have to cope with redeliveries (dedupe on `event_id`) and status events carry
+old/new status and the provider's timestamp.
+
+A send whose acknowledgement timed out is ambiguous (the broker may have written it):
+the row stays and is retried, so consumers may see a duplicate, never a gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, KafkaTimeoutError
+
+from gateway import metrics
+from gateway.config import Settings
+from gateway.kafka import create_producer
+from gateway.notify import Wakeup
+from workers.backoff import backoff_delay
+from workers.base import Worker
+
+log = logging.getLogger(__name__)
+
+ProducerFactory = Callable[[Settings], AIOKafkaProducer]
+LagObserver = Callable[[float], None]
+
+GAUGE_REFRESH_SECONDS = 2.0
+OUTAGE_BACKOFF_CAP_SECONDS = 5.0
+ERROR_TEXT_MAX = 300
+
+_CLAIM = """
+SELECT o.id, o.event_id, o.event_type, o.topic, o.key, o.payload, o.attempts, o.created_at
+FROM payment_service.outbox o
+WHERE o.dead_lettered_at IS NULL
+  AND o.next_attempt_at <= now()
+  AND NOT EXISTS (
+      SELECT 1 FROM payment_service.outbox older
+      WHERE older.key = o.key AND older.id < o.id AND older.dead_lettered_at IS NULL
+  )
+ORDER BY o.id
+LIMIT $1
+FOR UPDATE OF o SKIP LOCKED
+"""
+
+_DELETE = "DELETE FROM payment_service.outbox WHERE id = ANY($1::bigint[])"
+
+_RESCHEDULE = """
+UPDATE payment_service.outbox o
+SET attempts = u.attempts,
+    next_attempt_at = now() + make_interval(secs => u.delay),
+    last_error = u.error,
+    dead_lettered_at = CASE WHEN u.dead THEN now() END
+FROM unnest($1::bigint[], $2::int[], $3::float8[], $4::text[], $5::bool[])
+    AS u(id, attempts, delay, error, dead)
+WHERE o.id = u.id
+"""
+
+_STATS = """
+SELECT count(*) FILTER (WHERE dead_lettered_at IS NULL) AS pending,
+       coalesce(extract(epoch FROM now() - min(created_at) FILTER (
+           WHERE dead_lettered_at IS NULL)), 0)::float8 AS oldest_age,
+       count(*) FILTER (WHERE dead_lettered_at IS NOT NULL) AS dead
+FROM payment_service.outbox
+"""
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, secret-free description for `last_error`: the class and the message."""
+    text = str(exc).strip()
+    name = type(exc).__name__
+    if text.startswith(name):
+        text = text[len(name) :].lstrip(": ")
+    short = f"{name}: {text}" if text else name
+    return short[:ERROR_TEXT_MAX]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors that say "the broker is unreachable or slow", not "this row is bad"."""
+    if isinstance(exc, TimeoutError | KafkaTimeoutError):
+        return True
+    return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
+
+
+@dataclass
+class RoundResult:
+    """What the broker said about one claimed batch."""
+
+    acked: dict[int, float] = field(default_factory=dict)  # row id -> wall-clock ack time
+    failed: dict[int, BaseException] = field(default_factory=dict)
+    stuck: bool = False  # some sends never resolved before the deadline
+
+    @property
+    def outage(self) -> bool:
+        return (
+            not self.acked
+            and bool(self.failed)
+            and all(is_transient(e) for e in self.failed.values())
+        )
+
+
+class OutboxRelay(Worker):
+    name = "outbox"
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        wakeup: Wakeup | None = None,
+        *,
+        producer_factory: ProducerFactory = create_producer,
+    ) -> None:
+        super().__init__(settings.outbox_poll_interval_ms / 1000, wakeup)
+        self.pool = pool
+        self.settings = settings
+        self.batch_size = settings.kafka_batch_size
+        self.max_attempts = settings.outbox_max_attempts
+        self.backoff_base = settings.outbox_backoff_base_ms / 1000
+        self.backoff_cap = settings.outbox_backoff_max_seconds
+        # Sends and acks each get the producer's own request timeout plus a margin:
+        # by then aiokafka has expired the batch, so waiting longer buys nothing.
+        self.publish_timeout = settings.kafka_request_timeout_ms / 1000 + 1.0
+        self.lag_observers: list[LagObserver] = []
+        self._producer_factory = producer_factory
+        self._producer: AIOKafkaProducer | None = None
+        self._outages = 0
+        self._retry_at = 0.0
+        self._gauges_at = 0.0
+
+    # -- producer lifecycle -------------------------------------------------------------
+
+    async def _ready_producer(self) -> AIOKafkaProducer | None:
+        """The started producer, started lazily; None while the broker is unreachable.
+        A start that fails is retried on a later round, never crashes the worker."""
+        if self._producer is not None:
+            return self._producer
+        if time.monotonic() < self._retry_at:
+            return None
+        producer = self._producer_factory(self.settings)
+        try:
+            await asyncio.wait_for(producer.start(), self.publish_timeout)
+        except Exception as exc:
+            await _close_quietly(producer)
+            self._note_outage(exc)
+            return None
+        self._producer = producer
+        return producer
+
+    async def _drop_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await _close_quietly(producer)
+
+    def _note_outage(self, exc: BaseException) -> None:
+        self._outages += 1
+        delay = backoff_delay(
+            self._outages, self.backoff_base, min(self.backoff_cap, OUTAGE_BACKOFF_CAP_SECONDS)
+        )
+        self._retry_at = time.monotonic() + delay
+        level = logging.WARNING if self._outages == 1 else logging.DEBUG
+        log.log(level, "kafka unavailable (%s); outbox relay retrying", describe_error(exc))
+
+    def _note_healthy(self) -> None:
+        if self._outages:
+            log.info("kafka reachable again; outbox relay draining")
+        self._outages = 0
+        self._retry_at = 0.0
+
+    async def on_stop(self) -> None:
+        await self._drop_producer()
+
+    # -- one round ----------------------------------------------------------------------
+
+    async def run_once(self) -> bool:
+        await self._refresh_gauges()
+        if time.monotonic() < self._retry_at:
+            return False
+        producer = await self._ready_producer()
+        if producer is None:
+            return False
+        async with self.pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            committed = False
+            try:
+                rows = await conn.fetch(_CLAIM, self.batch_size)
+                if not rows:
+                    await tx.commit()
+                    committed = True
+                    return False
+                result = await self._publish(producer, rows)
+                if result.outage:
+                    await tx.rollback()
+                    committed = True
+                else:
+                    await _uncancellable(self._settle(conn, tx, rows, result))
+                    committed = True
+            finally:
+                if not committed:
+                    await _rollback_quietly(tx)
+        self._account(rows, result)
+        if result.stuck:
+            # Batches still queued in the producer would be delivered late, after their
+            # retry: start afresh rather than let them linger.
+            await self._drop_producer()
+        if result.outage:
+            self._note_outage(next(iter(result.failed.values())))
+            return False
+        self._note_healthy()
+        return len(rows) >= self.batch_size
+
+    async def _publish(
+        self, producer: AIOKafkaProducer, rows: Sequence[asyncpg.Record]
+    ) -> RoundResult:
+        result = RoundResult()
+        loop = asyncio.get_running_loop()
+        futures: dict[asyncio.Future[Any], int] = {}
+        ack_times: dict[int, float] = {}
+
+        def stamp(row_id: int) -> Callable[[asyncio.Future[Any]], None]:
+            def done(fut: asyncio.Future[Any]) -> None:
+                ack_times.setdefault(row_id, time.time())
+
+            return done
+
+        deadline = loop.time() + self.publish_timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                for row in rows:
+                    try:
+                        fut = await producer.send(
+                            row["topic"],
+                            bytes(row["payload"]),
+                            key=row["key"].encode(),
+                            headers=[
+                                ("event_id", str(row["event_id"]).encode()),
+                                ("event_type", row["event_type"].encode()),
+                            ],
+                        )
+                    except Exception as exc:
+                        result.failed[row["id"]] = exc
+                        continue
+                    fut.add_done_callback(stamp(row["id"]))
+                    futures[fut] = row["id"]
+        except TimeoutError:
+            pass
+        sent = set(futures.values())
+        for row in rows:
+            if row["id"] not in result.failed and row["id"] not in sent:
+                result.failed[row["id"]] = KafkaTimeoutError("send timed out")
+        if not futures:
+            return result
+        remaining = max(deadline - loop.time(), 0.0) + self.publish_timeout
+        done, pending = await asyncio.wait(futures, timeout=remaining)
+        # Decided here, once: a late callback must not change what the round settles.
+        for fut in done:
+            row_id = futures[fut]
+            error = KafkaTimeoutError("send cancelled") if fut.cancelled() else fut.exception()
+            if error is None:
+                result.acked[row_id] = ack_times.get(row_id, time.time())
+            else:
+                result.failed[row_id] = error
+        for fut in pending:
+            fut.add_done_callback(_swallow)
+            result.failed[futures[fut]] = KafkaTimeoutError("no acknowledgement in time")
+            result.stuck = True
+        return result
+
+    async def _settle(
+        self,
+        conn: asyncpg.Connection,
+        tx: Any,
+        rows: Sequence[asyncpg.Record],
+        result: RoundResult,
+    ) -> None:
+        if result.acked:
+            await conn.execute(_DELETE, list(result.acked))
+        if result.failed:
+            by_id = {r["id"]: r for r in rows}
+            ids, attempts, delays, errors, dead = [], [], [], [], []
+            for row_id, exc in result.failed.items():
+                n = by_id[row_id]["attempts"] + 1
+                ids.append(row_id)
+                attempts.append(n)
+                delays.append(backoff_delay(n, self.backoff_base, self.backoff_cap))
+                errors.append(describe_error(exc))
+                dead.append(n >= self.max_attempts)
+            await conn.execute(_RESCHEDULE, ids, attempts, delays, errors, dead)
+        await tx.commit()
+
+    def _account(self, rows: Sequence[asyncpg.Record], result: RoundResult) -> None:
+        if result.outage:
+            metrics.kafka_publish.labels("error").inc(len(result.failed))
+            return
+        by_id = {r["id"]: r for r in rows}
+        for row_id, acked_at in result.acked.items():
+            lag = max(acked_at - by_id[row_id]["created_at"].timestamp(), 0.0)
+            metrics.outbox_lag.observe(lag)
+            for observe in self.lag_observers:
+                observe(lag)
+        if result.acked:
+            metrics.kafka_publish.labels("ok").inc(len(result.acked))
+        dead = 0
+        for row_id, exc in result.failed.items():
+            row = by_id[row_id]
+            if row["attempts"] + 1 >= self.max_attempts:
+                dead += 1
+                log.error(
+                    "outbox event dead-lettered after %d attempts: id=%d event_id=%s type=%s (%s)",
+                    row["attempts"] + 1, row_id, row["event_id"], row["event_type"],
+                    describe_error(exc),
+                )  # fmt: skip
+            else:
+                log.info("outbox event %d will be retried: %s", row_id, describe_error(exc))
+        if dead:
+            metrics.kafka_publish.labels("dead_letter").inc(dead)
+            self._gauges_at = 0.0  # show the new dead letters at once
+        if len(result.failed) > dead:
+            metrics.kafka_publish.labels("retry").inc(len(result.failed) - dead)
+
+    async def _refresh_gauges(self) -> None:
+        """Depth, oldest age and dead letters, at most every couple of seconds: one
+        aggregate over the outbox, cheap while it is small, bounded while it is not."""
+        now = time.monotonic()
+        if now - self._gauges_at < GAUGE_REFRESH_SECONDS:
+            return
+        self._gauges_at = now
+        try:
+            row = await self.pool.fetchrow(_STATS)
+        except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+            log.debug("outbox gauges not refreshed: %s", describe_error(exc))
+            return
+        assert row is not None
+        metrics.outbox_pending.set(row["pending"])
+        metrics.outbox_oldest_age.set(row["oldest_age"])
+        metrics.dead_letters.set(row["dead"])
+
+
+def _swallow(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+async def _uncancellable(coro: Awaitable[None]) -> None:
+    """Run `coro` to the end even if the caller is cancelled, then re-raise the
+    cancellation: the round's bookkeeping must land once the broker has the events."""
+    task = asyncio.ensure_future(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise
+
+
+async def _rollback_quietly(tx: Any) -> None:
+    try:
+        await tx.rollback()
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        pass
+
+
+async def _close_quietly(producer: AIOKafkaProducer, timeout: float = 5.0) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), timeout)
+    except Exception as exc:
+        log.debug("kafka producer did not close cleanly: %s", describe_error(exc))
