@@ -1,0 +1,59 @@
+"""Source security and the ops API's door: installed by `gateway.app` as a feature.
+
+- allowlist + per-channel token bucket, run by the webhook handler before the body is
+  read (`appkeys.SOURCE_GUARD`);
+- the delivery-id replay guard (`appkeys.REPLAY_GUARD`);
+- a global in-flight bound on webhook requests, and bearer-JWT auth for the rest of
+  /api/v1/ (middlewares, after the request-context middleware so errors render as JSON);
+- SIGHUP reloads the channels file.
+
+docs/security.md lists which limit fails open and which fails closed, and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway import appkeys
+from gateway.security.auth import auth_middleware
+from gateway.security.guard import ChannelSourceGuard
+from gateway.security.inflight import InFlight, inflight_middleware
+from gateway.security.reload import ReloadableChannels, reload_channels, sighup_ctx
+from gateway.security.replay import DeliveryReplayGuard
+
+__all__ = ["install", "reload_channels"]
+
+
+def install(app: web.Application) -> None:
+    settings = app[appkeys.SETTINGS]
+    channels = app[appkeys.CHANNELS]
+    registry = (
+        channels if isinstance(channels, ReloadableChannels) else ReloadableChannels(channels)
+    )
+    app[appkeys.CHANNELS] = registry
+
+    def tolerance_of(name: str) -> int:
+        channel = registry.get(name)
+        return (
+            channel.tolerance_seconds
+            if channel is not None
+            else settings.signature_tolerance_seconds
+        )
+
+    replay = DeliveryReplayGuard(tolerance_of)
+    app[appkeys.SOURCE_GUARD] = ChannelSourceGuard(settings.trusted_proxies)
+    app[appkeys.REPLAY_GUARD] = replay
+
+    app.middlewares.append(inflight_middleware(InFlight(settings.max_in_flight_requests)))
+    app.middlewares.append(auth_middleware(settings.admin_jwt_secret))
+
+    async def replay_ctx(app: web.Application) -> AsyncIterator[None]:
+        replay.redis = app.get(appkeys.REDIS)
+        yield
+        await replay.close()
+        replay.redis = None
+
+    app.cleanup_ctx.append(replay_ctx)
+    app.cleanup_ctx.append(sighup_ctx)
