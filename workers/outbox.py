@@ -245,7 +245,9 @@ class OutboxRelay(Worker):
             self._note_outage(next(iter(result.failed.values())))
             return False
         self._note_healthy()
-        return len(rows) >= self.batch_size
+        # Go again at once after progress: a full batch may have more behind it, and an
+        # acked event may have unblocked the next event of its key.
+        return bool(result.acked) or len(rows) >= self.batch_size
 
     async def _publish(
         self, producer: AIOKafkaProducer, rows: Sequence[asyncpg.Record]

@@ -1,0 +1,339 @@
+"""The outbox relay against the real stack: payments posted through the app come out of
+the embedded Kafka broker exactly as a downstream consumer would read them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from prometheus_client import REGISTRY
+
+from gateway import appkeys
+from gateway.config import Settings
+from gateway.kafka import ensure_topic
+from tests import stack as stack_module
+from tests.conftest import make_settings, wait_for
+from tests.webhooks import payment_doc, post_webhook
+from workers.dlq import list_dead_letters, replay
+from workers.outbox import OutboxRelay
+
+Record = ConsumerRecord[bytes, bytes]
+
+
+def relay_settings(stack: stack_module.TestStack, **overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "kafka_request_timeout_ms": 1500,
+        "outbox_poll_interval_ms": 20,
+        "outbox_backoff_base_ms": 5,
+        "outbox_backoff_max_seconds": 0.2,
+    }
+    base.update(overrides)
+    return make_settings(stack, **base)
+
+
+@pytest.fixture
+async def relays(db: asyncpg.Pool) -> AsyncIterator[list[OutboxRelay]]:
+    """Relays a test starts; all stopped at the end, whatever happened."""
+    made: list[OutboxRelay] = []
+    yield made
+    for r in made:
+        await r.stop(grace=5)
+
+
+@pytest.fixture
+async def broker(stack: stack_module.TestStack) -> AsyncIterator[stack_module.TestStack]:
+    """For tests that stop the broker: it is running again afterwards, whatever happened."""
+    try:
+        yield stack
+    finally:
+        if "kafka" in stack.servers and not stack.kafka.running:
+            await stack.kafka.start()
+
+
+async def start_relay(
+    relays: list[OutboxRelay], pool: asyncpg.Pool, settings: Settings, **kwargs: Any
+) -> OutboxRelay:
+    relay = OutboxRelay(pool, settings, kwargs.pop("wakeup", None), **kwargs)
+    relays.append(relay)
+    await relay.start()
+    return relay
+
+
+async def read_topic(settings: Settings) -> list[Record]:
+    """Everything on the test's topic, from the earliest offset to the current end."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        parts = range(settings.kafka_topic_partitions)  # as ensure_topic created it
+        tps = [TopicPartition(settings.kafka_topic, p) for p in parts]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        records: list[Record] = []
+
+        async def caught_up() -> bool:
+            for batch in (await consumer.getmany(*tps, timeout_ms=200)).values():
+                records.extend(batch)
+            return all([await consumer.position(tp) >= ends[tp] for tp in tps])
+
+        await wait_for(caught_up, timeout=20)
+        return records
+    finally:
+        await consumer.stop()
+
+
+def headers(record: Record) -> dict[str, str]:
+    return {k: v.decode() for k, v in record.headers}
+
+
+async def pending(pool: asyncpg.Pool) -> int:
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM payment_service.outbox WHERE dead_lettered_at IS NULL"
+        )
+    )
+
+
+async def insert_event(
+    pool: asyncpg.Pool, settings: Settings, key: str, body: dict[str, Any] | bytes, **extra: Any
+) -> int:
+    payload = body if isinstance(body, bytes) else orjson.dumps(body)
+    cols = ["event_id", "event_type", "topic", "key", "payload", *extra]
+    values = [uuid.uuid4(), "payment.status_changed", settings.kafka_topic, key, payload]
+    values += list(extra.values())
+    marks = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
+    return int(
+        await pool.fetchval(
+            f"INSERT INTO payment_service.outbox ({', '.join(cols)}) VALUES ({marks}) RETURNING id",
+            *values,
+        )
+    )
+
+
+def counter(result: str) -> float:
+    return REGISTRY.get_sample_value("paygate_kafka_publish_total", {"result": result}) or 0.0
+
+
+async def test_every_posted_payment_becomes_exactly_one_event(
+    make_client: Callable[..., Awaitable[Any]],
+    db: asyncpg.Pool,
+    stack: stack_module.TestStack,
+    relays: list[OutboxRelay],
+) -> None:
+    settings = relay_settings(stack)
+    client = await make_client(settings)
+    await start_relay(relays, db, settings, wakeup=client.server.app[appkeys.OUTBOX_WAKE])
+    posted: dict[str, tuple[dict[str, Any], str]] = {}
+    for i in range(25):
+        doc = payment_doc(amount=f"{100 + i}.0{i % 10}")
+        status, body, _ = await post_webhook(client, doc)
+        assert status == 201
+        posted[doc["reference_number"]] = (doc, body["payment_id"])
+
+    await wait_for(lambda: _is_zero(pending(db)), timeout=20)
+    records = await read_topic(settings)
+
+    assert len(records) == len(posted)
+    assert len({headers(r)["event_id"] for r in records}) == len(posted)
+    for r in records:
+        event = orjson.loads(r.value)
+        doc, payment_id = posted[r.key.decode()]
+        assert headers(r) == {"event_id": event["event_id"], "event_type": "payment.recorded"}
+        assert event["event_type"] == "payment.recorded"
+        assert event["payment"]["id"] == payment_id
+        assert event["payment"]["reference_number"] == doc["reference_number"]
+        assert event["payment"]["amount"] == doc["amount"]
+        assert event["payment"]["source"] == "webhook"
+    assert await db.fetchval("SELECT count(*) FROM payment_service.outbox") == 0
+
+
+async def _is_zero(value: Awaitable[int]) -> bool:
+    return await value == 0
+
+
+async def test_broker_outage_never_fails_ingestion_and_the_backlog_drains(
+    make_client: Callable[..., Awaitable[Any]],
+    db: asyncpg.Pool,
+    broker: stack_module.TestStack,
+    relays: list[OutboxRelay],
+) -> None:
+    if "kafka" not in broker.servers:
+        pytest.skip("needs the embedded broker to stop and start it")
+    settings = relay_settings(broker)
+    client = await make_client(settings)
+    await start_relay(relays, db, settings, wakeup=client.server.app[appkeys.OUTBOX_WAKE])
+    first = payment_doc()
+    assert (await post_webhook(client, first))[0] == 201
+    await wait_for(lambda: _is_zero(pending(db)), timeout=20)  # the producer is connected
+
+    errors_before = counter("error")
+    await broker.kafka.stop()
+    refs = {first["reference_number"]}
+    for _ in range(12):
+        doc = payment_doc()
+        status, _, _ = await post_webhook(client, doc)
+        assert status == 201
+        refs.add(doc["reference_number"])
+    assert await pending(db) == 12
+    await wait_for(lambda: _positive(counter("error") - errors_before), timeout=20)
+    # An outage is not the rows' fault: none of them is charged an attempt.
+    assert await db.fetchval("SELECT max(attempts) FROM payment_service.outbox") == 0
+
+    await broker.kafka.start()  # same port; this broker keeps its log in memory only
+    await ensure_topic(settings)
+    await wait_for(lambda: _is_zero(pending(db)), timeout=30)
+    records = await read_topic(settings)
+
+    assert {r.key.decode() for r in records} == refs - {first["reference_number"]}
+    assert len(records) == 12
+
+
+async def _positive(value: float) -> bool:
+    return value > 0
+
+
+async def test_relay_started_while_the_broker_is_down_starts_its_producer_later(
+    db: asyncpg.Pool, broker: stack_module.TestStack, relays: list[OutboxRelay]
+) -> None:
+    if "kafka" not in broker.servers:
+        pytest.skip("needs the embedded broker to stop and start it")
+    settings = relay_settings(broker)
+    await broker.kafka.stop()
+    relay = await start_relay(relays, db, settings)
+    await insert_event(db, settings, "K-LATE", {"n": 1})
+    await wait_for(lambda: _positive(relay._outages), timeout=20)
+    assert await pending(db) == 1
+
+    await broker.kafka.start()
+    await ensure_topic(settings)
+    await wait_for(lambda: _is_zero(pending(db)), timeout=30)
+    assert [r.key for r in await read_topic(settings)] == [b"K-LATE"]
+
+
+async def test_poison_event_is_dead_lettered_the_rest_flow_and_replay_publishes_it(
+    make_client: Callable[..., Awaitable[Any]],
+    db: asyncpg.Pool,
+    stack: stack_module.TestStack,
+    relays: list[OutboxRelay],
+) -> None:
+    settings = relay_settings(stack, outbox_max_attempts=3)
+    client = await make_client(settings)
+
+    def small_limit(s: Settings) -> AIOKafkaProducer:
+        # Stands in for a broker whose size limit the poison event exceeds.
+        return AIOKafkaProducer(
+            bootstrap_servers=s.kafka_bootstrap_servers, acks="all", max_request_size=2048
+        )
+
+    poison = await insert_event(db, settings, "POISON-1", {"blob": "x" * 4096})
+    dead_before = counter("dead_letter")
+    relay = await start_relay(
+        relays, db, settings, wakeup=client.server.app[appkeys.OUTBOX_WAKE],
+        producer_factory=small_limit,
+    )  # fmt: skip
+    refs = set()
+    for _ in range(5):
+        doc = payment_doc()
+        assert (await post_webhook(client, doc))[0] == 201
+        refs.add(doc["reference_number"])
+
+    await wait_for(lambda: _is_zero(pending(db)), timeout=20)
+    [dead] = await list_dead_letters(db)
+    assert dead["id"] == poison and dead["attempts"] == 3
+    assert dead["last_error"].startswith("MessageSizeTooLargeError")
+    assert counter("dead_letter") == dead_before + 1
+    assert {r.key.decode() for r in await read_topic(settings)} == refs
+
+    await relay.stop()  # the operator raises the limit: a relay with the default producer
+    await start_relay(relays, db, settings)
+    assert await replay(db, [poison], all_=False, actor="test:operator") == 1
+    await wait_for(lambda: _is_zero(db.fetchval("SELECT count(*) FROM payment_service.outbox")))
+    replayed = [r for r in await read_topic(settings) if r.key == b"POISON-1"]
+    assert len(replayed) == 1
+    assert orjson.loads(replayed[0].value) == {"blob": "x" * 4096}
+
+
+async def test_a_rescheduled_event_holds_back_the_later_events_of_its_key(
+    db: asyncpg.Pool, stack: stack_module.TestStack
+) -> None:
+    settings = relay_settings(stack)
+    await ensure_topic(settings)
+    relay = OutboxRelay(db, settings)
+    try:
+        first = await insert_event(
+            db, settings, "K-1", {"seq": 1}, attempts=1, next_attempt_at=_in_an_hour()
+        )
+        await insert_event(db, settings, "K-1", {"seq": 2})
+        await insert_event(db, settings, "K-2", {"seq": 1})
+        await relay.burst()
+        assert [r.key for r in await read_topic(settings)] == [b"K-2"]
+        assert await pending(db) == 2
+
+        await db.execute(
+            "UPDATE payment_service.outbox SET next_attempt_at = now() WHERE id = $1", first
+        )
+        await relay.burst()
+        by_key = [
+            orjson.loads(r.value)["seq"] for r in await read_topic(settings) if r.key == b"K-1"
+        ]
+        assert by_key == [1, 2]
+    finally:
+        await relay.stop()
+
+
+async def test_a_dead_letter_does_not_block_its_key(
+    db: asyncpg.Pool, stack: stack_module.TestStack
+) -> None:
+    settings = relay_settings(stack)
+    await ensure_topic(settings)
+    relay = OutboxRelay(db, settings)
+    try:
+        await db.execute(
+            "UPDATE payment_service.outbox SET dead_lettered_at = now() WHERE id = $1",
+            await insert_event(db, settings, "K-D", {"seq": 1}),
+        )
+        await insert_event(db, settings, "K-D", {"seq": 2})
+        await relay.burst()
+        assert [orjson.loads(r.value)["seq"] for r in await read_topic(settings)] == [2]
+    finally:
+        await relay.stop()
+
+
+def _in_an_hour() -> Any:
+    from datetime import UTC, datetime, timedelta
+
+    return datetime.now(UTC) + timedelta(hours=1)
+
+
+async def test_two_relays_publish_each_event_once_in_key_order(
+    db: asyncpg.Pool, stack: stack_module.TestStack, relays: list[OutboxRelay]
+) -> None:
+    settings = relay_settings(stack, kafka_batch_size=7)
+    await ensure_topic(settings)
+    keys = [f"K-{k:02d}" for k in range(12)]
+    for seq in range(6):
+        for key in keys:
+            await insert_event(db, settings, key, {"key": key, "seq": seq})
+
+    await start_relay(relays, db, settings)
+    await start_relay(relays, db, settings)
+    relays[0].wakeup.ring()
+    await wait_for(lambda: _is_zero(pending(db)), timeout=30)
+    records = await read_topic(settings)
+
+    assert len(records) == len(keys) * 6
+    assert len({headers(r)["event_id"] for r in records}) == len(records)
+    for key in keys:
+        mine = sorted((r for r in records if r.key == key.encode()), key=lambda r: r.offset)
+        assert len({r.partition for r in mine}) == 1
+        assert [orjson.loads(r.value)["seq"] for r in mine] == list(range(6))
