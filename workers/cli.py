@@ -27,6 +27,9 @@ from gateway.errors import ConfigError
 
 log = logging.getLogger("paygate")
 
+# Set in the extra server processes WEB_CONCURRENCY starts (they run no workers).
+CHILD_ENV = "PAYGATE_SERVER_CHILD"
+
 Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 _COMMANDS: dict[str, Command] = {}
 _EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction[Any]], None]] = []
@@ -195,19 +198,35 @@ def _load_extra_commands() -> None:
                 raise
 
 
+def _prepare_metrics_dir(settings: Settings) -> None:
+    """Several server processes share one port: prometheus-client's multiprocess mode
+    must be on before any metric is created, with a directory wiped by the first process."""
+    if settings.web_concurrency <= 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return
+    if os.environ.get(CHILD_ENV):
+        return  # the parent prepared it
+    default = str(Path(settings.data_dir).resolve() / "metrics")
+    path = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", default))
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+
+
 def main(argv: list[str] | None = None) -> int:
     from gateway import logs
 
-    _load_extra_commands()
-    args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
-        print(f"paygate: configuration error: {exc}", file=sys.stderr)
-        return 2
+        if argv is not None and any(a in ("-h", "--help") for a in argv):
+            settings = Settings()
+        else:
+            print(f"paygate: configuration error: {exc}", file=sys.stderr)
+            return 2
+    _prepare_metrics_dir(settings)
+    _load_extra_commands()
+    args = build_parser().parse_args(argv)
     logs.configure(settings.log_level)
-    if settings.web_concurrency > 1:
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(Path(settings.data_dir) / "metrics"))
     try:
         return _run_loop(_COMMANDS[args.command](args, settings))
     except ConfigError as exc:

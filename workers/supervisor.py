@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import ssl
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 
@@ -113,6 +117,40 @@ async def wait_for_stop_signal() -> None:
             loop.remove_signal_handler(sig)
 
 
+def _spawn_siblings(settings: Settings) -> list[subprocess.Popen[bytes]]:
+    """WEB_CONCURRENCY > 1: extra `paygate serve` processes on the same port
+    (SO_REUSEPORT: the kernel spreads connections). They run no background workers."""
+    from workers.cli import CHILD_ENV
+
+    if settings.web_concurrency <= 1 or os.environ.get(CHILD_ENV):
+        return []
+    env = dict(os.environ, **{CHILD_ENV: "1"})
+    inherited = {
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "WEBHOOK_SECRET": " ".join(settings.webhook_secret),
+        "PORT": str(settings.port),
+    }
+    env.update({k: v for k, v in inherited.items() if v})
+    return [
+        subprocess.Popen([sys.executable, "-m", "workers.cli", "serve"], env=env)
+        for _ in range(settings.web_concurrency - 1)
+    ]
+
+
+async def _stop_siblings(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        while p.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if p.poll() is None:
+            p.kill()
+
+
 async def serve(
     settings: Settings, *, with_workers: bool, ready: Callable[[], None] | None = None
 ) -> None:
@@ -140,11 +178,16 @@ async def serve(
             backlog=2048,
         )
         await site.start()
-        log.info("paygate listening on %s:%d", settings.host, settings.port)
+        siblings = _spawn_siblings(settings)
+        log.info(
+            "paygate listening on %s:%d (%d processes)",
+            settings.host, settings.port, 1 + len(siblings),
+        )  # fmt: skip
         if ready is not None:
             ready()
         await wait_for_stop_signal()
         log.info("stopping: finishing requests in flight")
+        await _stop_siblings(siblings, settings.shutdown_timeout_seconds + 5)
     finally:
         with suppress(Exception):
             await runner.cleanup()

@@ -1,0 +1,54 @@
+"""The framework's ceiling: an aiohttp handler that only reads, verifies and parses.
+
+Same server settings as paygate (uvloop, one process, no access log); what paygate
+adds on top of this is validation, deduplication and the durable write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import orjson
+from aiohttp import web
+
+from gateway.signatures import SCHEMES, SignatureError, decode_secret
+
+
+def create_bare_app(key: bytes) -> web.Application:
+    scheme = SCHEMES["standard"]
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            scheme.verify(request.headers, body, (key,), now=time.time(), tolerance=300)
+        except SignatureError:
+            return web.Response(status=401)
+        doc = orjson.loads(body)
+        out = {"status": "parsed", "reference_number": doc.get("reference_number")}
+        return web.Response(body=orjson.dumps(out), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/api/v1/payments/webhook", handle)
+    return app
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--secret", required=True)
+    args = ap.parse_args()
+    import uvloop
+
+    web.run_app(
+        create_bare_app(decode_secret("standard", args.secret)),
+        host="127.0.0.1",
+        port=args.port,
+        access_log=None,
+        print=None,
+        loop=uvloop.new_event_loop(),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""`make bench`: the hot-path figures of bench/RESULTS.md, all measured in one run.
+
+Starts a private embedded stack, then, one server process at a time, on this machine:
+  1. bare      aiohttp read + verify + parse (the framework's ceiling), closed loop
+  2. naive     one transaction per request (bench/baseline), closed loop
+  3. paygate   `paygate serve`, closed loop (ceiling) on new payments
+  4. paygate   open loop at --rate for --seconds (the sustained target: p99, non-2xx)
+  5. paygate   duplicate-only traffic (L1 hits), closed loop
+and prints every figure with its ratio to the baselines of this same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from bench.loadgen import Result, build_requests, run
+from gateway.config import Settings
+from gateway.db import create_pool
+from gateway.embedded import EmbeddedKafka, EmbeddedPostgres, EmbeddedRedis, free_port
+from gateway.kafka import ensure_topic
+from gateway.migrations import migrate
+from gateway.signatures import decode_secret
+
+
+async def _wait_http(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"server on {port} did not start")
+
+
+class Server:
+    def __init__(self, argv: list[str], env: dict[str, str], port: int) -> None:
+        self.argv, self.env, self.port = argv, env, port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def __aenter__(self) -> Server:
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.DEVNULL)
+        await _wait_http(self.port)
+        if "serve" in self.argv:
+            await asyncio.sleep(0.5)  # cache warm and writer start happen before listening
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def _truncate(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "TRUNCATE payment_service.payments, payment_service.payment_references,"
+            " payment_service.outbox, payment_service.webhook_events, payment_service.audit_log"
+        )
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="paygate-bench-"))
+    root.chmod(0o755)
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    key = decode_secret("standard", secret)
+    pg, rd, kf = (
+        EmbeddedPostgres(root / "pg"),
+        EmbeddedRedis(root / "redis"),
+        EmbeddedKafka(root / "kafka"),
+    )
+    results: dict[str, Any] = {}
+    try:
+        await asyncio.gather(pg.start(), rd.start(), kf.start())
+        settings = Settings.from_env(
+            {}, database_url=pg.url, redis_url=rd.url, kafka_bootstrap_servers=kf.url
+        )
+        await migrate(pg.url)
+        from workers.partitions import ensure_partitions
+
+        pool = await create_pool(settings, min_size=1, max_size=2)
+        await ensure_partitions(pool, settings)
+        await pool.close()
+        await ensure_topic(settings)
+
+        env = dict(os.environ)
+        env.update(
+            DATABASE_URL=pg.url, REDIS_URL=rd.url, KAFKA_BOOTSTRAP_SERVERS=kf.url,
+            WEBHOOK_SECRET=secret, LOG_LEVEL="WARNING", ENABLE_OUTBOX_RELAY="false",
+            ENABLE_STAGING_PROCESSOR="false", ENABLE_PARTITION_MAINTENANCE="false",
+            ENABLE_STATUS_POLLER="false",
+        )  # fmt: skip
+        py = sys.executable
+        ceiling_s, conns = args.ceiling_seconds, args.connections
+
+        async def closed(port: int, reqs: list[bytes]) -> Result:
+            return await run(f"http://127.0.0.1:{port}", reqs, rate=0, seconds=ceiling_s,
+                             connections=conns)  # fmt: skip
+
+        n_ceiling = int(args.max_rps * ceiling_s)
+        port = free_port()
+        reqs = build_requests(f"127.0.0.1:{port}", n_ceiling, key, dup_ratio=0)
+        async with Server(
+            [py, "-m", "bench.bare", "--port", str(port), "--secret", secret], env, port
+        ):
+            results["bare"] = (await closed(port, reqs)).summary()
+        print("bare", results["bare"], flush=True)
+
+        port = free_port()
+        reqs = build_requests(f"127.0.0.1:{port}", n_ceiling, key, dup_ratio=0)
+        naive = [py, "-m", "bench.baseline.naive", "--port", str(port), "--secret", secret,
+                 "--dsn", pg.url]  # fmt: skip
+        async with Server(naive, env, port):
+            results["naive"] = (await closed(port, reqs)).summary()
+        print("naive", results["naive"], flush=True)
+        await _truncate(pg.url)
+
+        port = free_port()
+        env_pg = dict(env, PORT=str(port))
+        serve = [py, "-m", "workers.cli", "serve"]
+        reqs = build_requests(f"127.0.0.1:{port}", n_ceiling, key, dup_ratio=0)
+        async with Server(serve, env_pg, port):
+            results["paygate_ceiling"] = (await closed(port, reqs)).summary()
+        print("paygate ceiling", results["paygate_ceiling"], flush=True)
+        await _truncate(pg.url)
+
+        port = free_port()
+        env_pg = dict(env, PORT=str(port))
+        reqs = build_requests(f"127.0.0.1:{port}", int(args.rate * args.seconds), key, dup_ratio=0)
+        async with Server(serve, env_pg, port):
+            results["paygate_sustained"] = (
+                await run(
+                    f"http://127.0.0.1:{port}",
+                    reqs,
+                    rate=args.rate,
+                    seconds=args.seconds,
+                    connections=conns,
+                )
+            ).summary()
+            results["paygate_sustained"]["target_rps"] = args.rate
+            print("paygate sustained", results["paygate_sustained"], flush=True)
+            seed = reqs[:20_000]
+            dups = build_requests(f"127.0.0.1:{port}", n_ceiling, key, dup_ratio=0, seed_refs=seed)
+            results["paygate_duplicates"] = (await closed(port, dups)).summary()
+        print("paygate duplicates", results["paygate_duplicates"], flush=True)
+    finally:
+        await asyncio.gather(pg.stop(), rd.stop(), kf.stop(), return_exceptions=True)
+        shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+def report(r: dict[str, Any], args: argparse.Namespace) -> str:
+    bare = r["bare"]["throughput_rps"]
+    naive = r["naive"]["created_rps"]
+    ceil = r["paygate_ceiling"]["created_rps"]
+    sus = r["paygate_sustained"]
+    dup = r["paygate_duplicates"]["throughput_rps"]
+    non2xx = sum(v for k, v in sus["statuses"].items() if not 200 <= int(k) < 300) + sus["errors"]
+    lines = [
+        "| figure | value | baseline ratio |",
+        "|---|---|---|",
+        f"| bare ceiling (read+verify+parse) | {bare:,.0f} req/s | 1.00 (the baseline) |",
+        f"| naive baseline (txn per request) | {naive:,.0f} created/s | {naive / bare:.2f} of bare |",
+        f"| paygate ceiling, new payments | {ceil:,.0f} created/s | {ceil / bare:.2f} of bare, {ceil / naive:.1f}x naive |",
+        f"| paygate sustained {args.seconds:.0f} s at {args.rate:,.0f}/s | {sus['created_rps']:,.0f} created/s, p50 {sus['p50_ms']} ms, p95 {sus['p95_ms']} ms, p99 {sus['p99_ms']} ms, max {sus['max_ms']} ms, non-2xx {non2xx} | {sus['created_rps'] / bare:.2f} of bare, {sus['created_rps'] / naive:.1f}x naive |",
+        f"| paygate duplicate-only (L1 hits) | {dup:,.0f} req/s | {dup / bare:.2f} of bare |",
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rate", type=float, default=5000)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--ceiling-seconds", type=float, default=15)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--max-rps", type=float, default=25_000, help="sizes the pre-built requests")
+    args = ap.parse_args()
+    import uvloop
+
+    results = uvloop.run(main_async(args))
+    out = Path("bench/out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "hotpath.json").write_bytes(
+        orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    )
+    print(report(results, args))
+
+
+if __name__ == "__main__":
+    main()
