@@ -12,9 +12,9 @@ land exactly once.
 from __future__ import annotations
 
 import asyncio
-import uuid
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
