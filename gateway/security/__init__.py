@@ -23,7 +23,9 @@ from gateway.security.inflight import InFlight, inflight_middleware
 from gateway.security.reload import ReloadableChannels, reload_channels, sighup_ctx
 from gateway.security.replay import DeliveryReplayGuard
 
-__all__ = ["install", "reload_channels"]
+__all__ = ["INFLIGHT", "install", "reload_channels"]
+
+INFLIGHT = web.AppKey("security_inflight", InFlight)
 
 
 def install(app: web.Application) -> None:
@@ -46,7 +48,8 @@ def install(app: web.Application) -> None:
     app[appkeys.SOURCE_GUARD] = ChannelSourceGuard(settings.trusted_proxies)
     app[appkeys.REPLAY_GUARD] = replay
 
-    app.middlewares.append(inflight_middleware(InFlight(settings.max_in_flight_requests)))
+    app[INFLIGHT] = InFlight(settings.max_in_flight_requests)
+    app.middlewares.append(inflight_middleware(app[INFLIGHT]))
     app.middlewares.append(auth_middleware(settings.admin_jwt_secret))
 
     async def replay_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -10,6 +10,7 @@ rather than open. Only HS256 is accepted, so `alg: none` and key-confusion token
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -36,6 +37,9 @@ class Principal:
 
     def allows(self, role: str) -> bool:
         return role in self.roles or (role == READ and WRITE in self.roles)
+
+
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("ops_principal")
 
 
 def mint_token(
@@ -116,8 +120,10 @@ def auth_middleware(secret: str) -> Middleware:
     async def require_ops_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         if needs_auth(request.path):
             principal = authenticate(request, secret)
-            request["principal"] = principal.subject
-            request["roles"] = principal.roles
+            request[PRINCIPAL] = principal
+            with warnings.catch_warnings():  # the plain key other modules read (rare requests)
+                warnings.simplefilter("ignore", web.NotAppKeyWarning)
+                request["principal"] = principal.subject
         return await handler(request)
 
     return require_ops_token

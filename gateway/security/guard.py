@@ -6,6 +6,7 @@ bucket (429 with `Retry-After`). Only a request that passes both costs a body re
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 
 from aiohttp import web
@@ -20,9 +21,9 @@ from gateway.security.ratelimit import RateLimiter, retry_after_seconds
 
 class ChannelSourceGuard:
     def __init__(
-        self, trusted_proxies: Sequence[IPNetwork], limiter: RateLimiter | None = None
+        self, trusted_proxies: Sequence[IPNetwork | str], limiter: RateLimiter | None = None
     ) -> None:
-        self.trusted = tuple(trusted_proxies)
+        self.trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
         self.limiter = limiter or RateLimiter()
 
     def check(self, request: web.Request, channel: Channel) -> None:
