@@ -1,0 +1,66 @@
+"""Dead-lettered outbox rows: list them and put them back in line.
+
+The SQL lives on the gateway side because the ops API needs it and `gateway/` never
+imports `workers/`; the `paygate dlq` command calls the same two functions. A replay
+resets the row's attempts and schedules it now, so the relay publishes it with its
+original event_id (consumers drop a redelivery by that id), and audits who did it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+_LIST = """
+SELECT id, event_id, event_type, topic, key, attempts, last_error, dead_lettered_at, created_at
+FROM payment_service.outbox
+WHERE dead_lettered_at IS NOT NULL
+ORDER BY id
+LIMIT $1
+"""
+
+_REPLAY = """
+WITH replayed AS (
+    UPDATE payment_service.outbox
+    SET dead_lettered_at = NULL, attempts = 0, next_attempt_at = now(), last_error = NULL
+    WHERE dead_lettered_at IS NOT NULL AND ($1 OR id = ANY($2::bigint[]))
+    RETURNING id, event_id, event_type, key
+), aud AS (
+    INSERT INTO payment_service.audit_log (actor, action, reference_number, details)
+    SELECT $3, 'dlq_replay', key,
+           jsonb_build_object('outbox_id', id, 'event_id', event_id, 'event_type', event_type)
+    FROM replayed
+)
+SELECT id FROM replayed ORDER BY id
+"""
+
+
+async def list_dead_letters(pool: asyncpg.Pool, limit: int = 100) -> list[dict[str, Any]]:
+    """The oldest dead letters first, without their payloads (they may carry customer data)."""
+    rows = await pool.fetch(_LIST, limit)
+    return [
+        {
+            "id": r["id"],
+            "event_id": str(r["event_id"]),
+            "event_type": r["event_type"],
+            "topic": r["topic"],
+            "key": r["key"],
+            "attempts": r["attempts"],
+            "last_error": r["last_error"],
+            "dead_lettered_at": r["dead_lettered_at"].isoformat(),
+            "created_at": r["created_at"].isoformat(),
+        }
+        for r in rows
+    ]
+
+
+async def replay(
+    pool: asyncpg.Pool, ids: Sequence[int] = (), *, all_: bool = False, actor: str
+) -> list[int]:
+    """Re-queue the given dead letters (or all of them); returns the ids re-queued."""
+    if not all_ and not ids:
+        return []
+    rows = await pool.fetch(_REPLAY, all_, list(ids), actor[:255])
+    return [r["id"] for r in rows]
