@@ -3,6 +3,7 @@ the embedded Kafka broker exactly as a downstream consumer would read them."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -315,6 +316,19 @@ def _in_an_hour() -> Any:
     return datetime.now(UTC) + timedelta(hours=1)
 
 
+class SlowProducer(AIOKafkaProducer):  # type: ignore[misc]
+    """A real producer that takes its time over each send, so a second relay races ahead
+    of it: the case where per-key order could break."""
+
+    @classmethod
+    def factory(cls, s: Settings) -> AIOKafkaProducer:
+        return cls(bootstrap_servers=s.kafka_bootstrap_servers, acks="all")
+
+    async def send(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.02)
+        return await super().send(*args, **kwargs)
+
+
 async def test_two_relays_publish_each_event_once_in_key_order(
     db: asyncpg.Pool, stack: stack_module.TestStack, relays: list[OutboxRelay]
 ) -> None:
@@ -325,9 +339,8 @@ async def test_two_relays_publish_each_event_once_in_key_order(
         for key in keys:
             await insert_event(db, settings, key, {"key": key, "seq": seq})
 
+    await start_relay(relays, db, settings, producer_factory=SlowProducer.factory)
     await start_relay(relays, db, settings)
-    await start_relay(relays, db, settings)
-    relays[0].wakeup.ring()
     await wait_for(lambda: _is_zero(pending(db)), timeout=30)
     records = await read_topic(settings)
 
