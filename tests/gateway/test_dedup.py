@@ -1,0 +1,64 @@
+"""Pure pieces of deduplication and ids: cache entries, the Redis circuit breaker, uuid7."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import orjson
+
+from gateway.config import Settings
+from gateway.dedup import Deduplicator, Known
+from gateway.events import payment_recorded
+from gateway.ids import uuid7
+from gateway.redis_cache import CircuitBreaker
+
+
+def test_known_round_trips_and_garbage_is_a_miss() -> None:
+    k = Known("01a2-id", "abc123", "pending")
+    assert Known.decode(k.encode()) == k
+    for junk in (None, b"", b"no-separators", b"a|b", "é|x|y|z".encode()):
+        assert Known.decode(junk) is None
+
+
+def test_breaker_opens_after_threshold_and_half_opens_after_reset() -> None:
+    b = CircuitBreaker(threshold=3, reset_seconds=5)
+    for _ in range(2):
+        b.failure(now=100.0)
+    assert b.allow(now=100.0)
+    b.failure(now=100.0)
+    assert not b.allow(now=101.0)
+    assert b.allow(now=105.0)
+    b.success()
+    assert b.allow(now=105.0) and not b.is_open
+
+
+def test_memory_layer_is_bounded_lru() -> None:
+    d = Deduplicator(Settings.from_env({}, memory_cache_max_size=2), None)
+    d.remember([("a", Known("1", "h", "succeeded")), ("b", Known("2", "h", "succeeded"))])
+    assert d.lookup_local("a") is not None  # touch a: b becomes least recent
+    d.remember([("c", Known("3", "h", "succeeded"))])
+    assert d.lookup_local("b") is None
+    assert d.lookup_local("a") is not None and d.lookup_local("c") is not None
+
+
+def test_uuid7_is_version_7_and_time_ordered() -> None:
+    ids = [uuid7() for _ in range(1000)]
+    assert all(u.version == 7 for u in ids)
+    stamps = [u.int >> 80 for u in ids]
+    assert stamps == sorted(stamps)
+    assert len(set(ids)) == 1000
+
+
+def test_recorded_event_carries_money_as_a_string() -> None:
+    from datetime import datetime
+
+    event = payment_recorded(
+        payment_id=uuid7(), reference_number="R1", loan_account_number="L", cif="C",
+        amount=Decimal("10.5"), payment_date=datetime(2026, 11, 1), payment_channel=None,
+        source="webhook", metadata=None, status="succeeded",
+    )  # fmt: skip
+    body = orjson.loads(event.payload)
+    assert body["payment"]["amount"] == "10.50"
+    assert body["payment"]["payment_date"] == "2026-11-01T00:00:00Z"
+    assert body["event_id"] == str(event.event_id)
+    assert event.key == "R1"
