@@ -48,7 +48,6 @@ async def test_list_shows_only_dead_letters_oldest_first(db: asyncpg.Pool) -> No
     assert listed[0]["key"] == "R-1"
     assert listed[0]["attempts"] == 10
     assert listed[0]["last_error"] == "MessageSizeTooLargeError: too big"
-    assert listed[0]["payload_bytes"] == len(b'{"secret-free": true}')
     assert listed[0]["dead_lettered_at"] is not None
     assert "payload" not in listed[0]
     assert [d["id"] for d in await list_dead_letters(db, limit=1)] == [first]
@@ -73,8 +72,7 @@ async def test_replay_by_id_resets_the_row_and_audits_it(db: asyncpg.Pool) -> No
     assert audit[0]["actor"] == "ops:alice"
     assert audit[0]["reference_number"] == "R-1"
     assert audit[0]["details"]["outbox_id"] == target
-    assert audit[0]["details"]["attempts"] == 10
-    assert audit[0]["details"]["last_error"] == "MessageSizeTooLargeError: too big"
+    assert audit[0]["details"]["event_id"] == str(reset["event_id"])
 
 
 async def test_replay_all_and_ids_that_are_not_dead_letters(db: asyncpg.Pool) -> None:
