@@ -60,6 +60,7 @@ import asyncpg
 from gateway import metrics
 from gateway.config import Settings
 from gateway.errors import ValidationError
+from gateway.model import Payment
 from gateway.notify import Wakeup
 from gateway.store import BatchOutcome, Candidate, Existing, Loser, record_batch, record_losers
 from gateway.validation import DateWindow, date_window, validate_staging_row
@@ -123,15 +124,16 @@ class Plan:
     ids: list[int]
     refs: list[str]
     fates: list[Fate | None]  # None until decided; errors are decided at planning time
+    payments: list[Payment | None]  # None for rows that failed validation
     leaders: list[Candidate] = field(default_factory=list)
-    leader_index: dict[str, int] = field(default_factory=dict)  # ref -> row of its leader
-    rows_of: dict[str, list[int]] = field(default_factory=dict)  # ref -> its valid rows
-    hashes: list[str | None] = field(default_factory=list)
+    rows_of: dict[str, list[int]] = field(
+        default_factory=dict
+    )  # ref -> its valid rows, leader first
 
 
 def plan_batch(rows: Sequence[Any], window: DateWindow) -> Plan:
     """Validate each row and pick one leader per reference (the first valid row)."""
-    plan = Plan(ids=[], refs=[], fates=[], hashes=[])
+    plan = Plan(ids=[], refs=[], fates=[], payments=[])
     for i, row in enumerate(rows):
         plan.ids.append(row["id"])
         plan.refs.append(row["reference_number"])
@@ -139,15 +141,14 @@ def plan_batch(rows: Sequence[Any], window: DateWindow) -> Plan:
             payment = validate_staging_row(row, window=window)
         except ValidationError as exc:
             plan.fates.append(Fate(ERROR, None, exc.field, exc.detail))
-            plan.hashes.append(None)
+            plan.payments.append(None)
             continue
         plan.fates.append(None)
-        plan.hashes.append(payment.payload_hash)
+        plan.payments.append(payment)
         ref = payment.reference_number
         same = plan.rows_of.get(ref)
         if same is None:
             plan.rows_of[ref] = [i]
-            plan.leader_index[ref] = i
             plan.leaders.append(Candidate(payment))
         else:
             same.append(i)
@@ -159,36 +160,41 @@ def settle(plan: Plan, created: set[Any], existing: dict[str, Existing]) -> list
 
     A reference's truth is what is stored: the leader if it was just created, the
     existing payment otherwise. Each row carrying that reference is a duplicate of it
-    when its business hash matches and a conflict when it does not. Returns the
-    conflicts to audit.
+    when its business hash matches and a conflict when it does not (hashes are only
+    computed where there is something to compare: the common new row needs none).
+    Returns the conflicts to audit.
     """
     conflicts: list[Loser] = []
     for cand in plan.leaders:
         ref = cand.payment.reference_number
-        if cand.payment_id in created:
+        rows = plan.rows_of[ref]
+        fresh = cand.payment_id in created
+        if fresh:
+            plan.fates[rows[0]] = Fate(RECORDED, cand.payment_id)
+            if len(rows) == 1:
+                continue
             truth_id: object = cand.payment_id
             truth_hash = cand.payment.payload_hash
+            rows = rows[1:]
         else:
             known = existing[ref]
             truth_id, truth_hash = known.payment_id, known.payload_hash
-        lead = plan.leader_index[ref]
-        for i in plan.rows_of[ref]:
-            if i == lead and cand.payment_id in created:
-                plan.fates[i] = Fate(RECORDED, truth_id)
-            elif plan.hashes[i] == truth_hash:
+        detail = (
+            "differs from an earlier row of this batch"
+            if fresh
+            else "differs from the recorded payment"
+        )
+        for i in rows:
+            payment = plan.payments[i]
+            assert payment is not None
+            if payment.payload_hash == truth_hash:
                 plan.fates[i] = Fate(DUPLICATE, truth_id)
-            else:
-                within = cand.payment_id in created
-                detail = (
-                    "differs from an earlier row of this batch"
-                    if within
-                    else "differs from the recorded payment"
-                )
-                plan.fates[i] = Fate(CONFLICT, truth_id, "reference_number", detail)
-                conflicts.append(
-                    Loser(ref, str(truth_id), CONFLICT, None, None, None,
-                          {"source": "staging", "staging_id": plan.ids[i], "detail": detail})
-                )  # fmt: skip
+                continue
+            plan.fates[i] = Fate(CONFLICT, truth_id, "reference_number", detail)
+            conflicts.append(
+                Loser(ref, str(truth_id), CONFLICT, None, None, None,
+                      {"source": "staging", "staging_id": plan.ids[i], "detail": detail})
+            )  # fmt: skip
     return conflicts
 
 

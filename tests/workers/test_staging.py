@@ -410,7 +410,6 @@ def test_plan_leads_with_the_first_valid_copy_and_decides_errors_up_front() -> N
         WINDOW,
     )
     assert [c.payment.reference_number for c in plan.leaders] == ["A", "B"]
-    assert plan.leader_index == {"A": 1, "B": 2}
     assert plan.rows_of == {"A": [1, 3], "B": [2]}
     assert plan.fates[0] is not None and plan.fates[0].result == "error"
     assert plan.fates[1:] == [None, None, None]
