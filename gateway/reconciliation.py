@@ -29,7 +29,7 @@ import uuid
 from collections.abc import AsyncIterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import asyncpg
@@ -246,7 +246,8 @@ class StatementParser:
 
 def expected_after_fee(amount: Decimal, percent: Decimal, fixed: Decimal) -> Decimal:
     """What the statement should show for `amount` after seed 001's fee deduction."""
-    fee = (amount * percent / 100 + fixed).quantize(Decimal("0.01"))
+    # ROUND_HALF_UP: what Postgres's round(numeric, 2) does in the matching SQL.
+    fee = (amount * percent / 100 + fixed).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
     return amount - fee
 
 
