@@ -1,0 +1,1 @@
+"""Fault-injection scenarios: real load, a real fault, then a check of every acknowledgement."""
