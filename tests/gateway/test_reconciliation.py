@@ -219,3 +219,31 @@ async def test_dlq_list_and_replay(make_client: ClientFactory, db: asyncpg.Pool)
     )
     resp = await client.post("/api/v1/dlq/replay", json={}, headers=AUTH)
     assert resp.status == 422
+
+
+async def test_cli_reconciles_a_file_and_prints_the_summary(
+    stack: Any, db: asyncpg.Pool, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import make_settings
+    from workers import cli
+    from workers.reconcile_cli import cmd_reconcile
+
+    await _seed(
+        db,
+        [("C-1", "10.00", "2026-11-01", "succeeded"), ("C-2", "20.00", "2026-11-01", "succeeded")],
+    )
+    path = tmp_path / "statement.csv"
+    path.write_text("ref\tamt\tdate\nC-1\t10.00\t01/11/2026\nC-2\t19.50\t01/11/2026\n")
+    argv = ["reconcile", str(path), "--delimiter", "tab", "--date-format", "%d/%m/%Y"]
+    argv += ["--map", "reference_number=ref,amount=amt,payment_date=date"]
+    argv += ["--tolerance", "0.50", "--fail-on-exceptions"]
+    args = cli.build_parser().parse_args(argv)
+    assert await cmd_reconcile(args, make_settings(stack)) == 0
+    out = capsys.readouterr().out
+    assert "matched_with_fee" in out and "2026-11-01 .. 2026-11-01" in out
+    counts = dict(
+        await db.fetch(
+            "SELECT category, count(*) FROM payment_service.reconciliation_items GROUP BY 1"
+        )
+    )
+    assert counts == {"matched": 1, "matched_with_fee": 1}
