@@ -83,6 +83,11 @@ WHERE u.reference_number = ANY($1::text[]) AND r.reference_number = u.reference_
 RETURNING u.id, u.reference_number, u.status, u.provider_event_at, u.channel
 """
 
+_ANY_PARKED = """
+SELECT EXISTS (SELECT 1 FROM payment_service.pending_status_updates
+               WHERE reference_number = ANY($1::text[]))
+"""
+
 # Parked updates whose payment exists (recorded by a path without the hook, e.g. staging).
 _ORPHANED_PARKED = """
 SELECT DISTINCT u.reference_number
@@ -338,6 +343,10 @@ def install(app: web.Application) -> None:
     async def apply_parked_hook(conn: asyncpg.Connection, created: Sequence[Candidate]) -> None:
         settings = app[appkeys.SETTINGS]
         refs = sorted({c.payment.reference_number for c in created})
+        # One cheap read on the hot path; a row parked after it is caught by the parking
+        # request's own re-check (it sees this batch's committed payments).
+        if not await conn.fetchval(_ANY_PARKED, refs):
+            return
         results = await apply_parked(conn, refs, topic=settings.kafka_topic, actor="webhook")
         if any(r.outcome == Outcome.UPDATED for r in results):
             app[appkeys.OUTBOX_WAKE].ring()
