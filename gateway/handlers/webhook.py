@@ -179,8 +179,10 @@ async def _write(request: web.Request, candidate: Candidate) -> WriteResult:
     settings = request.app[appkeys.SETTINGS]
     future = request.app[appkeys.WRITER].submit(candidate)
     try:
-        # shield: a client that hangs up must not cancel a write other requests share
-        return await asyncio.wait_for(asyncio.shield(future), settings.webhook_timeout_ms / 1000)
+        # Cancelling this future (timeout) never cancels the batch: the writer skips
+        # futures that are already done and commits the batch for everyone else.
+        async with asyncio.timeout(settings.webhook_timeout_ms / 1000):
+            return await future
     except TimeoutError:
         raise ServiceUnavailable(
             "the write did not complete in time", code="write_timeout"
