@@ -227,8 +227,19 @@ class StatementParser:
         base = self.line
         records: list[Record] = []
         previous = 0
-        for row in reader:
+        while True:
             start = base + previous + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:  # e.g. a field over the csv module's size limit
+                previous = reader.line_num
+                if self.columns is None:
+                    raise StatementError(f"unreadable header: {exc}") from None
+                self.total += 1
+                self.error(start, f"unreadable CSV line: {str(exc)[:100]}")
+                continue
             previous = reader.line_num
             if self.columns is None:
                 self.columns = Columns.from_header(row, opts.mapping)

@@ -69,6 +69,16 @@ def test_parser_maps_columns_and_reports_malformed_lines_by_number() -> None:
     assert "reference_number" in parser.errors[0]["error"]
 
 
+def test_parser_survives_an_unreadable_line() -> None:
+    huge = "x" * 200_000
+    parser, records = _parse(
+        f"reference_number,amount,payment_date\nA,{huge},2026-01-01\nB,1.00,2026-01-01\n",
+        chunk=4096,
+    )
+    assert [r[1] for r in records] == ["B"]
+    assert [e["line"] for e in parser.errors] == [2]
+
+
 def test_parser_refuses_a_statement_without_the_required_columns() -> None:
     with pytest.raises(StatementError, match="amount"):
         _parse("reference_number,payment_date\nA,2026-01-01\n")
