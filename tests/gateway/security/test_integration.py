@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -252,12 +251,10 @@ async def test_sighup_triggers_a_reload(
     path = channels_file(tmp_path, f'[channels.partner]\nsecrets = ["{TEST_SECRET}"]\n')
     client = await make_client(channels_file=path)
     channels = client.server.app[appkeys.CHANNELS]
-    Path(path).write_text(
-        f'[channels.partner]\nsecrets = ["{TEST_SECRET}"]\n[channels.late]\nsecrets = ["{ROTATED}"]\n'
-    )
+    late = f'[channels.late]\nsecrets = ["{ROTATED}"]\n'
+    Path(path).write_text(f'[channels.partner]\nsecrets = ["{TEST_SECRET}"]\n' + late)
     os.kill(os.getpid(), signal.SIGHUP)
     assert await wait_for(lambda: _has(channels, "late"))
-    assert time.time() > 0
 
 
 async def _has(channels: Any, name: str) -> bool:
