@@ -208,3 +208,41 @@ async def test_concurrent_updates_of_one_payment_lose_nothing(db: asyncpg.Pool) 
         )
         == applied
     )
+
+
+def _stripe_event(event_type: str, obj: dict[str, Any], created: int) -> dict[str, Any]:
+    return {"id": f"evt_{uuid.uuid4().hex[:16]}", "type": event_type, "created": created,
+            "data": {"object": obj}}  # fmt: skip
+
+
+async def test_stripe_refund_reaches_the_state_machine(
+    make_client: ClientFactory, db: asyncpg.Pool, tmp_path: Any, stack: Any
+) -> None:
+    from tests.conftest import make_settings
+
+    secret = "whsec_stripe_status_test_0001"
+    path = tmp_path / "channels.toml"
+    path.write_text(f'[channels.stripe]\npreset = "stripe"\nsecrets = ["{secret}"]\n')
+    client = await make_client(make_settings(stack, channels_file=str(path)))
+    key = decode_secret("stripe", secret)
+    created = int(time.time()) - 60
+    meta = {"loan_account_number": "LA-9", "cif": "CIF-9"}
+    pi = {"id": "pi_status_1", "object": "payment_intent", "amount": 2500, "currency": "usd",
+          "created": created, "metadata": meta}  # fmt: skip
+    charge = {"id": "ch_1", "object": "charge", "payment_intent": "pi_status_1", "amount": 2500,
+              "currency": "usd", "created": created, "metadata": meta}  # fmt: skip
+
+    async def send(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        body = orjson.dumps(doc)
+        headers = sign("stripe", key, body, now=int(time.time()), delivery_id=doc["id"])
+        headers["Content-Type"] = "application/json"
+        resp = await client.post("/api/v1/payments/webhook/stripe", data=body, headers=headers)
+        return resp.status, await resp.json(content_type=None)
+
+    assert (await send(_stripe_event("payment_intent.succeeded", pi, created)))[0] == 201
+    status, body = await send(_stripe_event("charge.refunded", charge, created + 30))
+    assert (status, body["status"]) == (200, "updated")
+    assert (await _payment(db, "pi_status_1"))["status"] == "refunded"
+    # A late, older "processing" event no longer moves it.
+    status, body = await send(_stripe_event("payment_intent.processing", pi, created - 10))
+    assert (status, body["status"]) == (200, "stale")
