@@ -257,10 +257,10 @@ class GaugeRefresher:
         self.last: Snapshot | None = None
         self._failing = False
 
-    async def default_rows(self) -> dict[str, int]:
-        async with self.pool.acquire(timeout=QUERY_TIMEOUT) as conn:
+    async def default_rows(self, timeout: float = QUERY_TIMEOUT) -> dict[str, int]:
+        async with self.pool.acquire(timeout=timeout) as conn:
             row = await conn.fetchrow(
-                _default_partitions_sql(DEFAULT_PARTITION_TABLES), timeout=QUERY_TIMEOUT
+                _default_partitions_sql(DEFAULT_PARTITION_TABLES), timeout=timeout
             )
         assert row is not None
         counts = {t: int(row[t]) for t in DEFAULT_PARTITION_TABLES}
@@ -320,7 +320,7 @@ def health_extras(refresher: GaugeRefresher) -> Callable[[], Awaitable[dict[str,
 
     async def extras() -> dict[str, Any]:
         try:
-            counts: dict[str, int] | None = await refresher.default_rows()
+            counts: dict[str, int] | None = await refresher.default_rows(timeout=1.0)
         except _DB_ERRORS:
             counts = refresher.last.default_rows if refresher.last else None
         warnings: list[str] = []

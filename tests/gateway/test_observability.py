@@ -202,18 +202,19 @@ async def test_default_partition_gauge_counts_outliers(
         uuid.uuid4(),
         f"OLD-{uuid.uuid4().hex[:12]}",
     )
-    expected = await db.fetchval("SELECT count(*) FROM payment_service.payments_default")
-    assert expected >= 1
+    expected = {
+        t: await db.fetchval(f"SELECT count(*) FROM payment_service.{t}_default")
+        for t in ("payments", "webhook_events", "audit_log")
+    }
+    assert expected["payments"] >= 1
 
     async def counted() -> bool:
         s = await scrape(client)
-        return value(s, "paygate_partition_default_rows", table="payments") == expected
+        return all(
+            value(s, "paygate_partition_default_rows", table=t) == n for t, n in expected.items()
+        )
 
     await wait_for(counted, timeout=10)
-    s = await scrape(client)
-    assert value(s, "paygate_partition_default_rows", table="audit_log") == await db.fetchval(
-        "SELECT count(*) FROM payment_service.audit_log_default"
-    )
 
 
 # ---------------------------------------------------------------- stats
