@@ -3,6 +3,7 @@ drivers aimed at them, and a guarantee that every server a test stopped runs aga
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,6 +17,15 @@ from gateway.kafka import ensure_topic
 from tests.conftest import TEST_SECRET, make_settings
 from tests.faults.harness import GatewayProcess, LoadDriver, gateway_env
 from tests.stack import TestStack
+
+# A relay that notices a broker coming back quickly (the runs are seconds long).
+RELAY = {
+    "enable_outbox_relay": True,
+    "outbox_poll_interval_ms": 200,
+    "outbox_backoff_base_ms": 50,
+    "outbox_backoff_max_seconds": 1,
+    "kafka_request_timeout_ms": 2000,
+}
 
 
 @dataclass
@@ -54,6 +64,13 @@ class Faults:
     def driver(self, *gateways: GatewayProcess, **options: Any) -> LoadDriver:
         return LoadDriver([g.url for g in gateways], TEST_SECRET, **options)
 
+    async def outbox_empty(self) -> bool:
+        conn = await asyncpg.connect(self.stack.database_url)
+        try:
+            return await conn.fetchval("SELECT count(*) FROM payment_service.outbox") == 0
+        finally:
+            await conn.close()
+
     def logs(self) -> str:
         return "\n".join(p.log_tail(1500) for p in self.processes)
 
@@ -75,8 +92,7 @@ async def faults(
     try:
         yield f
     finally:
-        for proc in f.processes:
-            await proc.stop(timeout=10)
+        await asyncio.gather(*(proc.stop(timeout=10) for proc in f.processes))
         await restore_servers(stack)
         # The session pool's connections may have been cut by the scenario.
         await pool.expire_connections()

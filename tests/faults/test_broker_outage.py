@@ -13,36 +13,19 @@ from __future__ import annotations
 import asyncio
 import time
 
-import asyncpg
 import pytest
 
 from tests.conftest import wait_for
 from tests.faults.checker import check_database, check_topic, recorded_payments
-from tests.faults.conftest import Faults
+from tests.faults.conftest import RELAY, Faults
 from tests.faults.harness import summarize
 
 pytestmark = pytest.mark.faults
 
 
-async def _outbox_empty(dsn: str) -> bool:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetchval("SELECT count(*) FROM payment_service.outbox") == 0
-    finally:
-        await conn.close()
-
-
 async def test_broker_outage_leaves_ingestion_alone_and_events_follow(faults: Faults) -> None:
     topic = faults.new_topic()
-    gw = await faults.gateway(
-        "run",
-        topic=topic,
-        enable_outbox_relay=True,
-        outbox_poll_interval_ms=200,
-        outbox_backoff_base_ms=50,
-        outbox_backoff_max_seconds=1,
-        kafka_request_timeout_ms=2000,
-    )
+    gw = await faults.gateway("run", topic=topic, **RELAY)
     driver = faults.driver(gw, rate=250, seconds=8, dup_ratio=0.1)
     load = asyncio.create_task(driver.run())
     try:
@@ -62,7 +45,7 @@ async def test_broker_outage_leaves_ingestion_alone_and_events_follow(faults: Fa
     verdict = await check_database(dsn, ledger)
     assert verdict.ok, f"{verdict}\n{stats}"
 
-    await wait_for(lambda: _outbox_empty(dsn), timeout=30, interval=0.2)
+    await wait_for(lambda: faults.outbox_empty(), timeout=30, interval=0.2)
     recorded = await recorded_payments(dsn)
     after_stop = [ref for ref in recorded if ledger.first_sent.get(ref, 0.0) >= stopped]
     assert len(after_stop) > 500, "too few payments recorded while the broker was away"
