@@ -334,6 +334,42 @@ def test_prepare_multiprocess_dir_wipes_old_files(tmp_path: Path) -> None:
     assert not (target / "old").exists()
 
 
+def test_multiprocess_scrape_adds_up_every_process(tmp_path: Path) -> None:
+    """Two server processes sharing a directory: either one's /metrics reports both, and
+    the stats figures read through the same registry see both."""
+    target = tmp_path / "metrics"
+    first = (
+        "from gateway.observability import prepare_multiprocess_dir\n"
+        f"prepare_multiprocess_dir({str(target)!r})\n"
+        "from gateway import metrics\n"
+        "metrics.dedup_hits.labels('memory').inc(2)\n"
+        "metrics.webhook_duration.labels('generic').observe(0.01)\n"
+    )
+    second = (
+        "from gateway import metrics\n"
+        "from gateway.observability import counter_totals, metrics_registry, render_metrics\n"
+        "metrics.dedup_hits.labels('redis').inc(3)\n"
+        "metrics.dedup_hits.labels('database').inc(4)\n"
+        "metrics.webhook_duration.labels('generic').observe(0.03)\n"
+        "body, _ = render_metrics('')\n"
+        "assert b'paygate_dedup_hits_total{layer=\"memory\"} 2.0' in body, body\n"
+        "assert b'paygate_dedup_hits_total{layer=\"redis\"} 3.0' in body, body\n"
+        "totals = counter_totals(metrics_registry())\n"
+        "assert totals['local_duplicates'] == 5, totals\n"
+        "assert totals['duration_count'] == 2, totals\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    done = subprocess.run(
+        [sys.executable, "-c", first], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(target)  # a sibling inherits the prepared dir
+    done = subprocess.run(
+        [sys.executable, "-c", second], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def test_prepare_multiprocess_dir_refuses_once_prometheus_is_loaded(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         observability.prepare_multiprocess_dir(tmp_path / "m")
