@@ -12,6 +12,7 @@ docs/security.md lists which limit fails open and which fails closed, and why.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -25,11 +26,15 @@ from gateway.security.replay import DeliveryReplayGuard
 
 __all__ = ["INFLIGHT", "install", "reload_channels"]
 
+log = logging.getLogger("paygate.security")
+
 INFLIGHT = web.AppKey("security_inflight", InFlight)
 
 
 def install(app: web.Application) -> None:
     settings = app[appkeys.SETTINGS]
+    if settings.admin_jwt_secret and len(settings.admin_jwt_secret.encode()) < 32:
+        log.warning("ADMIN_JWT_SECRET is shorter than 32 bytes; use a longer random secret")
     channels = app[appkeys.CHANNELS]
     registry = (
         channels if isinstance(channels, ReloadableChannels) else ReloadableChannels(channels)
