@@ -55,12 +55,12 @@ write_queue_depth = Gauge(
 outbox_pending = Gauge(
     "paygate_outbox_pending",
     "Outbox rows not yet published (dead letters excluded).",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 outbox_oldest_age = Gauge(
     "paygate_outbox_oldest_age_seconds",
     "Age of the oldest unpublished outbox row.",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 outbox_lag = Histogram(
     "paygate_outbox_publish_lag_seconds",
@@ -73,7 +73,7 @@ kafka_publish = Counter(
 dead_letters = Gauge(
     "paygate_dead_letters",
     "Outbox rows dead-lettered after too many failed attempts.",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 staging_rows = Counter(
     "paygate_staging_rows_total",
@@ -86,13 +86,13 @@ staging_batch_duration = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 staging_backlog = Gauge(
-    "paygate_staging_backlog", "Unprocessed staging rows.", multiprocess_mode="max"
+    "paygate_staging_backlog", "Unprocessed staging rows.", multiprocess_mode="livemax"
 )
 partition_default_rows = Gauge(
     "paygate_partition_default_rows",
     "Rows sitting in a DEFAULT partition, by table.",
     ["table"],
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 partition_maintenance_runs = Counter(
     "paygate_partition_maintenance_runs_total", "Partition maintenance runs by result.", ["result"]
