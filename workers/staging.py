@@ -298,7 +298,7 @@ class StagingWorker(Worker):
     async def _attempt(self, attempt: int, started: float) -> BatchReport:
         ids: list[int] = []
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
+            async with self.pool.acquire(timeout=10) as conn, conn.transaction():
                 rows = await conn.fetch(_CLAIM, self.batch_size)
                 if not rows:
                     return BatchReport(0, 0, 0, Counts(0, 0, 0, 0), attempt, 0.0)

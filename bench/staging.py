@@ -1,0 +1,254 @@
+"""Staging ingestion bench: end-to-end StagingWorker throughput against a raw COPY.
+
+    python -m bench.staging --rows 1000000 [--batch-size 5000] [--workers 2]
+
+Starts its own embedded Postgres in a temp dir (or uses DATABASE_URL: it truncates the
+payment tables there, so never point it at data you care about), migrates, creates the
+partitions, and COPYs N staging rows (payment dates spread over the last 3 months).
+
+(a) Baseline: the same rows, already encoded (COPY ... TO a binary file beforehand),
+    COPYed into `payments` - no validation, no dedup, no outbox: the ceiling for
+    putting these rows into that table. Then `payments` is truncated.
+(b) End to end: `--workers` StagingWorkers (each its own connection, SKIP LOCKED
+    shares the backlog) run `burst()` until the staging table is drained: validation,
+    dedup against payment_references, payments + outbox + audit, marking rows, logs.
+
+Prints a Markdown block for bench/RESULTS.md: both rates, their ratio, and this
+process's RSS at start, middle and end of (b). Writes nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from gateway.config import Settings
+from gateway.db import create_pool
+from gateway.embedded import EmbeddedPostgres
+from gateway.migrations import migrate
+from gateway.notify import Wakeup
+from workers.partitions import ensure_partitions
+from workers.staging import StagingWorker
+
+STAGING_COLUMNS = (
+    "reference_number", "loan_account_number", "cif", "amount", "payment_date",
+    "payment_channel", "metadata",
+)  # fmt: skip
+PAYMENT_COLUMNS = (
+    "id", "reference_number", "loan_account_number", "cif", "amount", "payment_date",
+    "payment_channel", "source", "metadata",
+)  # fmt: skip
+CHANNELS = ("bank_transfer", "card", "branch", "mobile")
+
+
+def staging_rows(n: int, seed: int = 4) -> Iterator[tuple[Any, ...]]:
+    """Deterministic rows, generated lazily so memory does not grow with N."""
+    rng = random.Random(seed)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    span = 89 * 86400
+    for i in range(n):
+        yield (
+            f"STG-{i:010d}",
+            f"LA-{rng.randrange(10**8):08d}",
+            f"CIF-{rng.randrange(10**8):08d}",
+            Decimal(rng.randrange(100, 10**7)).scaleb(-2),
+            now - timedelta(seconds=rng.randrange(span)),
+            CHANNELS[i % 4],
+            f'{{"batch": "bench", "line": {i}}}',
+        )
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def load_staging(url: str, n: int) -> float:
+    conn = await asyncpg.connect(url)  # no custom codecs: COPY stays binary
+    try:
+        started = time.perf_counter()
+        await conn.copy_records_to_table(
+            "payment_staging",
+            schema_name="payment_service",
+            columns=STAGING_COLUMNS,
+            records=staging_rows(n),
+        )
+        await conn.execute("ANALYZE payment_service.payment_staging")
+        return time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+async def raw_copy(url: str, scratch: Path) -> tuple[int, float]:
+    """COPY the staged rows into payments from a pre-encoded binary file; then undo."""
+    dump = scratch / "payments.bin"
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.copy_from_query(
+            "SELECT gen_random_uuid(), reference_number, loan_account_number, cif, amount, "
+            "payment_date, payment_channel, 'staging'::varchar, metadata "
+            "FROM payment_service.payment_staging ORDER BY id",
+            output=str(dump),
+            format="binary",
+        )
+        started = time.perf_counter()
+        status = await conn.copy_to_table(
+            "payments",
+            schema_name="payment_service",
+            columns=PAYMENT_COLUMNS,
+            source=str(dump),
+            format="binary",
+        )
+        seconds = time.perf_counter() - started
+        await conn.execute("TRUNCATE payment_service.payments")
+        await conn.execute("CHECKPOINT")
+        return int(status.split()[-1]), seconds
+    finally:
+        await conn.close()
+        dump.unlink(missing_ok=True)
+
+
+async def ingest(settings: Settings, n: int, workers: int) -> dict[str, Any]:
+    pool = await create_pool(settings, min_size=workers + 1, max_size=workers + 2)
+    samples: list[float] = []
+    done = asyncio.Event()
+
+    async def sample_rss() -> None:
+        while not done.is_set():
+            samples.append(rss_mib())
+            try:
+                await asyncio.wait_for(done.wait(), 0.5)
+            except TimeoutError:
+                pass
+
+    try:
+        wake = Wakeup()
+        crew = [StagingWorker(pool, settings, wake) for _ in range(workers)]
+        sampler = asyncio.create_task(sample_rss())
+        started = time.perf_counter()
+        await asyncio.gather(*(w.burst() for w in crew))
+        seconds = time.perf_counter() - started
+        done.set()
+        await sampler
+        samples.append(rss_mib())
+        check = await pool.fetchrow(
+            """
+            SELECT (SELECT count(*) FROM payment_service.payments) AS payments,
+                   (SELECT count(DISTINCT reference_number) FROM payment_service.payments) AS refs,
+                   (SELECT count(*) FROM payment_service.outbox) AS outbox,
+                   (SELECT count(*) FROM payment_service.payment_staging
+                     WHERE processed AND result = 'recorded') AS marked,
+                   (SELECT count(*) FROM payment_service.staging_process_log
+                     WHERE status = 'completed') AS batches,
+                   (SELECT count(*) FROM payment_service.staging_process_log
+                     WHERE status <> 'completed') AS failed
+            """
+        )
+        assert check is not None
+        return {"seconds": seconds, "rss": samples, **dict(check)}
+    finally:
+        await pool.close()
+
+
+async def run(args: argparse.Namespace) -> int:
+    scratch = Path(tempfile.mkdtemp(prefix="paygate-bench-staging-"))
+    scratch.chmod(0o755)
+    server: EmbeddedPostgres | None = None
+    url = os.environ.get("DATABASE_URL", "")
+    try:
+        if not url:
+            server = EmbeddedPostgres(scratch / "postgres")
+            await server.start()
+            url = server.url
+        await migrate(url)
+        settings = Settings.from_env(
+            {},
+            database_url=url,
+            staging_batch_size=args.batch_size,
+            staging_max_retries=3,
+            kafka_topic="payment.events",
+        )
+        conn = await asyncpg.connect(url)
+        tables = "payments, payment_references, outbox, audit_log, payment_staging, "
+        tables += "staging_process_log, webhook_events"
+        await conn.execute(
+            "TRUNCATE " + ", ".join(f"payment_service.{t.strip()}" for t in tables.split(","))
+        )
+        version = await conn.fetchval("SHOW server_version")
+        await conn.close()
+        pool = await create_pool(settings, min_size=1, max_size=2)
+        await ensure_partitions(pool, settings)
+        await pool.close()
+
+        n = args.rows
+        print(f"loading {n:,} staging rows...", file=sys.stderr)
+        load_s = await load_staging(url, n)
+        print("raw COPY into payments...", file=sys.stderr)
+        copied, copy_s = await raw_copy(url, scratch)
+        assert copied == n, copied
+        print(f"ingesting with {args.workers} worker(s)...", file=sys.stderr)
+        result = await ingest(settings, n, args.workers)
+    finally:
+        if server is not None:
+            await server.stop()
+
+    ok = result["payments"] == result["refs"] == result["outbox"] == result["marked"] == n
+    ok = ok and result["failed"] == 0
+    copy_rate = n / copy_s
+    e2e_rate = n / result["seconds"]
+    rss = result["rss"]
+    print(
+        f"""
+### Staging ingestion, {n:,} rows ({datetime.now(UTC):%Y-%m-%d})
+
+`python -m bench.staging --rows {n} --batch-size {args.batch_size} --workers {args.workers}`
+on {os.cpu_count()} CPUs, Postgres {version} (embedded unless DATABASE_URL), fsync and
+synchronous_commit on. Staging load: {n / load_s:,.0f} rows/s (COPY, not measured below).
+
+| step | rows | seconds | rows/s |
+|---|---:|---:|---:|
+| (a) raw COPY into `payments` (binary, no dedup/outbox) | {n:,} | {copy_s:.1f} | {copy_rate:,.0f} |
+| (b) StagingWorker end to end (validate, dedup, payments + outbox + audit, mark, log) | {n:,} | {result["seconds"]:.1f} | {e2e_rate:,.0f} |
+
+- (b) / (a) = **{e2e_rate / copy_rate:.0%}** (target >= 40%); (b) target >= 30,000 rows/s.
+- Batches: {result["batches"]} completed, {result["failed"]} failed; batch size {args.batch_size}, {args.workers} worker(s).
+- Check: payments {result["payments"]:,}, distinct references {result["refs"]:,},
+  outbox {result["outbox"]:,}, staging rows marked recorded {result["marked"]:,}: {"OK" if ok else "MISMATCH"}.
+- Bench process RSS: start {rss[0]:.0f} MiB, middle {rss[len(rss) // 2]:.0f} MiB, end {rss[-1]:.0f} MiB (max {max(rss):.0f} MiB).
+"""
+    )
+    return 0 if ok else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.staging", description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
