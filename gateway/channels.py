@@ -71,6 +71,10 @@ event_type_path                   provider event type, translated through [statu
                                   failed | reversed | refunded
 event_id_path, event_time_path    provider event id (replay protection) and its time
 [status_api]                      provider status API settings for the reconciler
+identity_fields                   which of amount, loan_account_number, cif, payment_date
+                                  make a re-sent reference a conflict (default: all four);
+                                  event-stream providers whose later events carry their own
+                                  time or amount (Stripe) narrow it
 ================================  ==========================================================
 
 `Channel.extract` turns a provider document into the generic payload. A document
@@ -96,7 +100,7 @@ from typing import Any
 
 from gateway.config import Settings
 from gateway.errors import ConfigError, ValidationError
-from gateway.model import STATUSES
+from gateway.model import IDENTITY_FIELDS, STATUSES
 from gateway.signatures import Scheme, Verified, decode_secret, get_scheme
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -145,6 +149,7 @@ _SCALAR_KEYS = frozenset(
         "event_type_path",
         "event_id_path",
         "event_time_path",
+        "identity_fields",
     }
 )
 _TABLE_KEYS = frozenset({"fields", "constants", "status_map", "status_api"})
@@ -217,6 +222,7 @@ class Channel:
     status_api: dict[str, Any] | None = None
     currency_path: str | None = None
     constants: dict[str, Any] = field(default_factory=dict)
+    identity_fields: tuple[str, ...] = IDENTITY_FIELDS
     _scheme: Scheme = field(init=False, repr=False, compare=False)
     _paths: dict[str, Path] = field(init=False, repr=False, compare=False)
 
@@ -539,6 +545,10 @@ def _build(
     if status_api is not None and not isinstance(status_api, dict):
         raise fail("status_api", "expected a table")
 
+    identity = cfg.get("identity_fields", list(IDENTITY_FIELDS))
+    if not isinstance(identity, list) or any(f not in IDENTITY_FIELDS for f in identity):
+        raise fail("identity_fields", f"expected a list drawn from {', '.join(IDENTITY_FIELDS)}")
+
     return Channel(
         name=name,
         scheme=scheme,
@@ -556,6 +566,7 @@ def _build(
         status_api=dict(status_api) if status_api is not None else None,
         currency_path=paths["currency_path"],
         constants=dict(constants),
+        identity_fields=tuple(f for f in IDENTITY_FIELDS if f in identity),
     )
 
 

@@ -10,6 +10,9 @@ from decimal import Decimal
 from typing import Any
 
 STATUSES = ("pending", "succeeded", "failed", "reversed", "refunded")
+# The business fields that make two deliveries of one reference "the same payment"; a
+# difference in any of them is a conflict (409). A channel may narrow them (see channels).
+IDENTITY_FIELDS = ("amount", "loan_account_number", "cif", "payment_date")
 DEFAULT_STATUS = "succeeded"
 
 # Column widths from the schema; validation enforces them before Postgres does.
@@ -32,13 +35,14 @@ class Payment:
     metadata: dict[str, Any] | None = field(default=None, compare=False)
     status: str = DEFAULT_STATUS
     provider_event_at: datetime | None = None  # naive UTC
+    identity: tuple[str, ...] = field(default=IDENTITY_FIELDS, compare=False)
 
     @property
     def payload_hash(self) -> str:
         """Hash of the business fields that decide duplicate vs conflict.
 
-        Only amount, account, cif and payment date count: a provider re-sending the
-        same payment with other metadata is still the same payment.
+        By default amount, account, cif and payment date count: a provider re-sending
+        the same payment with other metadata or another status is the same payment.
         """
         return business_hash(
             self.reference_number,
@@ -46,19 +50,23 @@ class Payment:
             self.cif,
             self.amount,
             self.payment_date,
+            self.identity,
         )
 
 
 def business_hash(
-    reference: str, account: str, cif: str, amount: Decimal, payment_date: datetime
+    reference: str,
+    account: str,
+    cif: str,
+    amount: Decimal,
+    payment_date: datetime,
+    identity: tuple[str, ...] = IDENTITY_FIELDS,
 ) -> str:
-    canon = "\x1f".join(
-        (
-            reference,
-            account,
-            cif,
-            format(amount.quantize(Decimal("0.01")), "f"),
-            payment_date.isoformat(timespec="microseconds"),
-        )
-    )
+    values = {
+        "amount": format(amount.quantize(Decimal("0.01")), "f"),
+        "loan_account_number": account,
+        "cif": cif,
+        "payment_date": payment_date.isoformat(timespec="microseconds"),
+    }
+    canon = "\x1f".join([reference] + [values[f] if f in identity else "" for f in IDENTITY_FIELDS])
     return hashlib.sha256(canon.encode()).hexdigest()[:32]

@@ -9,7 +9,7 @@
     GET  /api/v1/dlq?limit=                  dead-lettered outbox rows
     POST /api/v1/dlq/replay                  {"ids": [...]} or {"all": true}
 
-Authentication is a middleware of its own; it leaves the caller in `request["principal"]`,
+Authentication is a middleware of its own; it leaves the caller in `request[PRINCIPAL]`,
 which is what the audit trail records as the actor.
 """
 
@@ -37,6 +37,7 @@ from gateway.reconciliation import (
     parse_mapping,
     reconcile_statement,
 )
+from gateway.security.auth import PRINCIPAL
 
 _READ_CHUNK = 256 * 1024
 _ITEM_COLUMNS = (
@@ -51,7 +52,7 @@ ORDER BY id LIMIT $4
 
 
 def _actor(request: web.Request) -> str:
-    return str(request.get("principal", "anonymous"))
+    return request[PRINCIPAL].subject if PRINCIPAL in request else "anonymous"
 
 
 def _decimal(request: web.Request, name: str) -> Decimal:

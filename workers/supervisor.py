@@ -24,6 +24,7 @@ from aiohttp import web
 from gateway import appkeys
 from gateway.config import Settings
 from gateway.notify import Wakeup
+from gateway.security.slow_clients import server_kwargs
 from workers.base import Worker
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ async def serve(
         access_log=None,
         handle_signals=False,
         shutdown_timeout=settings.shutdown_timeout_seconds,
+        **server_kwargs(settings),  # header size/count limits, keep-alive bound
     )
     await runner.setup()
     try:

@@ -7,6 +7,7 @@ Only a committed write earns a 2xx.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from datetime import UTC, datetime
@@ -25,7 +26,8 @@ from gateway.errors import (
     ValidationError,
 )
 from gateway.middleware import json_response
-from gateway.model import Payment
+from gateway.model import IDENTITY_FIELDS, Payment
+from gateway.security.slow_clients import read_body
 from gateway.signatures import SCHEMES, SignatureError
 from gateway.store import Candidate
 from gateway.validation import DateWindow, date_window, validate_payment
@@ -105,7 +107,7 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
     if guard is not None:
         guard.check(request, channel)  # allowlist and rate limit, before the body is read
 
-    body = await request.read()
+    body = await read_body(request, settings.client_timeout_seconds)
     try:
         verified = SCHEMES[channel.scheme].verify(
             request.headers,
@@ -141,7 +143,7 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
         result_body, outcome = await status_only.apply_update(
             fields, channel=channel.name, delivery_id=delivery_id, body=body
         )
-        return json_response(result_body), outcome
+        return json_response(result_body, 202 if outcome == "deferred" else 200), outcome
 
     payment = validate_payment(
         fields,
@@ -149,6 +151,8 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
             settings.partition_retention_months, settings.payment_date_max_future_days
         ),
     )
+    if channel.identity_fields != IDENTITY_FIELDS:
+        payment = dataclasses.replace(payment, identity=channel.identity_fields)
     known = app[appkeys.DEDUP].lookup_local(payment.reference_number)
     if (
         known is not None
@@ -207,7 +211,7 @@ async def _answer(
             out, outcome = await applier.apply_payment(
                 payment, channel=channel.name, delivery_id=delivery_id, body=body
             )
-            return json_response(out), outcome
+            return json_response(out, 202 if outcome == "deferred" else 200), outcome
         metrics.dedup_hits.labels(result.layer).inc()
         return json_response({"status": "duplicate", "payment_id": result.payment_id}), "duplicate"
     raise ValidationError("body", "the payment was refused by the database")

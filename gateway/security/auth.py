@@ -2,7 +2,7 @@
 
 Everything under /api/v1/ except the webhook endpoints needs a token whose role allows
 the method: GET/HEAD/OPTIONS need `ops:read`, anything else `ops:write` (which also
-grants read). The token's `sub` becomes `request["principal"]` for the audit log.
+grants read). The token's `sub` becomes `request[PRINCIPAL].subject` for the audit log.
 Without ADMIN_JWT_SECRET the ops API answers 503 `ops_api_disabled`: it fails closed
 rather than open. Only HS256 is accepted, so `alg: none` and key-confusion tokens fail.
 """
@@ -10,7 +10,6 @@ rather than open. Only HS256 is accepted, so `alg: none` and key-confusion token
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -121,9 +120,6 @@ def auth_middleware(secret: str) -> Middleware:
         if needs_auth(request.path):
             principal = authenticate(request, secret)
             request[PRINCIPAL] = principal
-            with warnings.catch_warnings():  # the plain key other modules read (rare requests)
-                warnings.simplefilter("ignore", web.NotAppKeyWarning)
-                request["principal"] = principal.subject
         return await handler(request)
 
     return require_ops_token

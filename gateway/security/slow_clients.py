@@ -41,6 +41,8 @@ def server_kwargs(settings: Settings) -> dict[str, Any]:
 
 async def read_body(request: web.Request, timeout: float) -> bytes:
     """The raw body (size limit -> 413 from aiohttp), or 408 if it takes longer than `timeout`."""
+    if request.content.is_eof():  # the whole body arrived with the headers: no timer needed
+        return await request.read()
     try:
         async with asyncio.timeout(timeout):
             return await request.read()

@@ -229,8 +229,9 @@ async def test_stripe_refund_reaches_the_state_machine(
     meta = {"loan_account_number": "LA-9", "cif": "CIF-9"}
     pi = {"id": "pi_status_1", "object": "payment_intent", "amount": 2500, "currency": "usd",
           "created": created, "metadata": meta}  # fmt: skip
+    # A real charge is created seconds after its PaymentIntent: not a conflict for Stripe.
     charge = {"id": "ch_1", "object": "charge", "payment_intent": "pi_status_1", "amount": 2500,
-              "currency": "usd", "created": created, "metadata": meta}  # fmt: skip
+              "currency": "usd", "created": created + 4, "metadata": meta}  # fmt: skip
 
     async def send(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         body = orjson.dumps(doc)

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway import appkeys, metrics
 from gateway.app import create_app
 from gateway.security import INFLIGHT
-from gateway.security.auth import READ, WRITE, mint_token
+from gateway.security.auth import PRINCIPAL, READ, WRITE, mint_token
 from gateway.security.reload import reload_channels
 from tests import stack as stack_mod
 from tests.conftest import TEST_SECRET, make_settings, wait_for
@@ -147,7 +147,7 @@ async def _noop(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 async def _probe(request: web.Request) -> web.Response:
-    return web.json_response({"principal": request["principal"]})
+    return web.json_response({"principal": request[PRINCIPAL].subject})
 
 
 async def ops_client(stack: stack_mod.TestStack, **overrides: Any) -> TestClient[Any, Any]:
