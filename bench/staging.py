@@ -123,7 +123,26 @@ async def raw_copy(url: str, scratch: Path) -> tuple[int, float]:
         dump.unlink(missing_ok=True)
 
 
-async def ingest(settings: Settings, n: int, workers: int) -> dict[str, Any]:
+def server_cpu_seconds(postmaster_pid: int | None) -> float:
+    """CPU used so far by the Postgres server processes (postmaster and its children)."""
+    if postmaster_pid is None:
+        return float("nan")
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(postmaster_pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+async def ingest(
+    settings: Settings, n: int, workers: int, postmaster_pid: int | None
+) -> dict[str, Any]:
     pool = await create_pool(settings, min_size=workers + 1, max_size=workers + 2)
     samples: list[float] = []
     done = asyncio.Event()
@@ -140,9 +159,14 @@ async def ingest(settings: Settings, n: int, workers: int) -> dict[str, Any]:
         wake = Wakeup()
         crew = [StagingWorker(pool, settings, wake) for _ in range(workers)]
         sampler = asyncio.create_task(sample_rss())
+        await pool.execute("SELECT 1")  # the backends exist before the CPU snapshot
+        server_cpu = server_cpu_seconds(postmaster_pid)
+        own_cpu = time.process_time()
         started = time.perf_counter()
         await asyncio.gather(*(w.burst() for w in crew))
         seconds = time.perf_counter() - started
+        own_cpu = time.process_time() - own_cpu
+        server_cpu = server_cpu_seconds(postmaster_pid) - server_cpu
         done.set()
         await sampler
         samples.append(rss_mib())
@@ -160,7 +184,13 @@ async def ingest(settings: Settings, n: int, workers: int) -> dict[str, Any]:
             """
         )
         assert check is not None
-        return {"seconds": seconds, "rss": samples, **dict(check)}
+        return {
+            "seconds": seconds,
+            "rss": samples,
+            "python_us": own_cpu / n * 1e6,
+            "postgres_us": server_cpu / n * 1e6,
+            **dict(check),
+        }
     finally:
         await pool.close()
 
@@ -202,7 +232,10 @@ async def run(args: argparse.Namespace) -> int:
         copied, copy_s = await raw_copy(url, scratch)
         assert copied == n, copied
         print(f"ingesting with {args.workers} worker(s)...", file=sys.stderr)
-        result = await ingest(settings, n, args.workers)
+        load_before = os.getloadavg()[0]
+        pid = server.proc.pid if server is not None and server.proc is not None else None
+        result = await ingest(settings, n, args.workers, pid)
+        load_after = os.getloadavg()[0]
     finally:
         if server is not None:
             await server.stop()
@@ -229,6 +262,11 @@ synchronous_commit on. Staging load: {n / load_s:,.0f} rows/s (COPY, not measure
 - Batches: {result["batches"]} completed, {result["failed"]} failed; batch size {args.batch_size}, {args.workers} worker(s).
 - Check: payments {result["payments"]:,}, distinct references {result["refs"]:,},
   outbox {result["outbox"]:,}, staging rows marked recorded {result["marked"]:,}: {"OK" if ok else "MISMATCH"}.
+- Machine load average (1 min) before / after (b): {load_before:.1f} / {load_after:.1f}
+  (2 cores shared with everything else running: above ~1 the figures are pessimistic).
+- CPU per row in (b): Python {result["python_us"]:.1f} us, Postgres {result["postgres_us"]:.1f} us
+  (Postgres n/a with DATABASE_URL); {os.cpu_count()} idle cores would allow about
+  {(os.cpu_count() or 1) * 1e6 / (result["python_us"] + result["postgres_us"]):,.0f} rows/s at that cost.
 - Bench process RSS: start {rss[0]:.0f} MiB, middle {rss[len(rss) // 2]:.0f} MiB, end {rss[-1]:.0f} MiB (max {max(rss):.0f} MiB).
 """
     )
