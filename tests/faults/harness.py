@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from array import array
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -220,11 +221,14 @@ class Ledger:
     max_seconds: float = 0.0
     started: float = 0.0
     finished: float = 0.0
+    latencies: array[float] | None = None  # acknowledged attempts' seconds, when asked for
 
     def record(self, ref: str, outcome: Outcome, payment_id: str | None) -> None:
         self.requests += 1
         self.statuses[outcome.status] += 1
         self.max_seconds = max(self.max_seconds, outcome.seconds)
+        if self.latencies is not None and outcome.status in ACKED:
+            self.latencies.append(outcome.seconds)
         if outcome.status not in ACKED or payment_id is None:
             self.failures.append(outcome)
             return
@@ -240,6 +244,29 @@ class Ledger:
     @property
     def achieved_rate(self) -> float:
         return self.deliveries / max(1e-9, self.finished - self.started)
+
+    def merge(self, other: Ledger) -> None:
+        """Fold another client's ledger into this one (several client processes)."""
+        for ref, pid in other.acked.items():
+            known = self.acked.setdefault(ref, pid)
+            if known != pid:
+                self.ack_conflicts.append((ref, known, pid))
+        self.ack_conflicts.extend(other.ack_conflicts)
+        self.created.update(other.created)
+        for ref, at in other.first_sent.items():
+            self.first_sent[ref] = min(at, self.first_sent.get(ref, at))
+        self.unacked |= other.unacked
+        self.statuses.update(other.statuses)
+        self.failures.extend(other.failures)
+        self.requests += other.requests
+        self.deliveries += other.deliveries
+        self.max_seconds = max(self.max_seconds, other.max_seconds)
+        self.started = min(self.started or other.started, other.started or self.started)
+        self.finished = max(self.finished, other.finished)
+        if other.latencies is not None:
+            if self.latencies is None:
+                self.latencies = array("f")
+            self.latencies.extend(other.latencies)
 
 
 # -- the provider -------------------------------------------------------------------------
