@@ -53,7 +53,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from gateway import metrics
 from gateway.config import Settings
-from gateway.kafka import create_producer
+from gateway.kafka import create_producer, ensure_topic
 from gateway.notify import Wakeup
 from workers.backoff import backoff_delay
 from workers.base import Worker
@@ -147,6 +147,7 @@ class OutboxRelay(Worker):
         wakeup: Wakeup | None = None,
         *,
         producer_factory: ProducerFactory = create_producer,
+        concurrency: int = 2,
     ) -> None:
         super().__init__(settings.outbox_poll_interval_ms / 1000, wakeup)
         self.pool = pool
@@ -164,25 +165,54 @@ class OutboxRelay(Worker):
         self._outages = 0
         self._retry_at = 0.0
         self._gauges_at = 0.0
+        # Rounds in flight at once, each on its own connection: while one waits for the
+        # broker, another claims what was committed meanwhile. They are as safe together
+        # as separate relays (row locks, the per-key rule) and share one producer.
+        self.concurrency = max(1, concurrency)
+        self._in_flight = 0
+        self._recycle = False
+        self._producer_lock = asyncio.Lock()
+
+    async def _loop(self) -> None:
+        if self.concurrency == 1:
+            await super()._loop()
+            return
+        await asyncio.gather(*[Worker._loop(self) for _ in range(self.concurrency)])
 
     # -- producer lifecycle -------------------------------------------------------------
 
     async def _ready_producer(self) -> AIOKafkaProducer | None:
-        """The started producer, started lazily; None while the broker is unreachable.
-        A start that fails is retried on a later round, never crashes the worker."""
-        if self._producer is not None:
+        """The started producer, started lazily, counted as in use by one more round;
+        None while the broker is unreachable. A start that fails is retried on a later
+        round, never crashes the worker."""
+        async with self._producer_lock:
+            if self._recycle and self._in_flight == 0:
+                self._recycle = False
+                await self._drop_producer()
+            if self._producer is None:
+                if time.monotonic() < self._retry_at:
+                    return None
+                producer = self._producer_factory(self.settings)
+                try:
+                    await asyncio.wait_for(producer.start(), self.publish_timeout)
+                except Exception as exc:
+                    await _close_quietly(producer)
+                    self._note_outage(exc)
+                    return None
+                await self._ensure_topic()
+                self._producer = producer
+            self._in_flight += 1
             return self._producer
-        if time.monotonic() < self._retry_at:
-            return None
-        producer = self._producer_factory(self.settings)
+
+    async def _ensure_topic(self) -> None:
+        """Before the first publish of a fresh producer, make sure the events topic exists:
+        a broker that lost it (the embedded one keeps its log in memory) gets it back
+        before anything is written to it. A cluster that forbids creating topics only
+        costs a warning here."""
         try:
-            await asyncio.wait_for(producer.start(), self.publish_timeout)
+            await ensure_topic(self.settings, timeout=self.publish_timeout)
         except Exception as exc:
-            await _close_quietly(producer)
-            self._note_outage(exc)
-            return None
-        self._producer = producer
-        return producer
+            log.warning("could not check the events topic: %s", describe_error(exc))
 
     async def _drop_producer(self) -> None:
         producer, self._producer = self._producer, None
@@ -216,6 +246,12 @@ class OutboxRelay(Worker):
         producer = await self._ready_producer()
         if producer is None:
             return False
+        try:
+            return await self._round(producer)
+        finally:
+            self._in_flight -= 1
+
+    async def _round(self, producer: AIOKafkaProducer) -> bool:
         async with self.pool.acquire() as conn:
             tx = conn.transaction()
             await tx.start()
@@ -239,9 +275,12 @@ class OutboxRelay(Worker):
         self._account(rows, result)
         if result.stuck:
             # Batches still queued in the producer would be delivered late, after their
-            # retry: start afresh rather than let them linger.
-            await self._drop_producer()
+            # retry: start afresh (once no other round uses it) rather than let them linger.
+            self._recycle = True
         if result.outage:
+            # A fresh producer after the outage: nothing of this one's lingers to be
+            # retried into a broker that came back without its topic.
+            self._recycle = True
             self._note_outage(next(iter(result.failed.values())))
             return False
         self._note_healthy()

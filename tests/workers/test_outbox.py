@@ -66,8 +66,10 @@ async def start_relay(
     return relay
 
 
-async def read_topic(settings: Settings) -> list[Record]:
-    """Everything on the test's topic, from the earliest offset to the current end."""
+async def read_topic(settings: Settings, expected: int) -> list[Record]:
+    """Everything on the test's topic from the earliest offset: waits for `expected`
+    records, then polls once more so a surplus (a duplicate) would show too. (The
+    embedded broker's end offsets are not reliable enough to stop on.)"""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         enable_auto_commit=False,
@@ -75,19 +77,21 @@ async def read_topic(settings: Settings) -> list[Record]:
     )
     await consumer.start()
     try:
-        parts = range(settings.kafka_topic_partitions)  # as ensure_topic created it
-        tps = [TopicPartition(settings.kafka_topic, p) for p in parts]
+        await consumer.topics()  # fresh metadata
+        parts = consumer.partitions_for_topic(settings.kafka_topic) or set()
+        tps = [TopicPartition(settings.kafka_topic, p) for p in sorted(parts)]
+        assert tps, "topic missing"
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
         records: list[Record] = []
 
-        async def caught_up() -> bool:
-            for batch in (await consumer.getmany(*tps, timeout_ms=200)).values():
+        async def fetched(enough: int) -> bool:
+            for batch in (await consumer.getmany(*tps, timeout_ms=100)).values():
                 records.extend(batch)
-            return all([await consumer.position(tp) >= ends[tp] for tp in tps])
+            return len(records) >= enough
 
-        await wait_for(caught_up, timeout=20)
+        await wait_for(lambda: fetched(expected), timeout=20)
+        await fetched(len(records) + 1)
         return records
     finally:
         await consumer.stop()
@@ -142,7 +146,7 @@ async def test_every_posted_payment_becomes_exactly_one_event(
         posted[doc["reference_number"]] = (doc, body["payment_id"])
 
     await wait_for(lambda: _is_zero(pending(db)), timeout=20)
-    records = await read_topic(settings)
+    records = await read_topic(settings, len(posted))
 
     assert len(records) == len(posted)
     assert len({headers(r)["event_id"] for r in records}) == len(posted)
@@ -193,7 +197,7 @@ async def test_broker_outage_never_fails_ingestion_and_the_backlog_drains(
     await broker.kafka.start()  # same port; this broker keeps its log in memory only
     await ensure_topic(settings)
     await wait_for(lambda: _is_zero(pending(db)), timeout=30)
-    records = await read_topic(settings)
+    records = await read_topic(settings, 12)
 
     assert {r.key.decode() for r in records} == refs - {first["reference_number"]}
     assert len(records) == 12
@@ -218,7 +222,7 @@ async def test_relay_started_while_the_broker_is_down_starts_its_producer_later(
     await broker.kafka.start()
     await ensure_topic(settings)
     await wait_for(lambda: _is_zero(pending(db)), timeout=30)
-    assert [r.key for r in await read_topic(settings)] == [b"K-LATE"]
+    assert [r.key for r in await read_topic(settings, 1)] == [b"K-LATE"]
 
 
 async def test_poison_event_is_dead_lettered_the_rest_flow_and_replay_publishes_it(
@@ -253,13 +257,13 @@ async def test_poison_event_is_dead_lettered_the_rest_flow_and_replay_publishes_
     assert dead["id"] == poison and dead["attempts"] == 3
     assert dead["last_error"].startswith("MessageSizeTooLargeError")
     assert counter("dead_letter") == dead_before + 1
-    assert {r.key.decode() for r in await read_topic(settings)} == refs
+    assert {r.key.decode() for r in await read_topic(settings, len(refs))} == refs
 
     await relay.stop()  # the operator raises the limit: a relay with the default producer
     await start_relay(relays, db, settings)
     assert await replay(db, [poison], all_=False, actor="test:operator") == 1
     await wait_for(lambda: _is_zero(db.fetchval("SELECT count(*) FROM payment_service.outbox")))
-    replayed = [r for r in await read_topic(settings) if r.key == b"POISON-1"]
+    replayed = [r for r in await read_topic(settings, len(refs) + 1) if r.key == b"POISON-1"]
     assert len(replayed) == 1
     assert orjson.loads(replayed[0].value) == {"blob": "x" * 4096}
 
@@ -277,7 +281,7 @@ async def test_a_rescheduled_event_holds_back_the_later_events_of_its_key(
         await insert_event(db, settings, "K-1", {"seq": 2})
         await insert_event(db, settings, "K-2", {"seq": 1})
         await relay.burst()
-        assert [r.key for r in await read_topic(settings)] == [b"K-2"]
+        assert [r.key for r in await read_topic(settings, 1)] == [b"K-2"]
         assert await pending(db) == 2
 
         await db.execute(
@@ -285,7 +289,7 @@ async def test_a_rescheduled_event_holds_back_the_later_events_of_its_key(
         )
         await relay.burst()
         by_key = [
-            orjson.loads(r.value)["seq"] for r in await read_topic(settings) if r.key == b"K-1"
+            orjson.loads(r.value)["seq"] for r in await read_topic(settings, 3) if r.key == b"K-1"
         ]
         assert by_key == [1, 2]
     finally:
@@ -305,7 +309,7 @@ async def test_a_dead_letter_does_not_block_its_key(
         )
         await insert_event(db, settings, "K-D", {"seq": 2})
         await relay.burst()
-        assert [orjson.loads(r.value)["seq"] for r in await read_topic(settings)] == [2]
+        assert [orjson.loads(r.value)["seq"] for r in await read_topic(settings, 1)] == [2]
     finally:
         await relay.stop()
 
@@ -342,7 +346,7 @@ async def test_two_relays_publish_each_event_once_in_key_order(
     await start_relay(relays, db, settings, producer_factory=SlowProducer.factory)
     await start_relay(relays, db, settings)
     await wait_for(lambda: _is_zero(pending(db)), timeout=30)
-    records = await read_topic(settings)
+    records = await read_topic(settings, len(keys) * 6)
 
     assert len(records) == len(keys) * 6
     assert len({headers(r)["event_id"] for r in records}) == len(records)
