@@ -17,11 +17,20 @@ One round, in one transaction:
    and full jitter, or dead-letter them at `OUTBOX_MAX_ATTEMPTS`; commit. This write is
    shielded from cancellation, so a stop never loses a round's bookkeeping.
 
+Waking: the group-commit writer rings the relay's Wakeup after each commit (in
+`paygate run`); a relay in its own process polls every `OUTBOX_POLL_INTERVAL_MS`.
+After a round that made progress the relay goes again at once. Two rounds run at once
+per relay (each on its own connection, sharing one producer) so that what commits
+while one round waits for the broker is claimed by the other straight away.
+
 Broker outage versus poison rows: when nothing in a round was acknowledged and every
 failure looks transient (connection, timeout, retriable broker errors), the broker is
 down, not the rows bad. Then no row is charged an attempt (a long outage must not
 dead-letter the whole backlog); the round rolls back and the relay itself backs off
-(capped at a few seconds so draining starts soon after the broker returns). Failures
+(capped at a few seconds so draining starts soon after the broker returns), with a
+fresh producer once it does; a fresh producer first makes sure the events topic
+exists (`ensure_topic`), since a broker that lost it must not receive writes for a
+topic it does not know. A producer that cannot start is retried the same way. Failures
 that are specific to a row (a non-retriable error such as a message above the size
 limit, or any failure in a round where other rows went through) count towards the
 dead-letter limit. Consequence: a row whose only failure mode is a transient-looking
