@@ -214,6 +214,7 @@ class Ledger:
     created: Counter[str] = field(default_factory=Counter)  # reference -> 201s seen
     first_sent: dict[str, float] = field(default_factory=dict)  # reference -> monotonic
     unacked: set[str] = field(default_factory=set)  # deliveries still unanswered at the end
+    retried: set[str] = field(default_factory=set)  # references with an unacknowledged attempt
     statuses: Counter[int] = field(default_factory=Counter)
     failures: list[Outcome] = field(default_factory=list)  # every non-2xx attempt
     requests: int = 0
@@ -231,6 +232,7 @@ class Ledger:
             self.latencies.append(outcome.seconds)
         if outcome.status not in ACKED or payment_id is None:
             self.failures.append(outcome)
+            self.retried.add(ref)
             return
         if outcome.status == 201:
             self.created[ref] += 1
@@ -256,6 +258,7 @@ class Ledger:
         for ref, at in other.first_sent.items():
             self.first_sent[ref] = min(at, self.first_sent.get(ref, at))
         self.unacked |= other.unacked
+        self.retried |= other.retried
         self.statuses.update(other.statuses)
         self.failures.extend(other.failures)
         self.requests += other.requests

@@ -50,6 +50,9 @@ async def test_postgres_outage_gives_prompt_503s_then_full_service(faults: Fault
     bound = WEBHOOK_TIMEOUT_MS / 1000 + SLACK_SECONDS
     assert ledger.max_seconds <= bound, f"a request hung {ledger.max_seconds:.2f}s > {bound}s"
 
+    # The provider's retries of the 503s were acknowledged (the checker proves: once).
+    assert len(ledger.retried & ledger.acked.keys()) > 100, stats
+
     # Full service after: every delivery was finally acknowledged, and fresh ones go straight in.
     assert not ledger.unacked - ledger.acked.keys(), f"never acknowledged: {stats}"
     after = faults.driver(gw, rate=200, seconds=1, dup_ratio=0, drain=0)
