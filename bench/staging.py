@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -239,6 +240,7 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             await server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
 
     ok = result["payments"] == result["refs"] == result["outbox"] == result["marked"] == n
     ok = ok and result["failed"] == 0
