@@ -447,6 +447,9 @@ def report(
     lived = (longest[-1][0] - longest[0][0]) if longest else 0.0
 
     achieved = load_only.achieved_rate
+    acks = load_only.statuses[200] + load_only.statuses[201]
+    served = acks / max(1e-9, load_only.drained - load_only.started)
+    backlog = load_only.drained - load_only.finished
     lines = [
         f"### Soak: {args.minutes:g} min at {args.rate:g}/s target, {args.dup_ratio:.0%} "
         f"duplicates, a fault every {args.fault_every:g}s",
@@ -455,6 +458,8 @@ def report(
         f"on the same box; {args.clients} client processes",
         f"- achieved delivery rate: {achieved:.0f}/s"
         + ("" if achieved >= 0.97 * args.rate else f" (**below the {args.rate:g}/s target**)"),
+        f"- acknowledged attempts per second, load start to last retry: {served:.0f}/s "
+        f"(the last retry ended {backlog:.1f}s after the last new delivery)",
         f"- deliveries: {ledger.deliveries}; requests (with retries): {ledger.requests}",
         f"- acknowledged references: {verdict.acknowledged}; payments stored: {verdict.payments}",
         f"- **lost: {len(verdict.lost)}** (acknowledged, not stored); "

@@ -221,7 +221,8 @@ class Ledger:
     deliveries: int = 0
     max_seconds: float = 0.0
     started: float = 0.0
-    finished: float = 0.0
+    finished: float = 0.0  # the last new delivery was scheduled
+    drained: float = 0.0  # the last retry ended
     latencies: array[float] | None = None  # acknowledged attempts' seconds, when asked for
 
     def record(self, ref: str, outcome: Outcome, payment_id: str | None) -> None:
@@ -266,6 +267,7 @@ class Ledger:
         self.max_seconds = max(self.max_seconds, other.max_seconds)
         self.started = min(self.started or other.started, other.started or self.started)
         self.finished = max(self.finished, other.finished)
+        self.drained = max(self.drained, other.drained)
         if other.latencies is not None:
             if self.latencies is None:
                 self.latencies = array("f")
@@ -447,6 +449,7 @@ class LoadDriver:
             self._give_up_at = self.ledger.finished + self.drain
             if tasks:
                 await asyncio.gather(*tasks)
+        self.ledger.drained = time.monotonic()
         return self.ledger
 
     async def storm(self, refs: int, copies: int) -> Ledger:
@@ -462,7 +465,7 @@ class LoadDriver:
                 for i in range(copies)
             ]
             await asyncio.gather(*jobs)
-            self.ledger.finished = time.monotonic()
+            self.ledger.finished = self.ledger.drained = time.monotonic()
         return self.ledger
 
 
