@@ -252,7 +252,7 @@ class BatchReport:
     seconds: float
 
 
-class _Failed(Exception):
+class BatchFailed(Exception):
     """A batch attempt failed; carries the ids it had claimed, for the failure log."""
 
     def __init__(self, cause: BaseException, ids: Sequence[int]) -> None:
@@ -277,11 +277,11 @@ class StagingWorker(Worker):
         """Process one batch; True while batches come back full (more is waiting)."""
         started = time.perf_counter()
         attempts = self.settings.staging_max_retries + 1
-        failure: _Failed | None = None
+        failure: BatchFailed | None = None
         for attempt in range(1, attempts + 1):
             try:
                 report = await self._attempt(attempt, started)
-            except _Failed as exc:
+            except BatchFailed as exc:
                 failure = exc
                 log.warning(
                     "staging batch attempt %d/%d failed: %s",
@@ -332,7 +332,7 @@ class StagingWorker(Worker):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            raise _Failed(exc, ids) from exc
+            raise BatchFailed(exc, ids) from exc
 
     async def _record(self, conn: asyncpg.Connection, plan: Plan) -> BatchOutcome:
         """Record the leaders; if the database refuses one of them, isolate it.
@@ -395,7 +395,7 @@ class StagingWorker(Worker):
             except Exception as exc:  # a gauge must not fail a committed batch
                 log.warning("staging backlog refresh failed: %s", _describe(exc))
 
-    async def _log_failure(self, failure: _Failed, attempts: int, started: float) -> None:
+    async def _log_failure(self, failure: BatchFailed, attempts: int, started: float) -> None:
         """Record the given-up batch in its own transaction; its rows stay unprocessed."""
         ids = failure.ids
         log.error(

@@ -24,6 +24,8 @@ from gateway.validation import date_window
 from tests.conftest import make_settings
 from tests.webhooks import payment_doc, post_webhook
 from workers.staging import (
+    BatchFailed,
+    BatchReport,
     Plan,
     StagingWorker,
     error_details,
@@ -300,6 +302,48 @@ async def test_a_batch_whose_connection_dies_is_retried_and_recorded_once(
         ("completed", 2, 1000), ("completed", 1, 1000), ("completed", 1, 500),
     ]  # fmt: skip
     assert log[0]["batch_start_id"] == ids[0] and log[-1]["batch_end_id"] == ids[-1]
+
+
+class AckLostOnce(StagingWorker):
+    """Fault injection: the first batch commits, then the worker hears of a failure (as
+    when the connection drops while COMMIT's answer is on its way) and retries."""
+
+    retry_base_delay = 0.01
+    lost = False
+
+    async def _attempt(self, attempt: int, started: float) -> BatchReport:
+        report = await super()._attempt(attempt, started)
+        if not self.lost:
+            self.lost = True
+            raise BatchFailed(ConnectionResetError(), [])
+        return report
+
+
+async def test_a_committed_batch_whose_answer_was_lost_is_not_recorded_twice(
+    db: asyncpg.Pool, stack: Any
+) -> None:
+    settings = staging_settings(stack, staging_batch_size=1000)
+    await load(db, [row(f"ACK-{i:05d}") for i in range(1500)])
+    worker = AckLostOnce(db, settings, Wakeup())
+
+    await worker.burst()
+
+    assert worker.lost
+    assert (
+        await db.fetchval("SELECT count(DISTINCT reference_number) FROM payment_service.payments")
+        == await db.fetchval("SELECT count(*) FROM payment_service.payments")
+        == 1500
+    )
+    assert await db.fetchval("SELECT count(*) FROM payment_service.outbox") == 1500
+    rows = await staged(db)
+    assert {r["result"] for r in rows.values()} == {"recorded"}
+    log = await db.fetch(
+        "SELECT total_records, status FROM payment_service.staging_process_log "
+        "ORDER BY batch_start_id"
+    )
+    assert [(r["total_records"], r["status"]) for r in log] == [
+        (1000, "completed"), (500, "completed"),
+    ]  # fmt: skip
 
 
 class AlwaysDeadlocked(StagingWorker):
