@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -114,10 +115,9 @@ FROM payment_service.outbox
 
 def describe_error(exc: BaseException) -> str:
     """A short, secret-free description for `last_error`: the class and the message."""
-    text = str(exc).strip()
     name = type(exc).__name__
-    if text.startswith(name):
-        text = text[len(name) :].lstrip(": ")
+    # aiokafka repeats the class in its messages: "[Error 10] MessageSizeTooLargeError: ..."
+    text = re.sub(rf"^(\[Error -?\d+\] )?{re.escape(name)}:?\s*", "", str(exc).strip())
     short = f"{name}: {text}" if text else name
     return short[:ERROR_TEXT_MAX]
 
@@ -181,6 +181,11 @@ class OutboxRelay(Worker):
         self._in_flight = 0
         self._recycle = False
         self._producer_lock = asyncio.Lock()
+
+    @property
+    def kafka_unavailable(self) -> bool:
+        """True from a failed round or producer start until the next good round."""
+        return self._outages > 0
 
     async def _loop(self) -> None:
         if self.concurrency == 1:

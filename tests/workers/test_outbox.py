@@ -12,6 +12,12 @@ import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NodeNotReadyError,
+)
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import REGISTRY
 
@@ -22,7 +28,7 @@ from tests import stack as stack_module
 from tests.conftest import make_settings, wait_for
 from tests.webhooks import payment_doc, post_webhook
 from workers.dlq import list_dead_letters, replay
-from workers.outbox import OutboxRelay
+from workers.outbox import OutboxRelay, RoundResult, describe_error, is_transient
 
 Record = ConsumerRecord[bytes, bytes]
 
@@ -207,6 +213,10 @@ async def _positive(value: float) -> bool:
     return value > 0
 
 
+async def _true(value: bool) -> bool:
+    return value
+
+
 async def test_relay_started_while_the_broker_is_down_starts_its_producer_later(
     db: asyncpg.Pool, broker: stack_module.TestStack, relays: list[OutboxRelay]
 ) -> None:
@@ -216,7 +226,7 @@ async def test_relay_started_while_the_broker_is_down_starts_its_producer_later(
     await broker.kafka.stop()
     relay = await start_relay(relays, db, settings)
     await insert_event(db, settings, "K-LATE", {"n": 1})
-    await wait_for(lambda: _positive(relay._outages), timeout=20)
+    await wait_for(lambda: _true(relay.kafka_unavailable), timeout=20)
     assert await pending(db) == 1
 
     await broker.kafka.start()
@@ -354,3 +364,31 @@ async def test_two_relays_publish_each_event_once_in_key_order(
         mine = sorted((r for r in records if r.key == key.encode()), key=lambda r: r.offset)
         assert len({r.partition for r in mine}) == 1
         assert [orjson.loads(r.value)["seq"] for r in mine] == list(range(6))
+
+
+# -- pure: how failures are told apart ---------------------------------------------------
+
+
+def test_errors_are_described_by_class_and_message_only() -> None:
+    text = describe_error(MessageSizeTooLargeError("The message is 5000 bytes" + "x" * 1000))
+    assert text.startswith("MessageSizeTooLargeError: ")
+    assert text.count("MessageSizeTooLargeError") == 1
+    assert len(text) <= 300
+    assert describe_error(TimeoutError()) == "TimeoutError"
+
+
+def test_transient_errors_are_the_broker_s_not_the_row_s() -> None:
+    assert is_transient(KafkaConnectionError())
+    assert is_transient(KafkaTimeoutError())
+    assert is_transient(NodeNotReadyError())
+    assert is_transient(TimeoutError())
+    assert not is_transient(MessageSizeTooLargeError())
+    assert not is_transient(ValueError("bad payload"))
+
+
+def test_an_outage_is_a_round_where_nothing_went_through_and_all_failures_look_transient() -> None:
+    down = RoundResult(failed={1: KafkaConnectionError(), 2: KafkaTimeoutError()})
+    assert down.outage
+    assert not RoundResult(acked={3: 0.0}, failed={1: KafkaConnectionError()}).outage
+    assert not RoundResult(failed={1: KafkaTimeoutError(), 2: MessageSizeTooLargeError()}).outage
+    assert not RoundResult().outage
