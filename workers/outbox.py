@@ -275,6 +275,7 @@ class OutboxRelay(Worker):
                 if not rows:
                     await tx.commit()
                     committed = True
+                    self._note_healthy()  # the producer started: the broker answers
                     return False
                 result = await self._publish(producer, rows)
                 if result.outage:
