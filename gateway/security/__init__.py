@@ -57,11 +57,4 @@ def install(app: web.Application) -> None:
     app.middlewares.append(inflight_middleware(app[INFLIGHT]))
     app.middlewares.append(auth_middleware(settings.admin_jwt_secret))
 
-    async def replay_ctx(app: web.Application) -> AsyncIterator[None]:
-        replay.redis = app.get(appkeys.REDIS)
-        yield
-        await replay.close()
-        replay.redis = None
-
-    app.cleanup_ctx.append(replay_ctx)
     app.cleanup_ctx.append(sighup_ctx)

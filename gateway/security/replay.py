@@ -1,36 +1,24 @@
 """Delivery-id replay guard: a delivery answered recently is answered again from memory.
 
-L1 is an in-process TTL cache per channel, kept for twice the channel's signature
+One in-process TTL cache per channel, kept for twice the channel's signature
 tolerance (a signed timestamp may be that far in the past or the future; an older
-replay already fails the signature check). With Redis enabled, a miss asks Redis, and
-answered deliveries are written there with `SET NX EX` so other instances see them.
-Redis lookups and writes are coalesced per event-loop tick (one MGET / one pipeline
-for all concurrent requests), never one round trip per request.
+replay already fails the signature check).
 
-Fails OPEN: a Redis error, an open breaker or an evicted entry means "not seen", and
-the delivery goes on to the reference table, the real authority, which answers a
-replayed payment as a duplicate without a second row or event.
+It is deliberately memory only. A replay that reaches another instance, or arrives
+after a restart, still has no second effect: a payment delivery is answered
+"duplicate" by the reference table, a status delivery "duplicate" by the state
+machine. Sharing delivery ids through Redis would cost two more round trips per
+batch on the hot path to save a database probe that group commit already makes cheap.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 from cachetools import TTLCache
-from redis.exceptions import RedisError
 
-from gateway import metrics
-from gateway.redis_cache import RedisCache
-
-log = logging.getLogger(__name__)
-
-KEY_PREFIX = "paygate:dlv:"
 DEFAULT_MAX_ENTRIES = 100_000
-_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 
 class DeliveryReplayGuard:
@@ -44,11 +32,7 @@ class DeliveryReplayGuard:
         self.tolerance_of = tolerance_of
         self.max_entries = max_entries
         self.clock = clock
-        self.redis: RedisCache | None = None
         self._caches: dict[str, TTLCache[str, str]] = {}
-        self._gets: dict[str, list[asyncio.Future[str | None]]] = {}
-        self._sets: dict[str, tuple[str, int]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def ttl(self, channel: str) -> int:
         return 2 * self.tolerance_of(channel)
@@ -65,80 +49,7 @@ class DeliveryReplayGuard:
         return self._cache(channel).get(delivery_id)
 
     async def seen(self, channel: str, delivery_id: str) -> str | None:
-        known = self.seen_local(channel, delivery_id)
-        if known is not None or not self._redis_usable():
-            return known
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[str | None] = loop.create_future()
-        key = _key(channel, delivery_id)
-        if not self._gets:
-            loop.call_soon(self._spawn, self._flush_gets)
-        self._gets.setdefault(key, []).append(future)
-        value = await future
-        if value is not None:
-            self._cache(channel)[delivery_id] = value
-        return value
+        return self.seen_local(channel, delivery_id)
 
     def remember(self, channel: str, delivery_id: str, payment_id: str) -> None:
         self._cache(channel)[delivery_id] = payment_id
-        if not self._redis_usable():
-            return
-        if not self._sets:
-            asyncio.get_running_loop().call_soon(self._spawn, self._flush_sets)
-        self._sets.setdefault(_key(channel, delivery_id), (payment_id, self.ttl(channel)))
-
-    async def close(self) -> None:
-        """Finish the Redis writes already queued (they are best effort)."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def _redis_usable(self) -> bool:
-        return self.redis is not None and self.redis.breaker.allow()
-
-    def _spawn(self, flush: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        task = asyncio.get_running_loop().create_task(flush())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _flush_gets(self) -> None:
-        pending, self._gets = self._gets, {}
-        keys = list(pending)
-        values: list[bytes | str | None] = [None] * len(keys)
-        redis = self.redis
-        if redis is not None and keys:
-            try:
-                values = list(await redis.client.mget(keys))
-                redis.breaker.success()
-            except _REDIS_ERRORS as exc:
-                self._failed(redis, exc)
-        for key, value in zip(keys, values, strict=True):
-            answer = value.decode() if isinstance(value, bytes) else None
-            for future in pending[key]:
-                if not future.done():
-                    future.set_result(answer)
-
-    async def _flush_sets(self) -> None:
-        pending, self._sets = self._sets, {}
-        redis = self.redis
-        if redis is None or not pending:
-            return
-        try:
-            async with redis.client.pipeline(transaction=False) as pipe:
-                for key, (payment_id, ttl) in pending.items():
-                    pipe.set(key, payment_id, nx=True, ex=ttl)
-                await pipe.execute()
-            redis.breaker.success()
-        except _REDIS_ERRORS as exc:
-            self._failed(redis, exc)
-
-    @staticmethod
-    def _failed(redis: RedisCache, exc: BaseException) -> None:
-        metrics.redis_errors.inc()
-        was_open = redis.breaker.is_open
-        redis.breaker.failure()
-        if redis.breaker.is_open and not was_open:
-            log.warning("redis unavailable (%s); replay guard uses memory only", type(exc).__name__)
-
-
-def _key(channel: str, delivery_id: str) -> str:
-    return f"{KEY_PREFIX}{channel}:{delivery_id}"
