@@ -51,6 +51,7 @@ async def _dedup_ctx(app: web.Application) -> AsyncIterator[None]:
     app[appkeys.DEDUP] = dedup
     app[appkeys.PROBES] = HealthProbes(settings, app[appkeys.POOL], app[appkeys.REDIS])
     yield
+    await dedup.close()
 
 
 async def _writer_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -7,6 +7,7 @@ same business fields, same status. Everything else falls through to the database
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ class Known:
         return cls(payment_id, payload_hash, status)
 
 
+# Fresh entries wait at most this long for the next batch's Redis call to carry them.
+PUBLISH_DELAY_SECONDS = 0.05
+
+
 class Deduplicator:
     def __init__(self, settings: Settings, redis: RedisCache | None) -> None:
         self.l1: LRUCache[str, Known] | None = (
@@ -48,6 +53,11 @@ class Deduplicator:
             else None
         )
         self.redis = redis
+        # Entries recorded but not yet in Redis: they ride along with the next lookup, so a
+        # batch costs one Redis round trip for both its reads and the previous writes.
+        self._unpublished: dict[str, bytes] = {}
+        self._flush: asyncio.TimerHandle | None = None
+        self._flushing: set[asyncio.Task[None]] = set()
 
     def lookup_local(self, reference: str) -> Known | None:
         return self.l1.get(reference) if self.l1 is not None else None
@@ -55,7 +65,39 @@ class Deduplicator:
     async def lookup_remote(self, references: Sequence[str]) -> list[Known | None]:
         if self.redis is None:
             return [None] * len(references)
-        return [Known.decode(v) for v in await self.redis.get_many(references)]
+        pending, self._unpublished = self._unpublished, {}
+        values = await self.redis.exchange(references, pending)
+        return [Known.decode(v) for v in values]
+
+    def publish_later(self, items: Sequence[tuple[str, Known]]) -> None:
+        """Queue entries for Redis: sent with the next lookup, or on their own shortly."""
+        if self.redis is None or not items:
+            return
+        self._unpublished.update((ref, known.encode()) for ref, known in items)
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(
+                PUBLISH_DELAY_SECONDS, self._start_flush
+            )
+
+    def _start_flush(self) -> None:
+        self._flush = None
+        if self._unpublished:
+            task = asyncio.get_running_loop().create_task(self.flush())
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+
+    async def flush(self) -> None:
+        pending, self._unpublished = self._unpublished, {}
+        if self.redis is not None and pending:
+            await self.redis.exchange((), pending)
+
+    async def close(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        await self.flush()
+        if self._flushing:
+            await asyncio.gather(*self._flushing, return_exceptions=True)
 
     def remember(self, items: Iterable[tuple[str, Known]]) -> None:
         if self.l1 is not None:

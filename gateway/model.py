@@ -36,22 +36,26 @@ class Payment:
     status: str = DEFAULT_STATUS
     provider_event_at: datetime | None = None  # naive UTC
     identity: tuple[str, ...] = field(default=IDENTITY_FIELDS, compare=False)
+    _hash: str = field(default="", init=False, repr=False, compare=False)
 
     @property
     def payload_hash(self) -> str:
-        """Hash of the business fields that decide duplicate vs conflict.
+        """Hash of the business fields that decide duplicate vs conflict (computed once).
 
         By default amount, account, cif and payment date count: a provider re-sending
         the same payment with other metadata or another status is the same payment.
         """
-        return business_hash(
-            self.reference_number,
-            self.loan_account_number,
-            self.cif,
-            self.amount,
-            self.payment_date,
-            self.identity,
-        )
+        if not self._hash:
+            value = business_hash(
+                self.reference_number,
+                self.loan_account_number,
+                self.cif,
+                self.amount,
+                self.payment_date,
+                self.identity,
+            )
+            object.__setattr__(self, "_hash", value)
+        return self._hash
 
 
 def business_hash(

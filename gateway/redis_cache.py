@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -82,34 +82,38 @@ class RedisCache:
 
     async def get_many(self, refs: Sequence[str]) -> list[bytes | None]:
         """Values for `refs` in order; all None when Redis is unavailable."""
-        if not refs or not self.breaker.allow():
-            return [None] * len(refs)
+        return await self.exchange(refs, {})
+
+    async def set_many(self, items: Iterable[tuple[str, bytes]]) -> None:
+        await self.exchange((), dict(items))
+
+    async def exchange(self, refs: Sequence[str], store: Mapping[str, bytes]) -> list[bytes | None]:
+        """Write `store` and read `refs` in one pipelined round trip.
+
+        Returns the values for `refs` in order; all None when Redis is unavailable (the
+        writes are then dropped: the cache is a hint).
+        """
+        misses: list[bytes | None] = [None] * len(refs)
+        if (not refs and not store) or not self.breaker.allow():
+            return misses
         current, previous = self._buckets()
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                pipe.hmget(current, list(refs))
-                pipe.hmget(previous, list(refs))
-                now, before = await pipe.execute()
+                if store:
+                    pipe.hset(current, mapping=dict(store))  # type: ignore[arg-type]
+                    pipe.expire(current, 2 * self.ttl)
+                if refs:
+                    pipe.hmget(current, list(refs))
+                    pipe.hmget(previous, list(refs))
+                replies = await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
-            return [None] * len(refs)
+            return misses
         self.breaker.success()
+        if not refs:
+            return misses
+        now, before = replies[-2], replies[-1]
         return [a if a is not None else b for a, b in zip(now, before, strict=True)]
-
-    async def set_many(self, items: Iterable[tuple[str, bytes]]) -> None:
-        mapping = dict(items)
-        if not mapping or not self.breaker.allow():
-            return
-        current, _ = self._buckets()
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.hset(current, mapping=mapping)  # type: ignore[arg-type]
-                pipe.expire(current, 2 * self.ttl)
-                await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
-            return
-        self.breaker.success()
 
     async def ping(self) -> bool:
         try:

@@ -56,7 +56,9 @@ WITH input AS (
     SELECT delivery_channel, delivery_id, ref, id, 'created', body FROM won
     WHERE body IS NOT NULL
 )
-SELECT id FROM won
+SELECT id, EXISTS (SELECT 1 FROM payment_service.pending_status_updates s
+               WHERE s.reference_number = won.ref) AS parked
+FROM won
 """
 
 _EXISTING = """
@@ -104,6 +106,7 @@ class Existing:
 class BatchOutcome:
     created: set[uuid.UUID]  # payment ids of the candidates that were recorded now
     existing: dict[str, Existing]  # reference -> what was already there, for the others
+    parked: set[uuid.UUID] = field(default_factory=set)  # created ones with status updates waiting
 
 
 async def record_batch(
@@ -144,6 +147,7 @@ async def record_batch(
             col.append(value)
     rows = await conn.fetch(_RECORD, *cols, source, topic, actor)
     created = {r["id"] for r in rows}
+    parked = {r["id"] for r in rows if r["parked"]}
     lost = [c.payment.reference_number for c in candidates if c.payment_id not in created]
     existing: dict[str, Existing] = {}
     if lost:
@@ -151,7 +155,7 @@ async def record_batch(
             existing[r["reference_number"]] = Existing(
                 str(r["payment_id"]), r["payload_hash"], r["status"], r["provider_event_at"]
             )
-    return BatchOutcome(created, existing)
+    return BatchOutcome(created, existing, parked)
 
 
 @dataclass(slots=True)

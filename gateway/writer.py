@@ -45,7 +45,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 RETRY_ERRORS = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 
-# Runs inside nothing: after a batch committed, with the references it created.
+# Run on the writer's connection after a batch committed, with the payments it created that
+# have status updates waiting for them (pending_status_updates): rare, so the hot path
+# pays only an EXISTS probe inside the recording statement.
 AfterCommit = Callable[[asyncpg.Connection, Sequence[Candidate]], Awaitable[None]]
 
 
@@ -75,7 +77,6 @@ class GroupCommitWriter:
         self.queue: asyncio.Queue[tuple[Candidate, asyncio.Future[WriteResult]]] = asyncio.Queue()
         self.in_flight = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Task[None]] = set()
         self._accepting = False
         self.db_down_since: float | None = None
 
@@ -99,7 +100,6 @@ class GroupCommitWriter:
             raise ServiceUnavailable("database unavailable", code="database_unavailable")
         fut: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
         self.in_flight += 1
-        metrics.write_queue_depth.inc()
         self.queue.put_nowait((candidate, fut))
         return fut
 
@@ -127,8 +127,6 @@ class GroupCommitWriter:
         while not self.queue.empty():
             _, fut = self.queue.get_nowait()
             self._settle(fut, exc=ServiceUnavailable("shutting down", code="shutting_down"))
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
 
     # -- batching ---------------------------------------------------------------------------
 
@@ -141,6 +139,7 @@ class GroupCommitWriter:
             if len(batch) < max_size and wait > 0:
                 await asyncio.sleep(wait)
                 self._drain(batch, max_size)
+            metrics.write_queue_depth.set(self.in_flight)
             try:
                 await self._write(batch)
             except asyncio.CancelledError:
@@ -168,7 +167,6 @@ class GroupCommitWriter:
         exc: BaseException | None = None,
     ) -> None:
         self.in_flight -= 1
-        metrics.write_queue_depth.dec()
         if fut.done():
             return
         if exc is not None:
@@ -242,9 +240,7 @@ class GroupCommitWriter:
             self._settle(fut, WriteResult(outcome, lead.payment_id, lead.status, "batch"))
         if fresh:
             self.dedup.remember(fresh)
-            task = asyncio.create_task(self.dedup.publish(fresh))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self.dedup.publish_later(fresh)
 
     async def _commit(self, todo: list[Candidate]) -> dict[str, WriteResult]:
         started = time.perf_counter()
@@ -256,12 +252,12 @@ class GroupCommitWriter:
                         actor="webhook",
                     )  # fmt: skip
                     results, losers = self._classify(todo, outcome.created, outcome.existing)
-                    created = [c for c in todo if c.payment_id in outcome.created]
                     if losers:
                         await record_losers(conn, losers, actor="webhook")
-                    for hook in self.after_commit:
-                        if created:
-                            await hook(conn, created)
+                    waiting = [c for c in todo if c.payment_id in outcome.parked]
+                    if waiting:
+                        for hook in self.after_commit:
+                            await hook(conn, waiting)
                 break
             except RETRY_ERRORS:
                 if attempt == 2:
