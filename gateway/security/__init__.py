@@ -13,7 +13,6 @@ docs/security.md lists which limit fails open and which fails closed, and why.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 from aiohttp import web
 

@@ -22,7 +22,7 @@ import time
 import uuid
 from array import array
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -231,6 +231,8 @@ class Ledger:
         self.max_seconds = max(self.max_seconds, outcome.seconds)
         if self.latencies is not None and outcome.status in ACKED:
             self.latencies.append(outcome.seconds)
+        if outcome.status in ACKED and payment_id is None:
+            self.ack_conflicts.append((ref, "", f"{outcome.status} without a payment_id"))
         if outcome.status not in ACKED or payment_id is None:
             self.failures.append(outcome)
             self.retried.add(ref)
@@ -314,13 +316,11 @@ class LoadDriver:
     retry_cap: float = 0.5
     prefix: str = field(default_factory=lambda: f"FLT-{uuid.uuid4().hex[:8]}")
     ledger: Ledger = field(default_factory=Ledger)
-    on_tick: Callable[[float], None] | None = None
 
     def __post_init__(self) -> None:
         self.key = decode_secret("standard", self.secret)
         self._recent: list[tuple[str, bytes]] = []
         self._serial = 0
-        self._stop_new = False
         self._give_up_at = float("inf")
         self._rr = 0
 
@@ -434,8 +434,6 @@ class LoadDriver:
                 elapsed = now - start
                 if elapsed >= self.seconds:
                     break
-                if self.on_tick is not None:
-                    self.on_tick(elapsed)
                 due = int(elapsed * self.rate) - launched
                 for _ in range(max(0, due)):
                     await slots.acquire()
