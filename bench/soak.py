@@ -450,6 +450,20 @@ def report(
     acks = load_only.statuses[200] + load_only.statuses[201]
     served = acks / max(1e-9, load_only.drained - load_only.started)
     backlog = load_only.drained - load_only.finished
+    failed = [
+        name
+        for name, bad in (
+            ("lost", verdict.lost),
+            ("doubled", verdict.doubled),
+            ("acknowledged ids", verdict.wrong_id or verdict.ack_conflicts),
+            ("half-written", verdict.orphan_payments or verdict.orphan_references),
+            ("5xx outside fault windows", server_errors),
+            ("events", missing_events or unknown_events),
+            ("RSS growth", not growth < 10),
+            ("fault injection", s.problems),
+        )
+        if bad
+    ]
     lines = [
         f"### Soak: {args.minutes:g} min at {args.rate:g}/s target, {args.dup_ratio:.0%} "
         f"duplicates, a fault every {args.fault_every:g}s",
@@ -478,6 +492,7 @@ def report(
         f"- gateway RSS (longest-lived process, {lived:.0f}s; start = after "
         f"{args.rss_warmup:g}s warm-up): {rss_start / 2**20:.0f} MiB -> "
         f"{rss_end / 2**20:.0f} MiB ({growth:+.1f}%)",
+        f"- **verdict: {'PASS' if not failed else 'FAIL: ' + ', '.join(failed)}**",
         "",
         "| t (s) | fault | what happened |",
         "|---:|---|---|",
@@ -512,7 +527,9 @@ def main() -> None:
     p.add_argument("--only", choices=FAULTS, help="inject this fault every time")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     args = p.parse_args()
-    print(asyncio.run(soak(args)))
+    text = asyncio.run(soak(args))
+    print(text)
+    sys.exit(0 if "**verdict: PASS**" in text else 1)
 
 
 if __name__ == "__main__":
