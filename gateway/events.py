@@ -4,6 +4,7 @@ consumer ever sees a float."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,13 +30,23 @@ class OutboxEvent:
 def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.isoformat().replace("+00:00", "Z")
+    if value.tzinfo is None:  # naive values are UTC by convention
+        return value.isoformat() + "Z"
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+_CENT = Decimal("0.01")
 
 
 def _money(value: Decimal) -> str:
-    return format(value.quantize(Decimal("0.01")), "f")
+    if value.as_tuple().exponent == -2:  # validation already quantized it: the common case
+        return str(value)
+    return format(value.quantize(_CENT), "f")
+
+
+def now_iso() -> str:
+    """The `timestamp` of events built now; a batch computes it once for all its events."""
+    return _iso(datetime.now(UTC))  # type: ignore[return-value]
 
 
 def payment_recorded(
@@ -51,12 +62,13 @@ def payment_recorded(
     metadata: dict[str, Any] | None,
     status: str,
     now: datetime | None = None,
+    timestamp: str | None = None,
 ) -> OutboxEvent:
-    event_id = uuid.uuid4()
+    event_id = uuid.UUID(bytes=os.urandom(16), version=4)
     body = {
         "event_id": str(event_id),
         "event_type": RECORDED,
-        "timestamp": _iso(now or datetime.now(UTC)),
+        "timestamp": timestamp or _iso(now or datetime.now(UTC)),
         "payment": {
             "id": str(payment_id),
             "reference_number": reference_number,

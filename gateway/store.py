@@ -124,6 +124,7 @@ async def record_batch(
     reference order so concurrent batches never deadlock on each other.
     """
     cols: list[list[object]] = [[] for _ in range(16)]
+    timestamp = events.now_iso()
     for c in candidates:
         p = c.payment
         event = events.payment_recorded(
@@ -137,6 +138,7 @@ async def record_batch(
             source=source,
             metadata=p.metadata,
             status=p.status,
+            timestamp=timestamp,
         )
         row = (
             c.payment_id, p.reference_number, p.loan_account_number, p.cif, p.amount,
