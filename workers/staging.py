@@ -1,23 +1,28 @@
 """Staging ingestion (seed 004's Staging Processor): the bulk path into `payments`.
 
 An ETL fills `payment_service.payment_staging`; this worker drains it in batches of
-STAGING_BATCH_SIZE rows. One batch is one transaction:
+STAGING_BATCH_SIZE rows. One batch is one transaction of three statements, and the
+rows never travel through Python (only their ids do): per-row Python work was most of
+the cost, so validation, hashing, dedup and event payloads run in Postgres
+(`workers.staging_sql`, generated from the Python rules it mirrors):
 
 1. claim the oldest unprocessed rows, `ORDER BY id ... FOR UPDATE SKIP LOCKED`, so any
    number of workers in any number of processes share the backlog without overlap;
-2. validate every row with the webhook's rules (`validate_staging_row`) and coalesce
-   repeated references inside the batch (the first valid occurrence leads);
-3. record the leaders with `gateway.store.record_batch` (references ON CONFLICT +
-   payments + outbox + audit in one statement): `payment_references` decides, so a
-   reference already taken by a webhook or an earlier batch is never recorded twice;
-4. mark every claimed row in one `UPDATE ... FROM unnest(...)`;
-5. write one `staging_process_log` row with the counts and timings.
+2. classify every row with the webhook's rules, lead each reference with its first
+   valid row, claim the leaders' references ON CONFLICT in reference order (the same
+   write as `gateway.store.record_batch`: references + payments + outbox + audit),
+   and mark the winners and the invalid rows;
+3. in a fresh snapshot, decide the remaining valid rows against `payment_references`
+   (duplicate or conflict), audit the conflicts, mark them and write one
+   `staging_process_log` row with the counts and timings.
 
 If anything fails the transaction rolls back as a whole (nothing recorded, nothing
 marked) and the batch is tried again, up to STAGING_MAX_RETRIES times with backoff;
 after that a `failed` log row is written and the rows wait for the next interval. A
 commit whose acknowledgement was lost is harmless: its rows are marked, so they are not
-claimed again, and the reference table would refuse them anyway.
+claimed again, and the reference table would refuse them anyway. If the database
+refuses the batch's data (a row the rules let through), the batch is recorded one
+reference at a time and the refused references become errors.
 
 What happens to each row is written on it (`result`, `payment_id`, `error`); every
 claimed row gets `processed = TRUE` and `processed_at`, so it leaves the partial index
@@ -42,162 +47,62 @@ with at most ERROR_DETAILS_MAX items. To find and re-queue them after fixing the
        SET processed = FALSE, processed_at = NULL, result = NULL, error = NULL,
            payment_id = NULL
      WHERE result = 'error' AND id = ANY(...);
+
+Payment ids are UUID v7 from Postgres 18's `uuidv7()`; on an older server they fall
+back to `gen_random_uuid()` (v4: correct, only less index-friendly).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from gateway import metrics
 from gateway.config import Settings
-from gateway.errors import ValidationError
-from gateway.model import Payment
 from gateway.notify import Wakeup
-from gateway.store import BatchOutcome, Candidate, Existing, Loser, record_batch, record_losers
-from gateway.validation import DateWindow, date_window, validate_staging_row
+from gateway.validation import date_window
+from workers import staging_sql
 from workers.base import Worker
+from workers.staging_sql import ERROR_DETAILS_MAX, Rule
 
 log = logging.getLogger(__name__)
 
 RECORDED, DUPLICATE, CONFLICT, ERROR = "recorded", "duplicate", "conflict", "error"
-ERROR_DETAILS_MAX = 100
+__all__ = [
+    "CONFLICT",
+    "DUPLICATE",
+    "ERROR",
+    "ERROR_DETAILS_MAX",
+    "RECORDED",
+    "BatchFailed",
+    "BatchReport",
+    "Counts",
+    "Recorded",
+    "StagingWorker",
+    "retry_delay",
+]
 # An exact count of a large backlog is a scan (~0.2 s per million rows): while batches come
 # back full it is refreshed this often, and after every batch once the backlog is drained.
 BACKLOG_REFRESH_SECONDS = 15.0
 
-_CLAIM = """
-SELECT id, reference_number, loan_account_number, cif, amount, payment_date,
-       payment_channel, metadata
-FROM payment_service.payment_staging
-WHERE processed IS NOT TRUE
-ORDER BY id
-LIMIT $1
-FOR UPDATE SKIP LOCKED
-"""
+_BACKLOG = "SELECT count(*) FROM payment_service.payment_staging WHERE processed IS NOT TRUE"
 
-_MARK = """
-UPDATE payment_service.payment_staging s
-SET processed = TRUE, processed_at = (now() AT TIME ZONE 'UTC'),
-    result = u.result, payment_id = u.payment_id, error = u.error
-FROM unnest($1::bigint[], $2::text[], $3::uuid[], $4::text[]) AS u(id, result, payment_id, error)
-WHERE s.id = u.id
-"""
-
-_LOG = """
+_LOG_FAILED = """
 INSERT INTO payment_service.staging_process_log
     (batch_start_id, batch_end_id, total_records, processed_records, duplicate_records,
      error_records, status, attempt, duration_ms, completed_at, error_details)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp(), $10)
+VALUES ($1, $2, $3, 0, 0, 0, 'failed', $4, $5, clock_timestamp(), $6)
 """
-
-_BACKLOG = "SELECT count(*) FROM payment_service.payment_staging WHERE processed IS NOT TRUE"
-
-
-# -- the pure part: what each row of a batch becomes --------------------------------
-
-
-@dataclass(slots=True)
-class Fate:
-    """The verdict on one staging row, as written back onto it."""
-
-    result: str
-    payment_id: object = None  # uuid.UUID or str
-    field: str | None = None
-    detail: str | None = None
-
-    @property
-    def error(self) -> str | None:
-        return None if self.field is None else f"{self.field}: {self.detail}"
-
-
-@dataclass(slots=True)
-class Plan:
-    """A claimed batch after validation and in-batch coalescing."""
-
-    ids: list[int]
-    refs: list[str]
-    fates: list[Fate | None]  # None until decided; errors are decided at planning time
-    payments: list[Payment | None]  # None for rows that failed validation
-    leaders: list[Candidate] = field(default_factory=list)
-    rows_of: dict[str, list[int]] = field(
-        default_factory=dict
-    )  # ref -> its valid rows, leader first
-
-
-def plan_batch(rows: Sequence[Any], window: DateWindow) -> Plan:
-    """Validate each row and pick one leader per reference (the first valid row)."""
-    plan = Plan(ids=[], refs=[], fates=[], payments=[])
-    for i, row in enumerate(rows):
-        plan.ids.append(row["id"])
-        plan.refs.append(row["reference_number"])
-        try:
-            payment = validate_staging_row(row, window=window)
-        except ValidationError as exc:
-            plan.fates.append(Fate(ERROR, None, exc.field, exc.detail))
-            plan.payments.append(None)
-            continue
-        plan.fates.append(None)
-        plan.payments.append(payment)
-        ref = payment.reference_number
-        same = plan.rows_of.get(ref)
-        if same is None:
-            plan.rows_of[ref] = [i]
-            plan.leaders.append(Candidate(payment))
-        else:
-            same.append(i)
-    return plan
-
-
-def settle(plan: Plan, created: set[Any], existing: dict[str, Existing]) -> list[Loser]:
-    """Decide every valid row from what `record_batch` reported for its leader.
-
-    A reference's truth is what is stored: the leader if it was just created, the
-    existing payment otherwise. Each row carrying that reference is a duplicate of it
-    when its business hash matches and a conflict when it does not (hashes are only
-    computed where there is something to compare: the common new row needs none).
-    Returns the conflicts to audit.
-    """
-    conflicts: list[Loser] = []
-    for cand in plan.leaders:
-        ref = cand.payment.reference_number
-        rows = plan.rows_of[ref]
-        fresh = cand.payment_id in created
-        if fresh:
-            plan.fates[rows[0]] = Fate(RECORDED, cand.payment_id)
-            if len(rows) == 1:
-                continue
-            truth_id: object = cand.payment_id
-            truth_hash = cand.payment.payload_hash
-            rows = rows[1:]
-        else:
-            known = existing[ref]
-            truth_id, truth_hash = known.payment_id, known.payload_hash
-        detail = (
-            "differs from an earlier row of this batch"
-            if fresh
-            else "differs from the recorded payment"
-        )
-        for i in rows:
-            payment = plan.payments[i]
-            assert payment is not None
-            if payment.payload_hash == truth_hash:
-                plan.fates[i] = Fate(DUPLICATE, truth_id)
-                continue
-            plan.fates[i] = Fate(CONFLICT, truth_id, "reference_number", detail)
-            conflicts.append(
-                Loser(ref, str(truth_id), CONFLICT, None, None, None,
-                      {"source": "staging", "staging_id": plan.ids[i], "detail": detail})
-            )  # fmt: skip
-    return conflicts
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,38 +113,30 @@ class Counts:
     error: int
 
 
-def count(fates: Iterable[Fate | None]) -> Counts:
-    tally = {RECORDED: 0, DUPLICATE: 0, CONFLICT: 0, ERROR: 0}
-    for fate in fates:
-        assert fate is not None
-        tally[fate.result] += 1
-    return Counts(tally[RECORDED], tally[DUPLICATE], tally[CONFLICT], tally[ERROR])
+@dataclass(slots=True)
+class Recorded:
+    """What the record statement reported for (part of) a batch."""
 
+    recorded: int = 0
+    errors: int = 0
+    error_items: str | None = None  # JSON text, at most ERROR_DETAILS_MAX items by id
+    rest_ids: list[int] | None = None  # valid rows that did not create a payment
+    rest_fresh: list[bool] | None = None  # ...whose reference this batch just created
 
-def error_details(plan: Plan, limit: int = ERROR_DETAILS_MAX) -> dict[str, Any] | None:
-    """The log's view of what went wrong: bounded, so a bad file cannot bloat it."""
-    items: list[dict[str, Any]] = []
-    total = conflicts = 0
-    for row_id, ref, fate in zip(plan.ids, plan.refs, plan.fates, strict=True):
-        if fate is None or fate.field is None:
-            continue
-        total += 1
-        conflicts += fate.result == CONFLICT
-        if len(items) < limit:
-            items.append(
-                {"id": row_id, "reference_number": ref, "field": fate.field, "detail": fate.detail}
-            )
-    if not total:
-        return None
-    return {"total": total, "conflicts": conflicts, "truncated": total > limit, "items": items}
+    def merge(self, other: Recorded) -> None:
+        """Fold in another part (used only when a batch is recorded reference by reference)."""
+        self.recorded += other.recorded
+        self.errors += other.errors
+        items = orjson.loads(self.error_items or "[]") + orjson.loads(other.error_items or "[]")
+        items.sort(key=lambda x: x["id"])
+        self.error_items = orjson.dumps(items[:ERROR_DETAILS_MAX]).decode() if items else None
+        self.rest_ids = (self.rest_ids or []) + (other.rest_ids or [])
+        self.rest_fresh = (self.rest_fresh or []) + (other.rest_fresh or [])
 
 
 def retry_delay(attempt: int, base: float, cap: float = 5.0) -> float:
     """Full-jitter exponential backoff before retry number `attempt` (1-based)."""
     return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
-
-
-# -- the worker -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,9 +158,13 @@ class BatchFailed(Exception):
         self.ids = ids
 
 
+_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
 class StagingWorker(Worker):
     name = "staging"
     retry_base_delay = 0.2  # seconds; doubled per retry, jittered
+    rules: tuple[Rule, ...] | None = None  # None: staging_sql.default_rules()
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings, wakeup: Wakeup | None = None):
         super().__init__(settings.staging_interval_seconds, wakeup)
@@ -271,6 +172,7 @@ class StagingWorker(Worker):
         self.settings = settings
         self.batch_size = settings.staging_batch_size
         self._backlog_at = 0.0
+        self._record_sql: str | None = None
         self.last_report: BatchReport | None = None
 
     async def run_once(self) -> bool:
@@ -301,81 +203,84 @@ class StagingWorker(Worker):
         ids: list[int] = []
         try:
             async with self.pool.acquire(timeout=10) as conn, conn.transaction():
-                rows = await conn.fetch(_CLAIM, self.batch_size)
-                if not rows:
+                ids = await conn.fetchval(staging_sql.CLAIM, self.batch_size)
+                if not ids:
                     return BatchReport(0, 0, 0, Counts(0, 0, 0, 0), attempt, 0.0)
-                plan = plan_batch(rows, self._window())
-                ids = plan.ids
-                del rows
-                outcome = await self._record(conn, plan)
-                conflicts = settle(plan, outcome.created, outcome.existing)
-                if conflicts:
-                    await record_losers(conn, conflicts, actor="staging")
-                counts = count(plan.fates)
-                await conn.execute(
-                    _MARK,
-                    plan.ids,
-                    [f.result for f in plan.fates if f is not None],
-                    [f.payment_id for f in plan.fates if f is not None],
-                    [f.error for f in plan.fates if f is not None],
-                )
+                done = await self._record(conn, ids)
+                first, last, total = ids[0], ids[-1], len(ids)
                 seconds = time.perf_counter() - started
-                await conn.execute(
-                    _LOG,
-                    min(plan.ids), max(plan.ids), len(plan.ids),
-                    counts.recorded, counts.duplicate, counts.conflict + counts.error,
-                    "completed", attempt, seconds * 1000, error_details(plan),
+                tally = await conn.fetchrow(
+                    staging_sql.SETTLE,
+                    done.rest_ids or [], done.rest_fresh or [],
+                    first, last, total, done.recorded, done.errors, done.error_items,
+                    attempt, seconds * 1000,
                 )  # fmt: skip
-                return BatchReport(
-                    min(plan.ids), max(plan.ids), len(plan.ids), counts, attempt, seconds
+                assert tally is not None
+                counts = Counts(
+                    done.recorded,
+                    tally["duplicate"],
+                    tally["conflict"],
+                    done.errors + tally["error"],
                 )
+                return BatchReport(first, last, total, counts, attempt, seconds)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             raise BatchFailed(exc, ids) from exc
 
-    async def _record(self, conn: asyncpg.Connection, plan: Plan) -> BatchOutcome:
-        """Record the leaders; if the database refuses one of them, isolate it.
+    async def _record(self, conn: asyncpg.Connection, ids: list[int]) -> Recorded:
+        """Record the claimed rows; if the database refuses the batch, isolate the culprit.
 
-        Validation should catch everything Postgres would refuse, but one bad row must
-        never sink a whole batch forever: on a data or constraint error the leaders are
-        retried one by one, each in its own savepoint, and the refused ones become errors.
+        The rules should catch everything Postgres would refuse, but one bad row must
+        never sink a whole batch forever: on a data or constraint error the batch is
+        recorded one reference at a time (in reference order, so concurrent workers
+        cannot deadlock), each in its own savepoint, and refused references become errors.
         """
-        if not plan.leaders:
-            return BatchOutcome(set(), {})
+        sql = await self._sql(conn)
         try:
             async with conn.transaction():
-                return await record_batch(conn, plan.leaders, **self._store_args())
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
+                return await self._record_rows(conn, sql, ids)
+        except _REFUSED:
             log.warning("staging batch refused by the database; isolating its rows")
-        created: set[Any] = set()
-        existing: dict[str, Existing] = {}
-        kept: list[Candidate] = []
-        for cand in plan.leaders:
+        done = Recorded()
+        rows = await conn.fetch(staging_sql.GROUPS, ids)
+        for ref, group in itertools.groupby(rows, key=lambda r: r["reference_number"]):
+            group_ids = [r["id"] for r in group]
             try:
                 async with conn.transaction():
-                    one = await record_batch(conn, [cand], **self._store_args())
-            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-                ref = cand.payment.reference_number
-                detail = f"rejected by the database ({exc.sqlstate})"
-                for i in plan.rows_of.pop(ref):
-                    plan.fates[i] = Fate(ERROR, None, "row", detail)
-                continue
-            kept.append(cand)
-            created |= one.created
-            existing.update(one.existing)
-        plan.leaders = kept
-        return BatchOutcome(created, existing)
+                    done.merge(await self._record_rows(conn, sql, group_ids))
+            except _REFUSED as exc:
+                problem = f"rejected by the database ({exc.sqlstate})"
+                await conn.execute(staging_sql.REFUSE, group_ids, f"row: {problem}")
+                items = [
+                    {"id": i, "reference_number": ref, "field": "row", "detail": problem}
+                    for i in group_ids
+                ]
+                done.merge(Recorded(0, len(group_ids), orjson.dumps(items).decode()))
+        return done
 
-    def _store_args(self) -> dict[str, str]:
-        return {"source": "staging", "topic": self.settings.kafka_topic, "actor": "staging"}
-
-    def _window(self) -> DateWindow:
-        return date_window(
+    async def _record_rows(self, conn: asyncpg.Connection, sql: str, ids: list[int]) -> Recorded:
+        window = date_window(
             datetime.now(UTC),
             self.settings.partition_retention_months,
             self.settings.payment_date_max_future_days,
         )
+        too_old = f"too old: before {window.earliest:%Y-%m-%d}"
+        row = await conn.fetchrow(
+            sql, ids, window.earliest, window.latest, too_old, self.settings.kafka_topic
+        )
+        assert row is not None
+        return Recorded(
+            row["recorded"], row["errors"], row["error_items"], row["rest_ids"], row["rest_fresh"]
+        )
+
+    async def _sql(self, conn: asyncpg.Connection) -> str:
+        if self._record_sql is None:
+            version = int(await conn.fetchval("SHOW server_version_num"))
+            new_id = "uuidv7()" if version >= 180000 else "gen_random_uuid()"
+            rules = self.rules if self.rules is not None else staging_sql.default_rules()
+            self._record_sql = staging_sql.record_sql(rules, new_id=new_id)
+        return self._record_sql
 
     async def _after(self, report: BatchReport) -> None:
         if report.total:
@@ -402,12 +307,15 @@ class StagingWorker(Worker):
             "staging batch failed after %d attempts (%s); its rows stay queued",
             attempts, _describe(failure.cause),
         )  # fmt: skip
-        details = {"error": type(failure.cause).__name__, "sqlstate": _sqlstate(failure.cause)}
+        details: dict[str, Any] = {
+            "error": type(failure.cause).__name__,
+            "sqlstate": _sqlstate(failure.cause),
+        }
         try:
             await self.pool.execute(
-                _LOG,
-                min(ids, default=0), max(ids, default=0), len(ids), 0, 0, 0,
-                "failed", attempts, (time.perf_counter() - started) * 1000, details,
+                _LOG_FAILED,
+                min(ids, default=0), max(ids, default=0), len(ids),
+                attempts, (time.perf_counter() - started) * 1000, details,
             )  # fmt: skip
         except Exception as exc:
             log.warning("could not log the failed staging batch: %s", _describe(exc))

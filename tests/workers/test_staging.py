@@ -1,11 +1,11 @@
 """Staging ingestion against real Postgres: mixed batches, crashes mid-batch, failures
 past the retry budget, a row the database refuses, and two workers sharing a backlog.
-The pure planning rules get their own unit tests at the end."""
+Rule-by-rule parity of the SQL classification with gateway.validation lives in
+test_staging_sql_parity.py."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -19,20 +19,10 @@ from prometheus_client import REGISTRY
 
 from gateway.config import Settings
 from gateway.notify import Wakeup
-from gateway.store import BatchOutcome, Existing
-from gateway.validation import date_window
 from tests.conftest import make_settings
 from tests.webhooks import payment_doc, post_webhook
-from workers.staging import (
-    BatchFailed,
-    BatchReport,
-    Plan,
-    StagingWorker,
-    error_details,
-    plan_batch,
-    retry_delay,
-    settle,
-)
+from workers import staging_sql
+from workers.staging import BatchFailed, BatchReport, Recorded, StagingWorker, retry_delay
 
 COLUMNS = (
     "reference_number", "loan_account_number", "cif", "amount", "payment_date",
@@ -270,11 +260,11 @@ class CrashOnce(StagingWorker):
     retry_base_delay = 0.01
     crashed = False
 
-    async def _record(self, conn: asyncpg.Connection, plan: Plan) -> BatchOutcome:
+    async def _record(self, conn: asyncpg.Connection, ids: list[int]) -> Recorded:
         if not self.crashed:
             self.crashed = True
             await self.pool.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
-        return await super()._record(conn, plan)
+        return await super()._record(conn, ids)
 
 
 async def test_a_batch_whose_connection_dies_is_retried_and_recorded_once(
@@ -350,7 +340,7 @@ class AlwaysDeadlocked(StagingWorker):
     retry_base_delay = 0.01
     attempts = 0
 
-    async def _record(self, conn: asyncpg.Connection, plan: Plan) -> BatchOutcome:
+    async def _record(self, conn: asyncpg.Connection, ids: list[int]) -> Recorded:
         self.attempts += 1
         raise asyncpg.DeadlockDetectedError("deadlock detected (injected)")
 
@@ -378,21 +368,21 @@ async def test_a_batch_failing_past_its_retries_is_logged_and_left_queued(
 
 
 class CorruptOne(StagingWorker):
-    """Fault injection: one validated payment is altered so that Postgres refuses it
-    (a row validation let through), to prove it cannot sink its batch."""
+    """Fault injection: the rules forget that an amount must be positive, so a zero
+    amount passes classification and Postgres refuses it (payments' CHECK), as a row
+    the rules let through would be; it must not sink its batch."""
 
-    async def _record(self, conn: asyncpg.Connection, plan: Plan) -> BatchOutcome:
-        for cand in plan.leaders:
-            if cand.payment.reference_number == "REFUSED":
-                cand.payment = dataclasses.replace(cand.payment, amount=Decimal("-1"))
-        return await super()._record(conn, plan)
+    rules = tuple(r for r in staging_sql.default_rules() if "amount <= 0" not in r.condition)
 
 
 async def test_a_row_the_database_refuses_becomes_an_error_and_the_rest_is_recorded(
     db: asyncpg.Pool, stack: Any
 ) -> None:
     settings = staging_settings(stack)
-    ids = await load(db, [row("KEEP-1"), row("REFUSED"), row("REFUSED"), row("KEEP-2")])
+    zero = Decimal("0")
+    ids = await load(
+        db, [row("KEEP-1"), row("REFUSED", amount=zero), row("REFUSED", amount=zero), row("KEEP-2")]
+    )
 
     await CorruptOne(db, settings, Wakeup()).burst()
 
@@ -404,6 +394,9 @@ async def test_a_row_the_database_refuses_becomes_an_error_and_the_rest_is_recor
     assert rows[ids[1]]["error"] == "row: rejected by the database (23514)"
     log = await db.fetchrow("SELECT * FROM payment_service.staging_process_log")
     assert (log["processed_records"], log["error_records"], log["status"]) == (2, 2, "completed")
+    assert [(d["id"], d["field"]) for d in log["error_details"]["items"]] == [
+        (ids[1], "row"), (ids[2], "row"),
+    ]  # fmt: skip
 
 
 # -- concurrency --------------------------------------------------------------------
@@ -439,58 +432,37 @@ async def test_two_workers_share_a_backlog_without_overlap(db: asyncpg.Pool, sta
     assert set(ids) <= claimed
 
 
-# -- pure rules ---------------------------------------------------------------------
-
-WINDOW = date_window(datetime.now(UTC), 12, 31)
+# -- error details ------------------------------------------------------------------
 
 
-def record(i: int, ref: str, **changes: Any) -> dict[str, Any]:
-    return {"id": i, **dict(zip(COLUMNS, row(ref, **changes), strict=True))}
+async def test_error_details_are_capped_but_counted(db: asyncpg.Pool, stack: Any) -> None:
+    settings = staging_settings(stack)
+    n = staging_sql.ERROR_DETAILS_MAX + 3
+    ids = await load(db, [row("OK-1"), *(row(f"R{i:03d}", cif="") for i in range(n))])
 
+    await StagingWorker(db, settings, Wakeup()).burst()
 
-def test_plan_leads_with_the_first_valid_copy_and_decides_errors_up_front() -> None:
-    plan = plan_batch(
-        [record(1, "A", amount=Decimal("0")), record(2, "A"), record(3, "B"), record(4, "A")],
-        WINDOW,
-    )
-    assert [c.payment.reference_number for c in plan.leaders] == ["A", "B"]
-    assert plan.rows_of == {"A": [1, 3], "B": [2]}
-    assert plan.fates[0] is not None and plan.fates[0].result == "error"
-    assert plan.fates[1:] == [None, None, None]
-
-
-def test_settle_follows_the_stored_truth() -> None:
-    plan = plan_batch(
-        [record(1, "A"), record(2, "A", amount=Decimal("2.00")), record(3, "B"),
-         record(4, "B", metadata={"x": 1})],
-        WINDOW,
-    )  # fmt: skip
-    a = plan.leaders[0]
-    stored = plan_batch([record(9, "B", amount=Decimal("2.00"))], WINDOW).leaders[0]
-    # A was recorded now; B already existed with A's second copy's fields.
-    existing = {"B": Existing("pid-b", stored.payment.payload_hash, "succeeded", None)}
-    conflicts = settle(plan, {a.payment_id}, existing)
-    assert [(f.result, f.payment_id) for f in plan.fates if f] == [
-        ("recorded", a.payment_id), ("conflict", a.payment_id),
-        ("conflict", "pid-b"), ("conflict", "pid-b"),
-    ]  # fmt: skip
-    assert [c.reference for c in conflicts] == ["A", "B", "B"]
-    assert all(c.body is None and c.outcome == "conflict" for c in conflicts)
-
-
-def test_error_details_are_capped_but_counted() -> None:
-    plan = plan_batch([record(i, f"R{i}", cif="") for i in range(1, 8)], WINDOW)
-    details = error_details(plan, limit=3)
-    assert details is not None
-    assert (details["total"], details["conflicts"], details["truncated"]) == (7, 0, True)
-    assert [d["id"] for d in details["items"]] == [1, 2, 3]
+    log = await db.fetchrow("SELECT * FROM payment_service.staging_process_log")
+    assert (log["total_records"], log["processed_records"], log["error_records"]) == (n + 1, 1, n)
+    details = log["error_details"]
+    assert (details["total"], details["conflicts"], details["truncated"]) == (n, 0, True)
+    assert [d["id"] for d in details["items"]] == ids[1 : staging_sql.ERROR_DETAILS_MAX + 1]
     assert details["items"][0] == {
-        "id": 1,
-        "reference_number": "R1",
+        "id": ids[1],
+        "reference_number": "R000",
         "field": "cif",
         "detail": "must not be empty",
     }
-    assert error_details(plan_batch([record(1, "OK")], WINDOW)) is None
+
+
+async def test_a_clean_batch_logs_no_error_details(db: asyncpg.Pool, stack: Any) -> None:
+    await load(db, [row("CLEAN-1"), row("CLEAN-2")])
+    await StagingWorker(db, staging_settings(stack), Wakeup()).burst()
+    log = await db.fetchrow("SELECT * FROM payment_service.staging_process_log")
+    assert (log["processed_records"], log["error_details"]) == (2, None)
+
+
+# -- pure rules ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 10])
