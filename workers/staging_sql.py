@@ -139,12 +139,20 @@ def default_rules() -> tuple[Rule, ...]:
         Rule("payment_date", "payment_date < $2::timestamp", "$4::text"),
         Rule("payment_date", "payment_date > $3::timestamp", _lit("too far in the future")),
         *_optional("payment_channel", "channel", CHANNEL_MAX),
+        # A JSON string is decoded once more, as gateway.validation does with text it
+        # is handed for a jsonb column (so '"{}"' is an object and '"x"' is not JSON).
         Rule(
             "metadata",
-            "jsonb_typeof(raw_metadata) NOT IN ('object', 'null')",
-            "'must be an object or null, not ' || CASE jsonb_typeof(raw_metadata)"
+            "jsonb_typeof(raw_metadata) = 'string' AND NOT pg_input_is_valid("
+            "raw_metadata #>> '{}', 'jsonb')",
+            _lit("is not valid JSON"),
+        ),
+        Rule(
+            "metadata",
+            "jsonb_typeof(meta) NOT IN ('object', 'null')",
+            "'must be an object or null, not ' || CASE jsonb_typeof(meta)"
             " WHEN 'array' THEN 'list' WHEN 'string' THEN 'str' WHEN 'boolean' THEN 'bool'"
-            " WHEN 'number' THEN CASE WHEN raw_metadata::text ~ '^-?[0-9]+$'"
+            " WHEN 'number' THEN CASE WHEN meta::text ~ '^-?[0-9]+$'"
             " THEN 'int' ELSE 'float' END END",
         ),
     )
@@ -234,13 +242,19 @@ WHERE id = ANY($1::bigint[])
 def classify_sql(rules: Sequence[Rule]) -> str:
     """The claimed rows with their problem; parameters $1..$4 as in `record_sql`."""
     return f"""
-SELECT id, ref, account, cif, amount, payment_date, channel, raw_metadata,
-       NULLIF(raw_metadata, 'null'::jsonb) AS metadata, {problem_sql(rules)} AS problem
+SELECT id, ref, account, cif, amount, payment_date, channel,
+       NULLIF(meta, 'null'::jsonb) AS metadata, {problem_sql(rules)} AS problem
 FROM (
-    SELECT s.id, s.reference_number AS ref, s.loan_account_number AS account, s.cif,
-           s.amount, s.payment_date, s.payment_channel AS channel, s.metadata AS raw_metadata
-    FROM payment_service.payment_staging s
-    WHERE s.id = ANY($1::bigint[])
+    SELECT s.*, CASE WHEN jsonb_typeof(raw_metadata) = 'string'
+                      AND pg_input_is_valid(raw_metadata #>> '{{}}', 'jsonb')
+                     THEN (raw_metadata #>> '{{}}')::jsonb ELSE raw_metadata END AS meta
+    FROM (
+        SELECT s.id, s.reference_number AS ref, s.loan_account_number AS account, s.cif,
+               s.amount, s.payment_date, s.payment_channel AS channel,
+               s.metadata AS raw_metadata
+        FROM payment_service.payment_staging s
+        WHERE s.id = ANY($1::bigint[])
+    ) s
 ) s
 """
 
