@@ -44,6 +44,7 @@ def main() -> None:
         create_bare_app(decode_secret("standard", args.secret)),
         host="127.0.0.1",
         port=args.port,
+        reuse_port=True,  # the bench may start several copies on one port
         access_log=None,
         print=None,
         loop=uvloop.new_event_loop(),

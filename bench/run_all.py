@@ -49,24 +49,28 @@ async def _wait_http(port: int, timeout: float = 60) -> None:
 
 
 class Server:
-    def __init__(self, argv: list[str], env: dict[str, str], port: int) -> None:
-        self.argv, self.env, self.port = argv, env, port
-        self.proc: subprocess.Popen[bytes] | None = None
+    """`copies` processes of one server on one port (SO_REUSEPORT); paygate starts its
+    own siblings through WEB_CONCURRENCY instead."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], port: int, copies: int = 1) -> None:
+        self.argv, self.env, self.port, self.copies = argv, env, port, copies
+        self.procs: list[subprocess.Popen[bytes]] = []
 
     async def __aenter__(self) -> Server:
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.DEVNULL)
+        for _ in range(self.copies):
+            self.procs.append(subprocess.Popen(self.argv, env=self.env, stdout=subprocess.DEVNULL))
         await _wait_http(self.port)
-        if "serve" in self.argv:
-            await asyncio.sleep(0.5)  # cache warm and writer start happen before listening
+        await asyncio.sleep(1.0 if "serve" in self.argv else 0.3)  # every copy listening
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 async def _truncate(dsn: str) -> None:
