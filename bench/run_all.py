@@ -114,7 +114,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             DATABASE_URL=pg.url, REDIS_URL=rd.url, KAFKA_BOOTSTRAP_SERVERS=kf.url,
             WEBHOOK_SECRET=secret, LOG_LEVEL="WARNING", ENABLE_OUTBOX_RELAY="false",
             ENABLE_STAGING_PROCESSOR="false", ENABLE_PARTITION_MAINTENANCE="false",
-            ENABLE_STATUS_POLLER="false",
+            ENABLE_STATUS_POLLER="false", WEB_CONCURRENCY=str(args.processes),
+            PAYGATE_DATA_DIR=str(root),
         )  # fmt: skip
         py = sys.executable
         ceiling_s, conns = args.ceiling_seconds, args.connections
@@ -127,7 +128,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         reqs = build_requests(f"127.0.0.1:{port}", n_ceiling, key, dup_ratio=0)
         async with Server(
-            [py, "-m", "bench.bare", "--port", str(port), "--secret", secret], env, port
+            [py, "-m", "bench.bare", "--port", str(port), "--secret", secret],
+            env,
+            port,
+            args.processes,
         ):
             results["bare"] = (await closed(port, reqs)).summary()
         print("bare", results["bare"], flush=True)
@@ -136,7 +140,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         reqs = build_requests(f"127.0.0.1:{port}", n_ceiling, key, dup_ratio=0)
         naive = [py, "-m", "bench.baseline.naive", "--port", str(port), "--secret", secret,
                  "--dsn", pg.url]  # fmt: skip
-        async with Server(naive, env, port):
+        async with Server(naive, env, port, args.processes):
             results["naive"] = (await closed(port, reqs)).summary()
         print("naive", results["naive"], flush=True)
         await _truncate(pg.url)
@@ -201,6 +205,7 @@ def main() -> None:
     ap.add_argument("--ceiling-seconds", type=float, default=15)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--max-rps", type=float, default=25_000, help="sizes the pre-built requests")
+    ap.add_argument("--processes", type=int, default=1, help="server processes for every server")
     args = ap.parse_args()
     import uvloop
 
