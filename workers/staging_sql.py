@@ -215,8 +215,11 @@ def event_payload_sql(row: str, now_iso: str) -> str:
 
 # -- the statements ---------------------------------------------------------------------
 
+# Custom plans for the rest of the transaction: a generic plan cannot see how many ids
+# the batch holds and may scan the whole staging table for them.
 CLAIM = """
-SELECT coalesce(array_agg(id ORDER BY id), '{}'::bigint[]) FROM (
+SELECT coalesce(array_agg(id ORDER BY id), '{}'::bigint[])
+FROM (SELECT set_config('plan_cache_mode', 'force_custom_plan', true)) custom, (
     SELECT id FROM payment_service.payment_staging
     WHERE processed IS NOT TRUE
     ORDER BY id
@@ -252,8 +255,8 @@ FROM (
         SELECT s.id, s.reference_number AS ref, s.loan_account_number AS account, s.cif,
                s.amount, s.payment_date, s.payment_channel AS channel,
                s.metadata AS raw_metadata
-        FROM payment_service.payment_staging s
-        WHERE s.id = ANY($1::bigint[])
+        FROM unnest($1::bigint[]) AS u(id)
+        JOIN payment_service.payment_staging s ON s.id = u.id
     ) s
 ) s
 """
