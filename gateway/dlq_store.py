@@ -22,15 +22,22 @@ LIMIT $1
 """
 
 _REPLAY = """
-WITH replayed AS (
-    UPDATE payment_service.outbox
-    SET dead_lettered_at = NULL, attempts = 0, next_attempt_at = now(), last_error = NULL
+WITH before AS (  -- the statement's snapshot: why each row died, before the reset
+    SELECT id, attempts, last_error, dead_lettered_at FROM payment_service.outbox
     WHERE dead_lettered_at IS NOT NULL AND ($1 OR id = ANY($2::bigint[]))
-    RETURNING id, event_id, event_type, key
+), replayed AS (
+    UPDATE payment_service.outbox o
+    SET dead_lettered_at = NULL, attempts = 0, next_attempt_at = now(), last_error = NULL
+    FROM before b
+    WHERE o.id = b.id AND o.dead_lettered_at IS NOT NULL
+    RETURNING o.id, o.event_id, o.event_type, o.key, b.attempts, b.last_error,
+              b.dead_lettered_at
 ), aud AS (
     INSERT INTO payment_service.audit_log (actor, action, reference_number, details)
     SELECT $3, 'dlq_replay', key,
-           jsonb_build_object('outbox_id', id, 'event_id', event_id, 'event_type', event_type)
+           jsonb_build_object('outbox_id', id, 'event_id', event_id, 'event_type', event_type,
+                              'attempts', attempts, 'last_error', last_error,
+                              'dead_lettered_at', dead_lettered_at)
     FROM replayed
 )
 SELECT id FROM replayed ORDER BY id

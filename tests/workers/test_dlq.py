@@ -73,6 +73,9 @@ async def test_replay_by_id_resets_the_row_and_audits_it(db: asyncpg.Pool) -> No
     assert audit[0]["reference_number"] == "R-1"
     assert audit[0]["details"]["outbox_id"] == target
     assert audit[0]["details"]["event_id"] == str(reset["event_id"])
+    # why it died survives the reset, in the audit row
+    assert audit[0]["details"]["last_error"] == "MessageSizeTooLargeError: too big"
+    assert audit[0]["details"]["attempts"] == 10
 
 
 async def test_replay_all_and_ids_that_are_not_dead_letters(db: asyncpg.Pool) -> None:
