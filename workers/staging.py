@@ -167,7 +167,10 @@ class StagingWorker(Worker):
     rules: tuple[Rule, ...] | None = None  # None: staging_sql.default_rules()
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings, wakeup: Wakeup | None = None):
-        super().__init__(settings.staging_interval_seconds, wakeup)
+        # Its own signal to sleep on; `wakeup` is the outbox relay's, rung after a commit
+        # (sleeping on the relay's signal would wake on every webhook and steal its rings).
+        super().__init__(settings.staging_interval_seconds)
+        self.outbox_wake = wakeup or Wakeup()
         self.pool = pool
         self.settings = settings
         self.batch_size = settings.staging_batch_size
@@ -290,7 +293,7 @@ class StagingWorker(Worker):
             metrics.staging_rows.labels("error").inc(c.conflict + c.error)
             metrics.staging_batch_duration.observe(report.seconds)
             if c.recorded:
-                self.wakeup.ring()
+                self.outbox_wake.ring()
         full = report.total >= self.batch_size
         now = time.monotonic()
         if not full or now - self._backlog_at >= BACKLOG_REFRESH_SECONDS:
