@@ -467,6 +467,13 @@ async def _match(
             "fee_rule": {"percent": str(options.fee_percent), "fixed": str(options.fee_fixed)},
         }
         await _completed_event(conn, run_id, summary, topic)
+        # The run itself is an ops action: who imported what, with its outcome.
+        await conn.execute(
+            "INSERT INTO payment_service.audit_log (actor, action, details)"
+            " VALUES ($1, 'reconciliation_run', $2)",
+            actor,
+            {"run_id": str(run_id), "source": options.source, "counts": counts},
+        )
         await conn.execute(
             _FINISH, run_id, "completed", summary, parser.errors, parser.total, parser.malformed,
             _midnight(start) if start else None, _midnight(end) if end else None,

@@ -193,6 +193,11 @@ async def test_statement_upload_classifies_every_line(
         "SELECT count(*) FROM payment_service.audit_log WHERE action = 'reconciliation_exception'"
     )
     assert audited == 4
+    run_audit = await db.fetchrow(
+        "SELECT actor, details FROM payment_service.audit_log WHERE action = 'reconciliation_run'"
+    )
+    assert run_audit["details"]["run_id"] == run_id
+    assert run_audit["actor"] == "ops-test"  # the token's subject
 
 
 async def test_unreadable_statement_is_422_and_the_run_is_marked_failed(
