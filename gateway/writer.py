@@ -37,6 +37,7 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection broken mid-protocol (asyncpg cannot reset it)
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
@@ -247,17 +248,21 @@ class GroupCommitWriter:
         for attempt in range(3):
             try:
                 async with self.pool.acquire(timeout=2) as conn:
-                    outcome = await record_batch(
-                        conn, todo, source="webhook", topic=self.settings.kafka_topic,
-                        actor="webhook",
-                    )  # fmt: skip
-                    results, losers = self._classify(todo, outcome.created, outcome.existing)
-                    if losers:
-                        await record_losers(conn, losers, actor="webhook")
-                    waiting = [c for c in todo if c.payment_id in outcome.parked]
-                    if waiting:
-                        for hook in self.after_commit:
-                            await hook(conn, waiting)
+                    try:
+                        outcome = await record_batch(
+                            conn, todo, source="webhook", topic=self.settings.kafka_topic,
+                            actor="webhook",
+                        )  # fmt: skip
+                        results, losers = self._classify(todo, outcome.created, outcome.existing)
+                        if losers:
+                            await record_losers(conn, losers, actor="webhook")
+                        waiting = [c for c in todo if c.payment_id in outcome.parked]
+                        if waiting:
+                            for hook in self.after_commit:
+                                await hook(conn, waiting)
+                    except (asyncpg.InternalClientError, asyncpg.InterfaceError):
+                        conn.terminate()  # broken mid-protocol: never back into the pool
+                        raise
                 break
             except RETRY_ERRORS:
                 if attempt == 2:

@@ -284,6 +284,12 @@ class OutboxRelay(Worker):
                 else:
                     await _uncancellable(self._settle(conn, tx, rows, result))
                     committed = True
+            except (asyncpg.InternalClientError, asyncpg.InterfaceError):
+                # A connection broken mid-protocol (server restart, cut backend) can be left
+                # in a state asyncpg cannot reset: drop it instead of returning it to the pool.
+                committed = True
+                conn.terminate()
+                raise
             finally:
                 if not committed:
                     await _rollback_quietly(tx)
