@@ -8,6 +8,7 @@ so they share its pool and stop before it closes.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -118,6 +119,21 @@ async def wait_for_stop_signal() -> None:
             loop.remove_signal_handler(sig)
 
 
+# Measured on the webhook path: CPython's default collector (a gen-0 pass every 700
+# allocations, promoting into ever-larger scans) cost about a third of the server's CPU
+# at a few thousand requests per second. Nothing on the request path makes reference
+# cycles worth chasing often; the thresholds keep the collector for leaks, not per batch.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """After start-up (modules, pools, the warmed cache): freeze what exists so no
+    collection scans it again, and collect far less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def _spawn_siblings(settings: Settings) -> list[subprocess.Popen[bytes]]:
     """WEB_CONCURRENCY > 1: extra `paygate serve` processes on the same port
     (SO_REUSEPORT: the kernel spreads connections). They run no background workers."""
@@ -180,6 +196,7 @@ async def serve(
             backlog=2048,
         )
         await site.start()
+        tune_gc()
         siblings = _spawn_siblings(settings)
         log.info(
             "paygate listening on %s:%d (%d processes)",
