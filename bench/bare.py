@@ -33,22 +33,27 @@ def create_bare_app(key: bytes) -> web.Application:
     return app
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--secret", required=True)
-    args = ap.parse_args()
+def run_bench_server(app: web.Application, port: int) -> None:
+    """Serve like `paygate serve` does (uvloop, no access log) on loopback."""
     import uvloop
 
     web.run_app(
-        create_bare_app(decode_secret("standard", args.secret)),
+        app,
         host="127.0.0.1",
-        port=args.port,
+        port=port,
         reuse_port=True,  # the bench may start several copies on one port
         access_log=None,
         print=None,
         loop=uvloop.new_event_loop(),
     )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--secret", required=True)
+    args = ap.parse_args()
+    run_bench_server(create_bare_app(decode_secret("standard", args.secret)), args.port)
 
 
 if __name__ == "__main__":

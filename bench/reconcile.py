@@ -31,6 +31,7 @@ from typing import Any
 
 import asyncpg
 
+from bench.procstats import rss_mib
 from gateway.config import Settings
 from gateway.db import create_pool
 from gateway.embedded import EmbeddedPostgres
@@ -40,14 +41,6 @@ from gateway.reconciliation import StatementOptions, expected_after_fee, reconci
 FEE_PERCENT = Decimal("2.9")
 FEE_FIXED = Decimal("0.30")
 MALFORMED = 50
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _payment(i: int, rng: random.Random, start: datetime) -> tuple[str, Decimal, datetime]:

@@ -35,6 +35,7 @@ from typing import Any
 
 import asyncpg
 
+from bench.procstats import rss_mib
 from gateway.config import Settings
 from gateway.db import create_pool
 from gateway.embedded import EmbeddedPostgres
@@ -69,14 +70,6 @@ def staging_rows(n: int, seed: int = 4) -> Iterator[tuple[Any, ...]]:
             CHANNELS[i % 4],
             f'{{"batch": "bench", "line": {i}}}',
         )
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def load_staging(url: str, n: int) -> float:

@@ -164,6 +164,23 @@ def _timestamp(raw: str | None) -> tuple[int, str]:
     return int(raw), raw
 
 
+def _check_v1(
+    keys: Sequence[bytes],
+    prefix: bytes,
+    body: bytes,
+    candidates: list[bytes],
+    seen_v1: bool,
+    header: str,
+) -> None:
+    """The `v1` signatures of a header: some must be well formed, and one must match."""
+    if not candidates:
+        if seen_v1:
+            raise SignatureError("malformed_signature", "no well-formed v1 signature")
+        raise SignatureError("unsupported_version", f"no v1 signature in {header}")
+    if not _any_match(keys, prefix, body, candidates):
+        raise SignatureError("signature_mismatch", "no signature matches an active secret")
+
+
 def _check_tolerance(timestamp: int, now: float, tolerance: int) -> None:
     if abs(now - timestamp) > tolerance:
         raise SignatureError(
@@ -218,14 +235,8 @@ class StandardScheme:
             digest = _b64_digest(value)
             if digest is not None:
                 candidates.append(digest)
-        if not candidates:
-            if seen_v1:
-                raise SignatureError("malformed_signature", "no well-formed v1 signature")
-            raise SignatureError("unsupported_version", "no v1 signature in webhook-signature")
-
         prefix = b"%s.%s." % (_ascii(msg_id, "webhook-id"), _ascii(raw_ts, "webhook-timestamp"))
-        if not _any_match(keys, prefix, body, candidates):
-            raise SignatureError("signature_mismatch", "no signature matches an active secret")
+        _check_v1(keys, prefix, body, candidates, seen_v1, "webhook-signature")
         _check_tolerance(timestamp, now, tolerance)
         return Verified(delivery_id=msg_id, timestamp=timestamp)
 
@@ -278,13 +289,9 @@ class StripeScheme:
                 if digest is not None:
                     candidates.append(digest)
         timestamp, raw_ts = _timestamp(ts_field)
-        if not candidates:
-            if seen_v1:
-                raise SignatureError("malformed_signature", "no well-formed v1 signature")
-            raise SignatureError("unsupported_version", "no v1 signature in Stripe-Signature")
-
-        if not _any_match(keys, raw_ts.encode("ascii") + b".", body, candidates):
-            raise SignatureError("signature_mismatch", "no signature matches an active secret")
+        _check_v1(
+            keys, raw_ts.encode("ascii") + b".", body, candidates, seen_v1, "Stripe-Signature"
+        )
         _check_tolerance(timestamp, now, tolerance)
         return Verified(delivery_id=None, timestamp=timestamp)
 

@@ -16,6 +16,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
+from bench.bare import run_bench_server
 from gateway.ids import uuid7
 from gateway.signatures import SCHEMES, SignatureError, decode_secret
 from gateway.validation import date_window, validate_payment
@@ -76,17 +77,7 @@ def main() -> None:
     ap.add_argument("--secret", required=True)
     ap.add_argument("--dsn", required=True)
     args = ap.parse_args()
-    import uvloop
-
-    web.run_app(
-        create_naive_app(decode_secret("standard", args.secret), args.dsn),
-        host="127.0.0.1",
-        port=args.port,
-        reuse_port=True,  # the bench may start several copies on one port
-        access_log=None,
-        print=None,
-        loop=uvloop.new_event_loop(),
-    )
+    run_bench_server(create_naive_app(decode_secret("standard", args.secret), args.dsn), args.port)
 
 
 if __name__ == "__main__":
