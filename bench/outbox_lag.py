@@ -248,7 +248,8 @@ async def bench_process(args: argparse.Namespace) -> dict[str, Any]:
             KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers, WEBHOOK_SECRET=secret,
             PORT=str(port), LOG_LEVEL="WARNING", ENABLE_OUTBOX_RELAY="true",
             ENABLE_STAGING_PROCESSOR="false", ENABLE_PARTITION_MAINTENANCE="false",
-            ENABLE_STATUS_POLLER="false", ENABLE_METRICS="true", WEB_CONCURRENCY="1",
+            ENABLE_STATUS_POLLER="false", ENABLE_METRICS="true",
+            WEB_CONCURRENCY=str(args.processes), PAYGATE_DATA_DIR=tempfile.mkdtemp(),
         )  # fmt: skip
         proc = subprocess.Popen(
             [sys.executable, "-m", "workers.cli", "run"], env=env, stdout=subprocess.DEVNULL
@@ -322,6 +323,9 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=1000.0, help="new payments per second")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument(
+        "--processes", type=int, default=1, help="server processes (the relay runs in the first)"
+    )
     ap.add_argument("--mode", choices=("process", "inprocess"), default="process")
     ap.add_argument("--url", default="", help="an already running server (skips --mode)")
     ap.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
