@@ -105,8 +105,9 @@ class Deduplicator:
                 self.l1[reference] = known
 
     async def publish(self, items: Sequence[tuple[str, Known]]) -> None:
+        """Write entries to Redis now (a status change must not wait for the next batch)."""
         if self.redis is not None and items:
-            await self.redis.set_many((ref, known.encode()) for ref, known in items)
+            await self.redis.exchange((), {ref: known.encode() for ref, known in items})
 
     def forget(self, reference: str) -> None:
         if self.l1 is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -83,9 +83,6 @@ class RedisCache:
     async def get_many(self, refs: Sequence[str]) -> list[bytes | None]:
         """Values for `refs` in order; all None when Redis is unavailable."""
         return await self.exchange(refs, {})
-
-    async def set_many(self, items: Iterable[tuple[str, bytes]]) -> None:
-        await self.exchange((), dict(items))
 
     async def exchange(self, refs: Sequence[str], store: Mapping[str, bytes]) -> list[bytes | None]:
         """Write `store` and read `refs` in one pipelined round trip.
