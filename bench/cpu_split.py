@@ -1,0 +1,152 @@
+"""Where the CPU goes per request: server, Postgres, Redis and the load generator.
+
+On a 2-core machine that also runs the database and the generator, throughput swings
+with whatever else runs; CPU time per request does not. This runs one closed-loop load
+against `paygate serve` on a private embedded stack and divides each process tree's
+CPU time (from /proc) by the requests answered:
+
+    python -m bench.cpu_split --mode new --seconds 15 --processes 1
+    python -m bench.cpu_split --mode dup --seconds 15 --py-spy bench/out/dup.svg
+
+`--py-spy FILE` also records a flame graph of the first server process (needs py-spy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.loadgen import build_requests, run
+from bench.run_all import Server
+from gateway.config import Settings
+from gateway.db import create_pool
+from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from gateway.migrations import migrate
+from gateway.signatures import decode_secret
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """user+system CPU of a process and all its live descendants."""
+    tree, total, todo = _children(), 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(tree.get(pid, ()))
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
+
+
+def self_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    root = Path(tempfile.mkdtemp(prefix="paygate-cpu-"))
+    root.chmod(0o755)
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    key = decode_secret("standard", secret)
+    pg, rd = EmbeddedPostgres(root / "pg"), EmbeddedRedis(root / "redis")
+    try:
+        await asyncio.gather(pg.start(), rd.start())
+        settings = Settings.from_env({}, database_url=pg.url, redis_url=rd.url)
+        await migrate(pg.url)
+        from workers.partitions import ensure_partitions
+
+        pool = await create_pool(settings, min_size=1, max_size=2)
+        await ensure_partitions(pool, settings)
+        await pool.close()
+        port = free_port()
+        env = dict(os.environ)
+        env.update(
+            DATABASE_URL=pg.url, REDIS_URL=rd.url, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1",
+            WEBHOOK_SECRET=secret, LOG_LEVEL="WARNING", ENABLE_OUTBOX_RELAY="false",
+            ENABLE_STAGING_PROCESSOR="false", ENABLE_PARTITION_MAINTENANCE="false",
+            ENABLE_STATUS_POLLER="false", WEB_CONCURRENCY=str(args.processes),
+            PAYGATE_DATA_DIR=str(root), PORT=str(port),
+        )  # fmt: skip
+        count = int(30_000 * args.seconds)
+        host = f"127.0.0.1:{port}"
+        if args.mode == "dup":
+            seed = build_requests(host, 20_000, key, dup_ratio=0)
+            reqs = build_requests(host, count, key, dup_ratio=0, seed_refs=seed)
+        else:
+            seed, reqs = [], build_requests(host, count, key, dup_ratio=0)
+        url = f"http://{host}"
+        argv = [sys.executable, "-m", "workers.cli", "serve"]
+        if args.mode == "bare":  # the framework's ceiling, for comparison
+            argv = [sys.executable, "-m", "bench.bare", "--port", str(port), "--secret", secret]
+        async with Server(argv, env, port) as server:
+            if seed:
+                await run(url, seed, rate=0, seconds=60, connections=args.connections)
+            serve_pid = server.procs[0].pid
+            assert pg.proc is not None and rd.proc is not None
+            spy = None
+            if args.py_spy:
+                spy = subprocess.Popen(
+                    [shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(serve_pid), "-o", args.py_spy, "-r", "250",
+                     "-d", str(int(args.seconds)), "--nonblocking",
+                     "-f", "raw" if args.py_spy.endswith(".txt") else "flamegraph"],
+                    stdout=subprocess.DEVNULL,
+                )  # fmt: skip
+            before = [tree_cpu_seconds(p) for p in (serve_pid, pg.proc.pid, rd.proc.pid)]
+            me = self_cpu_seconds()
+            res = await run(url, reqs, rate=0, seconds=args.seconds, connections=args.connections)
+            after = [tree_cpu_seconds(p) for p in (serve_pid, pg.proc.pid, rd.proc.pid)]
+            me = self_cpu_seconds() - me
+            if spy is not None:
+                spy.wait()
+        summary = res.summary()
+        done = int(summary["completed"])  # type: ignore[call-overload]
+        print(summary)
+        names = ("server", "postgres", "redis")
+        for name, b, a in zip(names, before, after, strict=True):
+            print(f"{name:9} {1e6 * (a - b) / done:7.1f} µs/request")
+        print(f"{'loadgen':9} {1e6 * me / done:7.1f} µs/request")
+    finally:
+        await asyncio.gather(pg.stop(), rd.stop(), return_exceptions=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--mode", choices=("new", "dup", "bare"), default="new")
+    ap.add_argument("--seconds", type=float, default=15)
+    ap.add_argument("--connections", type=int, default=256)
+    ap.add_argument("--processes", type=int, default=1)
+    ap.add_argument("--py-spy", default="", help="write a flame graph of the server here")
+    args = ap.parse_args()
+    import uvloop
+
+    uvloop.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""CPU per webhook inside the server process, without the network or a load generator.
+
+On two shared cores the end-to-end benches swing by ±10% from run to run, too much to
+judge a change worth 5 µs. This drives the real application (`create_app`, the same
+aiohttp server settings as `paygate serve`) through aiohttp's own protocol object
+over an in-memory transport, with `--connections` requests in flight, and divides
+the process's CPU time by the requests answered. Postgres and Redis are real
+(embedded) and run in their own processes, so only the server's Python is counted.
+
+    python -m bench.inproc --mode dup --requests 100000
+    python -m bench.inproc --mode new --requests 60000
+    python -m bench.inproc --mode bare --requests 100000   # the framework's share
+
+Figures are for comparing two versions of the code on one machine, not for RESULTS'
+throughput tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import gc
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from bench.bare import create_bare_app
+from bench.loadgen import build_requests
+from gateway.config import Settings
+from gateway.db import create_pool
+from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
+from gateway.migrations import migrate
+from gateway.security.slow_clients import server_kwargs
+from gateway.signatures import decode_secret
+
+
+class _Transport(asyncio.Transport):
+    """Collects what the server writes; counts complete responses."""
+
+    def __init__(self, done: asyncio.Queue[int]) -> None:
+        super().__init__()
+        self.done = done
+        self.closing = False
+        self.statuses: dict[int, int] = {}
+
+    def _sent(self, data: bytes) -> None:
+        if data.startswith(b"HTTP/1.1 "):
+            status = int(data[9:12])
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+            self.done.put_nowait(status)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._sent(bytes(data))
+
+    def writelines(self, chunks: Any) -> None:
+        chunks = list(chunks)
+        if chunks:
+            self._sent(bytes(chunks[0]))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name in ("peername", "sockname"):
+            return ("127.0.0.1", 40000)
+        return default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_reading(self) -> bool:
+        return True
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def drive(
+    runner: web.AppRunner, requests: list[bytes], connections: int
+) -> tuple[float, float, dict[int, int]]:
+    """Send every request, `connections` at a time; CPU and wall seconds, statuses."""
+    server = runner.server
+    assert server is not None
+    done: asyncio.Queue[int] = asyncio.Queue()
+    conns = []
+    for _ in range(connections):
+        proto = server()
+        transport = _Transport(done)
+        proto.connection_made(transport)
+        conns.append((proto, transport))
+    feed = iter(requests)
+    gc.collect()
+    gc.freeze()
+    cpu, wall = time.process_time(), time.perf_counter()
+    # Each connection has one request in flight; a response frees "a" connection,
+    # and since keep-alive handlers are serial, round-robin keeps every one busy.
+    for proto, _ in conns:
+        proto.data_received(next(feed))
+    for i, raw in enumerate(feed):
+        await done.get()
+        conns[i % connections][0].data_received(raw)
+    for _ in range(connections):
+        await done.get()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    statuses: dict[int, int] = {}
+    for _, transport in conns:
+        for k, v in transport.statuses.items():
+            statuses[k] = statuses.get(k, 0) + v
+    for proto, _ in conns:
+        proto.connection_lost(None)
+    return cpu, wall, statuses
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    root = Path(tempfile.mkdtemp(prefix="paygate-inproc-"))
+    root.chmod(0o755)
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    key = decode_secret("standard", secret)
+    pg, rd = EmbeddedPostgres(root / "pg"), EmbeddedRedis(root / "redis")
+    try:
+        await asyncio.gather(pg.start(), rd.start())
+        settings = Settings.from_env(
+            {},
+            database_url=pg.url,
+            redis_url=rd.url,
+            kafka_bootstrap_servers="127.0.0.1:1",
+            webhook_secret=(secret,),
+            log_level="WARNING",
+            enable_outbox_relay=False,
+            enable_staging_processor=False,
+            enable_partition_maintenance=False,
+            enable_status_poller=False,
+        )
+        await migrate(pg.url)
+        from workers.partitions import ensure_partitions
+
+        pool = await create_pool(settings, min_size=1, max_size=2)
+        await ensure_partitions(pool, settings)
+        await pool.close()
+        host = "127.0.0.1:3004"
+        if args.mode == "bare":
+            app = create_bare_app(key)
+            reqs = build_requests(host, args.requests, key, dup_ratio=0)
+            seed: list[bytes] = []
+        else:
+            from gateway.app import create_app
+
+            app = create_app(settings)
+            if args.mode == "dup":
+                seed = build_requests(host, 20_000, key, dup_ratio=0)
+                reqs = build_requests(host, args.requests, key, dup_ratio=0, seed_refs=seed)
+            else:
+                seed, reqs = [], build_requests(host, args.requests, key, dup_ratio=0)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, **server_kwargs(settings)
+        )
+        await runner.setup()
+        try:
+            if seed:  # record the payments the duplicates repeat (as run_all does)
+                await drive(runner, seed, args.connections)
+            cpu, wall, statuses = await drive(runner, reqs, args.connections)
+        finally:
+            await runner.cleanup()
+        n = sum(statuses.values())
+        print(
+            f"mode={args.mode} requests={n} statuses={statuses} "
+            f"cpu={1e6 * cpu / n:.1f} µs/request wall={n / wall:,.0f} req/s"
+        )
+    finally:
+        await asyncio.gather(pg.stop(), rd.stop(), return_exceptions=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--mode", choices=("new", "dup", "bare"), default="dup")
+    ap.add_argument("--requests", type=int, default=100_000)
+    ap.add_argument("--connections", type=int, default=256)
+    args = ap.parse_args()
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    import uvloop
+
+    uvloop.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
