@@ -94,6 +94,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[request_context],
     )
     app[appkeys.SETTINGS] = settings
+    app[appkeys.REQUEST_GATES] = []
     app[appkeys.CHANNELS] = load_channels(settings)
     app[appkeys.OUTBOX_WAKE] = Wakeup()
     app.cleanup_ctx.extend([_pool_ctx, _redis_ctx, _dedup_ctx, _writer_ctx])

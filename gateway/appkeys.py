@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from gateway.extensions import ReplayGuard, SourceGuard, StatusApplier
     from gateway.health import HealthProbes
     from gateway.redis_cache import RedisCache
+    from gateway.security.inflight import InFlight
     from gateway.writer import AfterCommit, GroupCommitWriter
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -32,6 +33,11 @@ PROBES: web.AppKey[HealthProbes] = web.AppKey("probes")
 SOURCE_GUARD: web.AppKey[SourceGuard] = web.AppKey("source_guard")
 REPLAY_GUARD: web.AppKey[ReplayGuard] = web.AppKey("replay_guard")
 STATUS_APPLIER: web.AppKey[StatusApplier] = web.AppKey("status_applier")
+# The bound on webhook requests in flight in this process (checked by the webhook handler).
+INFLIGHT: web.AppKey[InFlight] = web.AppKey("inflight")
+# Checks the request-context middleware runs before every handler (ops API auth): each
+# raises a PaygateError to refuse. One middleware calling them is cheaper than a chain.
+REQUEST_GATES: web.AppKey[list[Callable[[web.Request], None]]] = web.AppKey("request_gates")
 
 # Hooks the writer runs on its connection after recording new payments (parked status updates).
 AFTER_COMMIT: web.AppKey[list[AfterCommit]] = web.AppKey("after_commit")

@@ -18,7 +18,7 @@ class SourceGuard(Protocol):
 
 
 class ReplayGuard(Protocol):
-    async def seen(self, channel: str, delivery_id: str) -> str | None:
+    def seen(self, channel: str, delivery_id: str) -> str | None:
         """The payment id answered for this delivery before, if it was seen recently."""
 
     def remember(self, channel: str, delivery_id: str, payment_id: str) -> None:

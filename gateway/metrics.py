@@ -8,7 +8,26 @@ several server processes on one port, prometheus-client's multiprocess mode is u
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
+
+
+class Children:
+    """`metric.labels(...)` resolved once per label values. prometheus-client's labels()
+    costs about 1-2 µs a call; the webhook path calls it several times per request.
+    Only for label values from a small fixed set (channel names, outcomes)."""
+
+    def __init__(self, metric: Counter | Gauge | Histogram) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *labels: str) -> Any:
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self.metric.labels(*labels)
+        return child
+
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 

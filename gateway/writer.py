@@ -1,6 +1,7 @@
 """The group-commit writer: many requests, one transaction.
 
-A request hands its validated payment to `submit` and awaits a future. Writer tasks
+A request hands its validated payment to `submit` and awaits a future (failed with 503
+`write_timeout` if it is not settled within WEBHOOK_TIMEOUT_MS). Writer tasks
 collect up to WRITE_BATCH_MAX_SIZE payments (waiting at most WRITE_BATCH_MAX_WAIT_MS
 for a batch to fill), ask Redis about all of them in one pipelined call, record the
 rest in one statement, and only then resolve the futures. A 2xx therefore always
@@ -15,6 +16,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -77,6 +79,8 @@ class GroupCommitWriter:
         self.after_commit = list(after_commit or ())
         self.queue: asyncio.Queue[tuple[Candidate, asyncio.Future[WriteResult]]] = asyncio.Queue()
         self.in_flight = 0
+        # (deadline, future) in submission order, so the oldest deadline is always first.
+        self._deadlines: deque[tuple[float, asyncio.Future[WriteResult]]] = deque()
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = False
         self.db_down_since: float | None = None
@@ -99,9 +103,11 @@ class GroupCommitWriter:
         if self.db_down_since is not None and time.monotonic() - self.db_down_since < 0.5:
             # The last batch just failed to reach Postgres: answer now, not after a timeout.
             raise ServiceUnavailable("database unavailable", code="database_unavailable")
-        fut: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[WriteResult] = loop.create_future()
         self.in_flight += 1
         self.queue.put_nowait((candidate, fut))
+        self._deadlines.append((loop.time() + self.settings.webhook_timeout_ms / 1000, fut))
         return fut
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -112,6 +118,7 @@ class GroupCommitWriter:
             asyncio.create_task(self._run(), name=f"paygate-writer-{i}")
             for i in range(self.settings.write_concurrency)
         ]
+        self._tasks.append(asyncio.create_task(self._expire(), name="paygate-writer-deadlines"))
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop taking payments, commit what is queued, then stop the tasks."""
@@ -128,6 +135,28 @@ class GroupCommitWriter:
         while not self.queue.empty():
             _, fut = self.queue.get_nowait()
             self._settle(fut, exc=ServiceUnavailable("shutting down", code="shutting_down"))
+
+    async def _expire(self) -> None:
+        """Fail the futures of payments not settled by their deadline with 503.
+
+        One sweeping task instead of a timer per request (`asyncio.timeout` costs ~5 µs a
+        request). Failing a future never cancels its batch: the writer skips futures that
+        are already done and commits the batch for everyone else.
+        """
+        loop = asyncio.get_running_loop()
+        period = min(0.05, self.settings.webhook_timeout_ms / 4000)
+        pending = self._deadlines
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            while pending and (pending[0][1].done() or pending[0][0] <= now):
+                _, fut = pending.popleft()
+                if not fut.done():
+                    fut.set_exception(
+                        ServiceUnavailable(
+                            "the write did not complete in time", code="write_timeout"
+                        )
+                    )
 
     # -- batching ---------------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ Only a committed write earns a 2xx.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
@@ -54,6 +53,10 @@ class _WindowCache:
 
 
 _windows = _WindowCache()
+_QUIET = frozenset({"created", "duplicate", "updated"})  # logged at debug: the common case
+_requests = metrics.Children(metrics.webhook_requests)
+_durations = metrics.Children(metrics.webhook_duration)
+_dedup_hits = metrics.Children(metrics.dedup_hits)
 
 
 def _outcome_of(exc: PaygateError) -> str:
@@ -73,31 +76,39 @@ def _outcome_of(exc: PaygateError) -> str:
 async def handle_webhook(request: web.Request) -> web.Response:
     started = time.perf_counter()
     app = request.app
-    name = request.match_info.get("channel", GENERIC)
-    channel = app[appkeys.CHANNELS].get(name)
-    if channel is None:
-        metrics.webhook_requests.labels("unknown", "not_found").inc()
-        raise NotFound(f"unknown channel {name[:64]!r}", code="unknown_channel")
+    bound = app.get(appkeys.INFLIGHT)
+    if bound is not None and not bound.enter():
+        metrics.rate_limited.labels("all", "in_flight").inc()
+        raise ServiceUnavailable("too many requests in flight", code="overloaded", retry_after=1)
+    channel: Channel | None = None
     outcome = "error"
     try:
+        name = request.match_info.get("channel", GENERIC)
+        channel = app[appkeys.CHANNELS].get(name)
+        if channel is None:
+            _requests("unknown", "not_found").inc()
+            raise NotFound(f"unknown channel {name[:64]!r}", code="unknown_channel")
         response, outcome = await _process(request, channel)
         return response
     except PaygateError as exc:
         outcome = _outcome_of(exc)
         raise
     finally:
-        elapsed = time.perf_counter() - started
-        metrics.webhook_requests.labels(channel.name, outcome).inc()
-        metrics.webhook_duration.labels(channel.name).observe(elapsed)
-        level = logging.DEBUG if outcome in ("created", "duplicate", "updated") else logging.INFO
-        if log.isEnabledFor(level):
-            log.log(
-                level,
-                "webhook %s",
-                outcome,
-                extra={"channel": channel.name, "outcome": outcome,
-                       "duration_ms": round(elapsed * 1000, 3)},
-            )  # fmt: skip
+        if bound is not None:
+            bound.leave()
+        if channel is not None:
+            elapsed = time.perf_counter() - started
+            _requests(channel.name, outcome).inc()
+            _durations(channel.name).observe(elapsed)
+            level = logging.DEBUG if outcome in _QUIET else logging.INFO
+            if log.isEnabledFor(level):
+                log.log(
+                    level,
+                    "webhook %s",
+                    outcome,
+                    extra={"channel": channel.name, "outcome": outcome,
+                           "duration_ms": round(elapsed * 1000, 3)},
+                )  # fmt: skip
 
 
 async def _process(request: web.Request, channel: Channel) -> tuple[web.Response, str]:
@@ -133,9 +144,9 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
     delivery_id = (verified.delivery_id or _delivery_id(request, fields) or "")[:255] or None
     replay = app.get(appkeys.REPLAY_GUARD)
     if replay is not None and delivery_id:
-        seen = await replay.seen(channel.name, delivery_id)
+        seen = replay.seen(channel.name, delivery_id)
         if seen is not None:
-            metrics.dedup_hits.labels("delivery").inc()
+            _dedup_hits("delivery").inc()
             return json_response({"status": "duplicate", "payment_id": seen}), "duplicate"
 
     status_only = app.get(appkeys.STATUS_APPLIER)
@@ -159,10 +170,11 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
         and known.payload_hash == payment.payload_hash
         and known.status == payment.status
     ):
-        metrics.dedup_hits.labels("memory").inc()
+        _dedup_hits("memory").inc()
         return json_response({"status": "duplicate", "payment_id": known.payment_id}), "duplicate"
 
-    result = await _write(request, Candidate(payment, channel.name, delivery_id, body))
+    # The writer fails the future with 503 write_timeout after WEBHOOK_TIMEOUT_MS.
+    result = await app[appkeys.WRITER].submit(Candidate(payment, channel.name, delivery_id, body))
     if replay is not None and delivery_id and result.outcome in (CREATED, DUPLICATE):
         replay.remember(channel.name, delivery_id, result.payment_id)
     return await _answer(request, channel, payment, result, delivery_id, body)
@@ -177,20 +189,6 @@ def _delivery_id(request: web.Request, fields: Any) -> str | None:
     if isinstance(fields, dict) and isinstance(fields.get("event_id"), str):
         return str(fields["event_id"])[:255]
     return None
-
-
-async def _write(request: web.Request, candidate: Candidate) -> WriteResult:
-    settings = request.app[appkeys.SETTINGS]
-    future = request.app[appkeys.WRITER].submit(candidate)
-    try:
-        # Cancelling this future (timeout) never cancels the batch: the writer skips
-        # futures that are already done and commits the batch for everyone else.
-        async with asyncio.timeout(settings.webhook_timeout_ms / 1000):
-            return await future
-    except TimeoutError:
-        raise ServiceUnavailable(
-            "the write did not complete in time", code="write_timeout"
-        ) from None
 
 
 async def _answer(
@@ -212,7 +210,7 @@ async def _answer(
                 payment, channel=channel.name, delivery_id=delivery_id, body=body
             )
             return json_response(out, 202 if outcome == "deferred" else 200), outcome
-        metrics.dedup_hits.labels(result.layer).inc()
+        _dedup_hits(result.layer).inc()
         return json_response({"status": "duplicate", "payment_id": result.payment_id}), "duplicate"
     raise ValidationError("body", "the payment was refused by the database")
 

@@ -3,8 +3,9 @@
 - allowlist + per-channel token bucket, run by the webhook handler before the body is
   read (`appkeys.SOURCE_GUARD`);
 - the delivery-id replay guard (`appkeys.REPLAY_GUARD`);
-- a global in-flight bound on webhook requests, and bearer-JWT auth for the rest of
-  /api/v1/ (middlewares, after the request-context middleware so errors render as JSON);
+- a global in-flight bound on webhook requests (`appkeys.INFLIGHT`, entered by the webhook
+  handler), and bearer-JWT auth for the rest of /api/v1/ (a request gate run by the
+  request-context middleware, so errors render as JSON);
 - SIGHUP reloads the channels file.
 
 docs/security.md lists which limit fails open and which fails closed, and why.
@@ -17,9 +18,9 @@ import logging
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.security.auth import auth_middleware
+from gateway.security.auth import ops_gate
 from gateway.security.guard import ChannelSourceGuard
-from gateway.security.inflight import InFlight, inflight_middleware
+from gateway.security.inflight import InFlight
 from gateway.security.reload import ReloadableChannels, reload_channels, sighup_ctx
 from gateway.security.replay import DeliveryReplayGuard
 
@@ -27,7 +28,7 @@ __all__ = ["INFLIGHT", "install", "reload_channels"]
 
 log = logging.getLogger("paygate.security")
 
-INFLIGHT = web.AppKey("security_inflight", InFlight)
+INFLIGHT = appkeys.INFLIGHT
 
 
 def install(app: web.Application) -> None:
@@ -53,7 +54,6 @@ def install(app: web.Application) -> None:
     app[appkeys.REPLAY_GUARD] = replay
 
     app[INFLIGHT] = InFlight(settings.max_in_flight_requests)
-    app.middlewares.append(inflight_middleware(app[INFLIGHT]))
-    app.middlewares.append(auth_middleware(settings.admin_jwt_secret))
+    app[appkeys.REQUEST_GATES].append(ops_gate(settings.admin_jwt_secret))
 
     app.cleanup_ctx.append(sighup_ctx)

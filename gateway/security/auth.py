@@ -10,12 +10,11 @@ rather than open. Only HS256 is accepted, so `alg: none` and key-confusion token
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import jwt
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
 from gateway.errors import Forbidden, ServiceUnavailable, Unauthorized
 from gateway.security.inflight import is_webhook_path
@@ -114,12 +113,11 @@ def authenticate(request: web.Request, secret: str) -> Principal:
     return principal
 
 
-def auth_middleware(secret: str) -> Middleware:
-    @web.middleware
-    async def require_ops_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+def ops_gate(secret: str) -> Callable[[web.Request], None]:
+    """The request gate (appkeys.REQUEST_GATES) guarding the ops API."""
+
+    def require_ops_token(request: web.Request) -> None:
         if needs_auth(request.path):
-            principal = authenticate(request, secret)
-            request[PRINCIPAL] = principal
-        return await handler(request)
+            request[PRINCIPAL] = authenticate(request, secret)
 
     return require_ops_token

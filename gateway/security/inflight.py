@@ -2,17 +2,12 @@
 
 Past MAX_IN_FLIGHT_REQUESTS the request is refused at once with 503 and `Retry-After`
 (fails closed: shedding load early keeps latency bounded for the requests admitted,
-and providers retry). Health, metrics and the ops API are not counted, so an operator
-can still look at an overloaded process.
+and providers retry). The webhook handler enters and leaves the bound itself, so
+health, metrics and the ops API are never counted: an operator can still look at an
+overloaded process.
 """
 
 from __future__ import annotations
-
-from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
-
-from gateway import metrics
-from gateway.errors import ServiceUnavailable
 
 WEBHOOK_PATH = "/api/v1/payments/webhook"
 
@@ -34,21 +29,3 @@ class InFlight:
 
     def leave(self) -> None:
         self.current -= 1
-
-
-def inflight_middleware(bound: InFlight) -> Middleware:
-    @web.middleware
-    async def limit_in_flight(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not is_webhook_path(request.path):
-            return await handler(request)
-        if not bound.enter():
-            metrics.rate_limited.labels("all", "in_flight").inc()
-            raise ServiceUnavailable(
-                "too many requests in flight", code="overloaded", retry_after=1
-            )
-        try:
-            return await handler(request)
-        finally:
-            bound.leave()
-
-    return limit_in_flight

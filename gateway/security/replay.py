@@ -14,11 +14,46 @@ batch on the hot path to save a database probe that group commit already makes c
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
-from cachetools import TTLCache
-
 DEFAULT_MAX_ENTRIES = 100_000
+
+
+class _Window:
+    """Delivery ids remembered for `ttl` seconds, at most `max_entries` of them.
+
+    Every entry of a window lives equally long, so insertion order is expiry order:
+    writes drop expired entries from the front. (cachetools' TTLCache did the same
+    work for ~5x the CPU per write, which showed on the webhook path.)
+    """
+
+    __slots__ = ("_items", "clock", "max_entries", "ttl")
+
+    def __init__(self, ttl: int, max_entries: int, clock: Callable[[], float]) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.clock = clock
+        self._items: OrderedDict[str, tuple[float, str]] = OrderedDict()
+
+    def get(self, key: str) -> str | None:
+        item = self._items.get(key)
+        if item is None or item[0] <= self.clock():
+            return None
+        return item[1]
+
+    def set(self, key: str, value: str) -> None:
+        items = self._items
+        now = self.clock()
+        items.pop(key, None)
+        items[key] = (now + self.ttl, value)
+        while len(items) > self.max_entries:
+            items.popitem(last=False)
+        for _ in range(2):  # two out per one in: expired entries never pile up
+            first = next(iter(items.items()))
+            if first[1][0] > now:
+                break
+            del items[first[0]]
 
 
 class DeliveryReplayGuard:
@@ -32,24 +67,21 @@ class DeliveryReplayGuard:
         self.tolerance_of = tolerance_of
         self.max_entries = max_entries
         self.clock = clock
-        self._caches: dict[str, TTLCache[str, str]] = {}
+        self._windows: dict[str, _Window] = {}
 
     def ttl(self, channel: str) -> int:
         return 2 * self.tolerance_of(channel)
 
-    def _cache(self, channel: str) -> TTLCache[str, str]:
+    def _window(self, channel: str) -> _Window:
         ttl = self.ttl(channel)
-        cache = self._caches.get(channel)
-        if cache is None or cache.ttl != ttl:  # a reload changed the tolerance
-            cache = TTLCache(maxsize=self.max_entries, ttl=ttl, timer=self.clock)
-            self._caches[channel] = cache
-        return cache
+        window = self._windows.get(channel)
+        if window is None or window.ttl != ttl:  # a reload changed the tolerance
+            window = _Window(ttl, self.max_entries, self.clock)
+            self._windows[channel] = window
+        return window
 
-    def seen_local(self, channel: str, delivery_id: str) -> str | None:
-        return self._cache(channel).get(delivery_id)
-
-    async def seen(self, channel: str, delivery_id: str) -> str | None:
-        return self.seen_local(channel, delivery_id)
+    def seen(self, channel: str, delivery_id: str) -> str | None:
+        return self._window(channel).get(delivery_id)
 
     def remember(self, channel: str, delivery_id: str, payment_id: str) -> None:
-        self._cache(channel)[delivery_id] = payment_id
+        self._window(channel).set(delivery_id, payment_id)

@@ -285,6 +285,38 @@ async def test_full_queue_answers_503_not_a_hang(make_client: Any, db: Any) -> N
     assert await _count(db, "payments") == statuses.count(201)
 
 
+async def test_a_commit_slower_than_the_timeout_is_a_503_and_the_retry_finds_it(
+    make_client: Any, db: Any
+) -> None:
+    client = await make_client(webhook_timeout_ms=300, enable_memory_cache=False)
+    doc = payment_doc()
+    async with db.acquire() as blocker, blocker.transaction():
+        await blocker.execute("LOCK TABLE payment_service.payment_references IN EXCLUSIVE MODE")
+        started = time.monotonic()
+        status, body, headers = await post_webhook(client, doc)
+        elapsed = time.monotonic() - started
+        assert (status, body["error"]) == (503, "write_timeout")
+        assert int(headers["Retry-After"]) >= 1
+        assert elapsed < 2  # 300 ms plus the sweep period, not the lock's duration
+    # The batch was not cancelled: it commits once the lock is gone, and the retry is told so.
+    await wait_for(lambda: _has_payment(db, doc["reference_number"]), timeout=10)
+    status, body, _ = await post_webhook(client, doc)
+    assert (status, body["status"]) == (200, "duplicate")
+    assert await _count(db, "payments", doc["reference_number"]) == 1
+
+
+async def _has_payment(db: Any, ref: str) -> bool:
+    return await _count(db, "payments", ref) == 1
+
+
+async def test_request_ids_are_unique_and_echoed(client: Any) -> None:
+    ids = set()
+    for _ in range(50):
+        resp = await client.get("/health/live")
+        ids.add(resp.headers["X-Request-ID"])
+    assert len(ids) == 50
+
+
 async def test_request_id_is_echoed(client: Any) -> None:
     resp = await client.get("/health/live", headers={"X-Request-ID": "abc-123"})
     assert resp.headers["X-Request-ID"] == "abc-123"
