@@ -1,11 +1,12 @@
-"""Recording payments in bulk: the one place that writes new payments.
+"""Recording payments in bulk: the webhook group-commit writer's one statement.
 
-Both the webhook group-commit writer and the staging processor call `record_batch`.
-One statement (data-modifying CTEs, so one round trip and one atomic unit) claims the
-references with `INSERT ... ON CONFLICT DO NOTHING RETURNING`, and only for the
-references it won inserts the payment, its outbox event, its audit row and the raw
-delivery. `payment_references` is the authority: a reference can be claimed once,
-whatever the caches said and however many instances race.
+(The staging processor writes the same rows with its own set-based SQL,
+workers/staging_sql.py.) One statement (data-modifying CTEs, so one round trip and one
+atomic unit) claims the references with `INSERT ... ON CONFLICT DO NOTHING RETURNING`,
+and only for the references it won inserts the payment, its outbox event (payload built
+by Postgres: gateway/events_sql.py), its audit row and the raw delivery.
+`payment_references` is the authority: a reference can be claimed once, whatever the
+caches said and however many instances race.
 """
 
 from __future__ import annotations
@@ -18,37 +19,41 @@ from datetime import datetime
 import asyncpg
 
 from gateway import events
+from gateway.events_sql import event_payload_sql
 from gateway.ids import uuid7
 from gateway.model import Payment
 
-_RECORD = """
+_RECORD = f"""
 WITH input AS (
     SELECT * FROM unnest(
         $1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::timestamp[],
-        $7::text[], $8::jsonb[], $9::text[], $10::timestamptz[], $11::text[], $12::uuid[],
-        $13::bytea[], $14::text[], $15::text[], $16::bytea[]
+        $7::text[], $8::jsonb[], $9::text[], $10::timestamptz[], $11::text[], $12::text[],
+        $13::text[], $14::bytea[]
     ) AS t(id, ref, account, cif, amount, payment_date, channel, metadata, status, event_at,
-           hash, event_id, event_payload, delivery_channel, delivery_id, body)
+           hash, delivery_channel, delivery_id, body)
 ), claimed AS (
     INSERT INTO payment_service.payment_references
         (reference_number, payment_id, payment_date, payload_hash)
     SELECT ref, id, payment_date, hash FROM input ORDER BY ref
     ON CONFLICT DO NOTHING
     RETURNING payment_id
-), won AS (
-    SELECT i.* FROM input i JOIN claimed c ON c.payment_id = i.id
+), won AS MATERIALIZED (
+    SELECT i.*, i.id AS payment_id, gen_random_uuid() AS event_id
+    FROM input i JOIN claimed c ON c.payment_id = i.id
 ), paid AS (
     INSERT INTO payment_service.payments
         (id, reference_number, loan_account_number, cif, amount, payment_date,
          payment_channel, source, metadata, status, provider_event_at)
-    SELECT id, ref, account, cif, amount, payment_date, channel, $17, metadata, status, event_at
+    SELECT id, ref, account, cif, amount, payment_date, channel, $15, metadata, status, event_at
     FROM won
 ), evt AS (
     INSERT INTO payment_service.outbox (event_id, event_type, topic, key, payload)
-    SELECT event_id, 'payment.recorded', $18, ref, event_payload FROM won
+    SELECT w.event_id, '{events.RECORDED}', $16, w.ref,
+           {event_payload_sql("w", source="$15::text", status="w.status")}
+    FROM won w
 ), aud AS (
     INSERT INTO payment_service.audit_log (actor, action, reference_number, payment_id, details)
-    SELECT $19, 'created', ref, id, jsonb_build_object('source', $17::text, 'status', status)
+    SELECT $17, 'created', ref, id, jsonb_build_object('source', $15::text, 'status', status)
     FROM won
 ), raw AS (
     INSERT INTO payment_service.webhook_events
@@ -123,27 +128,13 @@ async def record_batch(
     returns a reference once even if the input holds it twice). Rows are claimed in
     reference order so concurrent batches never deadlock on each other.
     """
-    cols: list[list[object]] = [[] for _ in range(16)]
-    timestamp = events.now_iso()
+    cols: list[list[object]] = [[] for _ in range(14)]
     for c in candidates:
         p = c.payment
-        event = events.payment_recorded(
-            payment_id=c.payment_id,
-            reference_number=p.reference_number,
-            loan_account_number=p.loan_account_number,
-            cif=p.cif,
-            amount=p.amount,
-            payment_date=p.payment_date,
-            payment_channel=p.payment_channel,
-            source=source,
-            metadata=p.metadata,
-            status=p.status,
-            timestamp=timestamp,
-        )
         row = (
             c.payment_id, p.reference_number, p.loan_account_number, p.cif, p.amount,
             p.payment_date, p.payment_channel, p.metadata, p.status, p.provider_event_at,
-            p.payload_hash, event.event_id, event.payload, c.channel, c.delivery_id, c.body,
+            p.payload_hash, c.channel, c.delivery_id, c.body,
         )  # fmt: skip
         for col, value in zip(cols, row, strict=True):
             col.append(value)

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.events import RECORDED
+from gateway.events_sql import event_payload_sql, iso_micro_sql, sql_literal
 from gateway.model import (
     ACCOUNT_MAX,
     AMOUNT_MAX,
@@ -89,8 +90,7 @@ def bad_class() -> str:
     return char_class(lambda c: _BAD_CHARS.search(c) is not None)
 
 
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+_lit = sql_literal
 
 
 # -- the rules, in validate_staging_row's order -----------------------------------------
@@ -166,19 +166,6 @@ def problem_sql(rules: Sequence[Rule]) -> str:
 # -- values formatted as Python formats them ----------------------------------------------
 
 
-def iso_micro_sql(ts: str) -> str:
-    """`datetime.isoformat(timespec="microseconds")` of a naive timestamp."""
-    return f"""to_char({ts}, 'YYYY-MM-DD"T"HH24:MI:SS.US')"""
-
-
-def iso_z_sql(ts: str) -> str:
-    """`gateway.events._iso`: ISO 8601 in UTC with Z, microseconds only when non-zero."""
-    return (
-        f"""to_char({ts}, 'YYYY-MM-DD"T"HH24:MI:SS') || CASE WHEN date_trunc('second', {ts})"""
-        f""" = {ts} THEN '' ELSE to_char({ts}, '.US') END || 'Z'"""
-    )
-
-
 def business_hash_sql(ref: str, account: str, cif: str, amount: str, payment_date: str) -> str:
     """`gateway.model.business_hash` (default identity) over SQL expressions."""
     values = {
@@ -192,28 +179,9 @@ def business_hash_sql(ref: str, account: str, cif: str, amount: str, payment_dat
     return f"left(encode(sha256(convert_to({joined}, 'UTF8')), 'hex'), 32)"
 
 
-def event_payload_sql(row: str, now_iso: str) -> str:
-    """`gateway.events.payment_recorded(...).payload` for a row of `won`, as bytea."""
-    return f"""convert_to(json_build_object(
-        'event_id', {row}.event_id,
-        'event_type', {_lit(RECORDED)},
-        'timestamp', {now_iso},
-        'payment', json_build_object(
-            'id', {row}.payment_id,
-            'reference_number', {row}.ref,
-            'loan_account_number', {row}.account,
-            'cif', {row}.cif,
-            'amount', {row}.amount::text,
-            'payment_date', {iso_z_sql(row + ".payment_date")},
-            'payment_channel', {row}.channel,
-            'source', {_lit(SOURCE)},
-            'status', {_lit(DEFAULT_STATUS)},
-            'metadata', coalesce({row}.metadata, '{{}}'::jsonb)
-        )
-    )::text, 'UTF8')"""
-
-
 # -- the statements ---------------------------------------------------------------------
+
+_EVENT_PAYLOAD = event_payload_sql("w", source=_lit(SOURCE), status=_lit(DEFAULT_STATUS))
 
 # Custom plans for the rest of the transaction: a generic plan cannot see how many ids
 # the batch holds and may scan the whole staging table for them.
@@ -267,7 +235,6 @@ def record_sql(rules: Sequence[Rule], *, new_id: str = "uuidv7()") -> str:
     date, $4 the too-old detail, $5 the outbox topic. One row back: recorded, errors,
     error_items (JSON text, first ERROR_DETAILS_MAX by id), rest_ids, rest_fresh."""
     hashed = business_hash_sql("l.ref", "l.account", "l.cif", "l.amount", "l.payment_date")
-    now_iso = iso_z_sql("(statement_timestamp() AT TIME ZONE 'UTC')")
     return f"""
 WITH batch AS MATERIALIZED ({classify_sql(rules)}
 ), input AS MATERIALIZED (
@@ -290,7 +257,7 @@ WITH batch AS MATERIALIZED ({classify_sql(rules)}
     FROM won
 ), evt AS (
     INSERT INTO payment_service.outbox (event_id, event_type, topic, key, payload)
-    SELECT w.event_id, {_lit(RECORDED)}, $5, w.ref, {event_payload_sql("w", now_iso)}
+    SELECT w.event_id, {_lit(RECORDED)}, $5, w.ref, {_EVENT_PAYLOAD}
     FROM won w
 ), aud AS (
     INSERT INTO payment_service.audit_log
