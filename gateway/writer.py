@@ -81,6 +81,9 @@ class GroupCommitWriter:
         self.in_flight = 0
         # (deadline, future) in submission order, so the oldest deadline is always first.
         self._deadlines: deque[tuple[float, asyncio.Future[WriteResult]]] = deque()
+        # Connections the writer keeps between batches: a pool release runs asyncpg's
+        # reset query, one more round trip per batch and real CPU at small batches.
+        self._held: list[asyncpg.Connection] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = False
         self.db_down_since: float | None = None
@@ -132,6 +135,9 @@ class GroupCommitWriter:
             with suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        held, self._held = self._held, []
+        for conn in held:
+            await self._release(conn)
         while not self.queue.empty():
             _, fut = self.queue.get_nowait()
             self._settle(fut, exc=ServiceUnavailable("shutting down", code="shutting_down"))
@@ -276,22 +282,27 @@ class GroupCommitWriter:
         started = time.perf_counter()
         for attempt in range(3):
             try:
-                async with self.pool.acquire(timeout=2) as conn:
-                    try:
-                        outcome = await record_batch(
-                            conn, todo, source="webhook", topic=self.settings.kafka_topic,
-                            actor="webhook",
-                        )  # fmt: skip
-                        results, losers = self._classify(todo, outcome.created, outcome.existing)
-                        if losers:
-                            await record_losers(conn, losers, actor="webhook")
-                        waiting = [c for c in todo if c.payment_id in outcome.parked]
-                        if waiting:
-                            for hook in self.after_commit:
-                                await hook(conn, waiting)
-                    except (asyncpg.InternalClientError, asyncpg.InterfaceError):
-                        conn.terminate()  # broken mid-protocol: never back into the pool
-                        raise
+                conn = await self._take()
+                try:
+                    outcome = await record_batch(
+                        conn, todo, source="webhook", topic=self.settings.kafka_topic,
+                        actor="webhook",
+                    )  # fmt: skip
+                    results, losers = self._classify(todo, outcome.created, outcome.existing)
+                    if losers:
+                        await record_losers(conn, losers, actor="webhook")
+                    waiting = [c for c in todo if c.payment_id in outcome.parked]
+                    if waiting:
+                        for hook in self.after_commit:
+                            await hook(conn, waiting)
+                except CONNECTION_ERRORS:
+                    conn.terminate()  # broken or unreachable: never used again
+                    await self._release(conn)
+                    raise
+                except BaseException:
+                    await self._release(conn)  # the pool resets it (aborts any transaction)
+                    raise
+                self._held.append(conn)
                 break
             except RETRY_ERRORS:
                 if attempt == 2:
@@ -314,6 +325,18 @@ class GroupCommitWriter:
         if outcome.created and self.wakeup is not None:
             self.wakeup.ring()
         return results
+
+    async def _take(self) -> asyncpg.Connection:
+        while self._held:
+            conn = self._held.pop()
+            if not conn.is_closed():
+                return conn
+            await self._release(conn)
+        return await self.pool.acquire(timeout=2)
+
+    async def _release(self, conn: asyncpg.Connection) -> None:
+        with suppress(Exception):  # a closing pool or a dead connection: nothing to keep
+            await self.pool.release(conn)
 
     async def _commit_one_by_one(self, todo: list[Candidate]) -> dict[str, WriteResult]:
         """A row the database refused must not sink its batch: isolate it."""
