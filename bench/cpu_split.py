@@ -7,6 +7,7 @@ CPU time (from /proc) by the requests answered:
 
     python -m bench.cpu_split --mode new --seconds 15 --processes 1
     python -m bench.cpu_split --mode dup --seconds 15 --py-spy bench/out/dup.svg
+    python -m bench.cpu_split --mode new --rate 4000 --processes 2   # open loop
 
 `--py-spy FILE` also records a flame graph of the first server process (needs py-spy).
 """
@@ -92,7 +93,7 @@ async def main_async(args: argparse.Namespace) -> None:
             ENABLE_STATUS_POLLER="false", WEB_CONCURRENCY=str(args.processes),
             PAYGATE_DATA_DIR=str(root), PORT=str(port),
         )  # fmt: skip
-        count = int(30_000 * args.seconds)
+        count = int((args.rate or 30_000) * args.seconds)
         host = f"127.0.0.1:{port}"
         if args.mode == "dup":
             seed = build_requests(host, 20_000, key, dup_ratio=0)
@@ -118,7 +119,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 )  # fmt: skip
             before = [tree_cpu_seconds(p) for p in (serve_pid, pg.proc.pid, rd.proc.pid)]
             me = self_cpu_seconds()
-            res = await run(url, reqs, rate=0, seconds=args.seconds, connections=args.connections)
+            res = await run(url, reqs, rate=args.rate, seconds=args.seconds,
+                            connections=args.connections)  # fmt: skip
             after = [tree_cpu_seconds(p) for p in (serve_pid, pg.proc.pid, rd.proc.pid)]
             me = self_cpu_seconds() - me
             if spy is not None:
@@ -141,6 +143,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--connections", type=int, default=256)
     ap.add_argument("--processes", type=int, default=1)
+    ap.add_argument("--rate", type=float, default=0, help="open loop at this rate; 0 = closed")
     ap.add_argument("--py-spy", default="", help="write a flame graph of the server here")
     args = ap.parse_args()
     import uvloop

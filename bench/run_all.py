@@ -60,7 +60,9 @@ class Server:
         for _ in range(self.copies):
             self.procs.append(subprocess.Popen(self.argv, env=self.env, stdout=subprocess.DEVNULL))
         await _wait_http(self.port)
-        await asyncio.sleep(1.0 if "serve" in self.argv else 0.3)  # every copy listening
+        # paygate starts its WEB_CONCURRENCY siblings after it listens: let them finish
+        # starting (imports, cache warm-up) before anything is measured.
+        await asyncio.sleep(4.0 if "serve" in self.argv else 0.3)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
