@@ -84,6 +84,9 @@ class GroupCommitWriter:
         # Connections the writer keeps between batches: a pool release runs asyncpg's
         # reset query, one more round trip per batch and real CPU at small batches.
         self._held: list[asyncpg.Connection] = []
+        # ...but never so many that the rest of the process (health, status updates, ops
+        # API) is left without a connection.
+        self._keep = max(0, min(settings.write_concurrency, settings.db_pool_max - 2))
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = False
         self.db_down_since: float | None = None
@@ -116,6 +119,11 @@ class GroupCommitWriter:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # Open the writers' connections now, not under the first burst of traffic (a new
+        # connection costs a handshake and the type-codec set-up: tens of milliseconds).
+        with suppress(*CONNECTION_ERRORS):
+            for _ in range(self._keep - len(self._held)):
+                self._held.append(await self.pool.acquire(timeout=2))
         self._accepting = True
         self._tasks = [
             asyncio.create_task(self._run(), name=f"paygate-writer-{i}")
@@ -302,7 +310,10 @@ class GroupCommitWriter:
                 except BaseException:
                     await self._release(conn)  # the pool resets it (aborts any transaction)
                     raise
-                self._held.append(conn)
+                if len(self._held) < self._keep:
+                    self._held.append(conn)
+                else:
+                    await self._release(conn)
                 break
             except RETRY_ERRORS:
                 if attempt == 2:

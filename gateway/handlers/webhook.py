@@ -131,6 +131,16 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
         metrics.signature_failures.labels(channel.name, exc.reason).inc()
         raise
 
+    replay = app.get(appkeys.REPLAY_GUARD)
+    signed_id = (verified.delivery_id or "")[:255]
+    if replay is not None and signed_id:
+        # A retry of a delivery already answered, known from the signed headers alone:
+        # answered without parsing the body again (the common case of a provider retry).
+        seen = replay.seen(channel.name, signed_id)
+        if seen is not None:
+            _dedup_hits("delivery").inc()
+            return json_response({"status": "duplicate", "payment_id": seen}), "duplicate"
+
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -141,9 +151,8 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
             {"status": "ignored", "event_type": str(fields["ignored_event_type"])[:100]}
         ), "ignored"
 
-    delivery_id = (verified.delivery_id or _delivery_id(request, fields) or "")[:255] or None
-    replay = app.get(appkeys.REPLAY_GUARD)
-    if replay is not None and delivery_id:
+    delivery_id = signed_id or (_delivery_id(request, fields) or "")[:255] or None
+    if replay is not None and delivery_id and not signed_id:  # ids from other headers or the body
         seen = replay.seen(channel.name, delivery_id)
         if seen is not None:
             _dedup_hits("delivery").inc()
