@@ -271,7 +271,12 @@ WITH batch AS MATERIALIZED ({classify_sql(rules)}
         result = CASE WHEN b.problem IS NULL THEN 'recorded' ELSE 'error' END,
         payment_id = w.payment_id, error = b.problem
     FROM batch b LEFT JOIN won w ON w.id = b.id
-    WHERE s.id = b.id AND (b.problem IS NOT NULL OR w.id IS NOT NULL)
+    -- `s.id = ANY($1)` is redundant with the join, but it shows the planner exactly which
+    -- rows to fetch by primary key: without it, it chose a sequential scan of the whole
+    -- staging table per batch (measured: 43 ms of a 200 ms batch at 400k rows, growing
+    -- with the table, so quadratic over a backlog).
+    WHERE s.id = ANY($1::bigint[]) AND s.id = b.id
+      AND (b.problem IS NOT NULL OR w.id IS NOT NULL)
 ), rest AS (
     SELECT b.id, EXISTS (SELECT 1 FROM won w WHERE w.ref = b.ref) AS fresh
     FROM batch b
@@ -313,7 +318,7 @@ WITH rest AS (
     UPDATE payment_service.payment_staging s
     SET processed = TRUE, processed_at = (now() AT TIME ZONE 'UTC'),
         result = f.result, payment_id = f.payment_id, error = f.problem
-    FROM fate f WHERE s.id = f.id
+    FROM fate f WHERE s.id = ANY($1::bigint[]) AND s.id = f.id
 ), aud AS (
     INSERT INTO payment_service.audit_log
         (actor, action, reference_number, payment_id, details)
