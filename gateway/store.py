@@ -19,7 +19,7 @@ from datetime import datetime
 import asyncpg
 
 from gateway import events
-from gateway.events_sql import event_payload_sql
+from gateway.events_sql import event_payload_sql, recorded_event_id_sql
 from gateway.ids import uuid7
 from gateway.model import Payment
 
@@ -38,7 +38,7 @@ WITH input AS (
     ON CONFLICT DO NOTHING
     RETURNING payment_id
 ), won AS MATERIALIZED (
-    SELECT i.*, i.id AS payment_id, gen_random_uuid() AS event_id
+    SELECT i.*, i.id AS payment_id, {recorded_event_id_sql("i.id")} AS event_id
     FROM input i JOIN claimed c ON c.payment_id = i.id
 ), paid AS (
     INSERT INTO payment_service.payments

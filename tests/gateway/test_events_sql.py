@@ -75,4 +75,5 @@ async def test_webhook_events_match_the_python_builder(db: asyncpg.Pool) -> None
         assert got == expected, p.reference_number
         assert (stored["event_type"], stored["key"]) == (events.RECORDED, p.reference_number)
     ids = await db.fetch("SELECT event_id FROM payment_service.outbox")
-    assert len({r["event_id"] for r in ids}) == len(candidates)  # one fresh id per event
+    assert len({r["event_id"] for r in ids}) == len(candidates)  # one id per event
+    assert {r["event_id"].version for r in ids} == {8}  # derived from the payment id

@@ -6,6 +6,7 @@ test_staging_sql_parity.py."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -247,6 +248,30 @@ async def test_full_batches_report_more_work_and_the_backlog_drains(
         "payment_service.staging_process_log ORDER BY batch_start_id"
     )
     assert [r["total_records"] for r in log] == [100, 100, 50]
+
+
+async def test_payment_and_event_ids_are_distinct_time_ordered_uuids(
+    db: asyncpg.Pool, stack: Any
+) -> None:
+    settings = staging_settings(stack, staging_batch_size=100)
+    await load(db, [row(f"IDS-{i:04d}") for i in range(250)])
+    await StagingWorker(db, settings, Wakeup()).burst()
+    rows = await db.fetch(
+        "SELECT s.id AS staging_id, p.id, o.event_id FROM payment_service.payment_staging s"
+        " JOIN payment_service.payments p ON p.id = s.payment_id"
+        " JOIN payment_service.outbox o ON o.key = s.reference_number ORDER BY s.id"
+    )
+    assert len(rows) == 250
+    ids = [r["id"] for r in rows]
+    events = [r["event_id"] for r in rows]
+    assert len(set(ids)) == 250 and len(set(events)) == 250 and not set(ids) & set(events)
+    version = int(await db.fetchval("SHOW server_version_num"))
+    if version >= 180000:  # uuidv7(): the batches' ids grow with time, batch after batch
+        assert {i.version for i in ids} == {7}
+        firsts = [ids[0], ids[100], ids[200]]
+        assert [i.bytes[:6] for i in firsts] == sorted(i.bytes[:6] for i in firsts)
+    assert {e.version for e in events} == {8}
+    assert all(i.variant == uuid.RFC_4122 for i in ids + events)
 
 
 # -- failures -----------------------------------------------------------------------
