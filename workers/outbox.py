@@ -77,19 +77,37 @@ GAUGE_REFRESH_SECONDS = 2.0
 OUTAGE_BACKOFF_CAP_SECONDS = 5.0
 ERROR_TEXT_MAX = 300
 
+# The oldest due rows first, and of each key only its oldest undead row (per-key order).
+# Candidates are the first `$2` due rows by id, materialized, so the per-key check is
+# an index probe per candidate whatever the statistics say: left to itself, with stale
+# statistics on a fast-growing outbox the planner hash-anti-joined the whole backlog
+# and sorted it on disk (440 ms at 130,000 rows, growing with the backlog: a relay that
+# fell behind could not catch up). Measured with the shape below: 4 ms.
 _CLAIM = """
+WITH candidates AS MATERIALIZED (
+    SELECT id, key FROM payment_service.outbox
+    WHERE dead_lettered_at IS NULL AND next_attempt_at <= now()
+    ORDER BY id
+    LIMIT $2
+)
 SELECT o.id, o.event_id, o.event_type, o.topic, o.key, o.payload, o.attempts, o.created_at
-FROM payment_service.outbox o
+FROM candidates c
+JOIN payment_service.outbox o ON o.id = c.id
 WHERE o.dead_lettered_at IS NULL
-  AND o.next_attempt_at <= now()
   AND NOT EXISTS (
       SELECT 1 FROM payment_service.outbox older
-      WHERE older.key = o.key AND older.id < o.id AND older.dead_lettered_at IS NULL
+      WHERE older.key = c.key AND older.id < c.id AND older.dead_lettered_at IS NULL
   )
 ORDER BY o.id
 LIMIT $1
 FOR UPDATE OF o SKIP LOCKED
 """
+
+# Candidates per claimed row: room for other relays' locked rows and for rows held back
+# behind an older event of their key. (A round finds nothing only if every one of the
+# first CLAIM_WINDOW x KAFKA_BATCH_SIZE due rows is held back; the rows holding them come
+# due with their backoff or are dead-lettered, and the next round moves on.)
+CLAIM_WINDOW = 4
 
 _DELETE = "DELETE FROM payment_service.outbox WHERE id = ANY($1::bigint[])"
 
@@ -271,7 +289,7 @@ class OutboxRelay(Worker):
             await tx.start()
             committed = False
             try:
-                rows = await conn.fetch(_CLAIM, self.batch_size)
+                rows = await conn.fetch(_CLAIM, self.batch_size, CLAIM_WINDOW * self.batch_size)
                 if not rows:
                     await tx.commit()
                     committed = True
