@@ -15,23 +15,16 @@ CPU time (from /proc) by the requests answered:
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
 import os
-import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from bench.loadgen import build_requests, run
+from bench.loadgen import run
 from bench.run_all import Server
-from gateway.config import Settings
-from gateway.db import create_pool
-from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from gateway.migrations import migrate
-from gateway.signatures import decode_secret
+from bench.stack import bench_stack, mode_requests
+from gateway.embedded import free_port
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -64,46 +57,28 @@ def tree_cpu_seconds(root: int) -> float:
     return total
 
 
+def _py_spy() -> str:
+    return shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+
+
 def self_cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    root = Path(tempfile.mkdtemp(prefix="paygate-cpu-"))
-    root.chmod(0o755)
-    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-    key = decode_secret("standard", secret)
-    pg, rd = EmbeddedPostgres(root / "pg"), EmbeddedRedis(root / "redis")
-    try:
-        await asyncio.gather(pg.start(), rd.start())
-        settings = Settings.from_env({}, database_url=pg.url, redis_url=rd.url)
-        await migrate(pg.url)
-        from workers.partitions import ensure_partitions
-
-        pool = await create_pool(settings, min_size=1, max_size=2)
-        await ensure_partitions(pool, settings)
-        await pool.close()
+    async with bench_stack("paygate-cpu-") as stack:
+        pg, rd = stack.pg, stack.redis
         port = free_port()
-        env = dict(os.environ)
-        env.update(
-            DATABASE_URL=pg.url, REDIS_URL=rd.url, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1",
-            WEBHOOK_SECRET=secret, LOG_LEVEL="WARNING", ENABLE_OUTBOX_RELAY="false",
-            ENABLE_STAGING_PROCESSOR="false", ENABLE_PARTITION_MAINTENANCE="false",
-            ENABLE_STATUS_POLLER="false", WEB_CONCURRENCY=str(args.processes),
-            PAYGATE_DATA_DIR=str(root), PORT=str(port),
-        )  # fmt: skip
-        count = int((args.rate or 30_000) * args.seconds)
+        env = stack.server_env(WEB_CONCURRENCY=str(args.processes), PORT=str(port))
         host = f"127.0.0.1:{port}"
-        if args.mode == "dup":
-            seed = build_requests(host, 20_000, key, dup_ratio=0)
-            reqs = build_requests(host, count, key, dup_ratio=0, seed_refs=seed)
-        else:
-            seed, reqs = [], build_requests(host, count, key, dup_ratio=0)
+        seed, reqs = mode_requests(host, args.mode, int((args.rate or 30_000) * args.seconds),
+                                   stack.key)  # fmt: skip
         url = f"http://{host}"
         argv = [sys.executable, "-m", "workers.cli", "serve"]
         if args.mode == "bare":  # the framework's ceiling, for comparison
-            argv = [sys.executable, "-m", "bench.bare", "--port", str(port), "--secret", secret]
+            argv = [sys.executable, "-m", "bench.bare", "--port", str(port), "--secret",
+                    stack.secret]  # fmt: skip
         async with Server(argv, env, port) as server:
             if seed:
                 await run(url, seed, rate=0, seconds=60, connections=args.connections)
@@ -112,7 +87,7 @@ async def main_async(args: argparse.Namespace) -> None:
             spy = None
             if args.py_spy:
                 spy = subprocess.Popen(
-                    [shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(serve_pid), "-o", args.py_spy, "-r", "250",
+                    [_py_spy(), "record", "-p", str(serve_pid), "-o", args.py_spy, "-r", "250",
                      "-d", str(int(args.seconds)), "--nonblocking",
                      "-f", "raw" if args.py_spy.endswith(".txt") else "flamegraph"],
                     stdout=subprocess.DEVNULL,
@@ -132,9 +107,6 @@ async def main_async(args: argparse.Namespace) -> None:
         for name, b, a in zip(names, before, after, strict=True):
             print(f"{name:9} {1e6 * (a - b) / done:7.1f} µs/request")
         print(f"{'loadgen':9} {1e6 * me / done:7.1f} µs/request")
-    finally:
-        await asyncio.gather(pg.stop(), rd.stop(), return_exceptions=True)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:

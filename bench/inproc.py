@@ -19,26 +19,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import gc
 import os
-import secrets
-import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from bench.bare import create_bare_app
-from bench.loadgen import build_requests
-from gateway.config import Settings
-from gateway.db import create_pool
-from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
-from gateway.migrations import migrate
+from bench.stack import bench_stack, mode_requests
 from gateway.security.slow_clients import server_kwargs
-from gateway.signatures import decode_secret
 
 
 class _Transport(asyncio.Transport):
@@ -128,45 +118,15 @@ async def drive(
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    root = Path(tempfile.mkdtemp(prefix="paygate-inproc-"))
-    root.chmod(0o755)
-    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-    key = decode_secret("standard", secret)
-    pg, rd = EmbeddedPostgres(root / "pg"), EmbeddedRedis(root / "redis")
-    try:
-        await asyncio.gather(pg.start(), rd.start())
-        settings = Settings.from_env(
-            {},
-            database_url=pg.url,
-            redis_url=rd.url,
-            kafka_bootstrap_servers="127.0.0.1:1",
-            webhook_secret=(secret,),
-            log_level="WARNING",
-            enable_outbox_relay=False,
-            enable_staging_processor=False,
-            enable_partition_maintenance=False,
-            enable_status_poller=False,
-        )
-        await migrate(pg.url)
-        from workers.partitions import ensure_partitions
-
-        pool = await create_pool(settings, min_size=1, max_size=2)
-        await ensure_partitions(pool, settings)
-        await pool.close()
-        host = "127.0.0.1:3004"
+    async with bench_stack("paygate-inproc-") as stack:
+        settings = stack.settings()
+        seed, reqs = mode_requests("127.0.0.1:3004", args.mode, args.requests, stack.key)
         if args.mode == "bare":
-            app = create_bare_app(key)
-            reqs = build_requests(host, args.requests, key, dup_ratio=0)
-            seed: list[bytes] = []
+            app = create_bare_app(stack.key)
         else:
             from gateway.app import create_app
 
             app = create_app(settings)
-            if args.mode == "dup":
-                seed = build_requests(host, 20_000, key, dup_ratio=0)
-                reqs = build_requests(host, args.requests, key, dup_ratio=0, seed_refs=seed)
-            else:
-                seed, reqs = [], build_requests(host, args.requests, key, dup_ratio=0)
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, **server_kwargs(settings)
         )
@@ -182,9 +142,6 @@ async def main_async(args: argparse.Namespace) -> None:
             f"mode={args.mode} requests={n} statuses={statuses} "
             f"cpu={1e6 * cpu / n:.1f} µs/request wall={n / wall:,.0f} req/s"
         )
-    finally:
-        await asyncio.gather(pg.stop(), rd.stop(), return_exceptions=True)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:

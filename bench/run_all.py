@@ -13,13 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import os
-import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,12 +23,8 @@ import asyncpg
 import orjson
 
 from bench.loadgen import Result, build_requests, run
-from gateway.config import Settings
-from gateway.db import create_pool
-from gateway.embedded import EmbeddedKafka, EmbeddedPostgres, EmbeddedRedis, free_port
-from gateway.kafka import ensure_topic
-from gateway.migrations import migrate
-from gateway.signatures import decode_secret
+from bench.stack import bench_stack
+from gateway.embedded import free_port
 
 
 async def _wait_http(port: int, timeout: float = 60) -> None:
@@ -88,37 +79,10 @@ async def _truncate(dsn: str) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="paygate-bench-"))
-    root.chmod(0o755)
-    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-    key = decode_secret("standard", secret)
-    pg, rd, kf = (
-        EmbeddedPostgres(root / "pg"),
-        EmbeddedRedis(root / "redis"),
-        EmbeddedKafka(root / "kafka"),
-    )
     results: dict[str, Any] = {}
-    try:
-        await asyncio.gather(pg.start(), rd.start(), kf.start())
-        settings = Settings.from_env(
-            {}, database_url=pg.url, redis_url=rd.url, kafka_bootstrap_servers=kf.url
-        )
-        await migrate(pg.url)
-        from workers.partitions import ensure_partitions
-
-        pool = await create_pool(settings, min_size=1, max_size=2)
-        await ensure_partitions(pool, settings)
-        await pool.close()
-        await ensure_topic(settings)
-
-        env = dict(os.environ)
-        env.update(
-            DATABASE_URL=pg.url, REDIS_URL=rd.url, KAFKA_BOOTSTRAP_SERVERS=kf.url,
-            WEBHOOK_SECRET=secret, LOG_LEVEL="WARNING", ENABLE_OUTBOX_RELAY="false",
-            ENABLE_STAGING_PROCESSOR="false", ENABLE_PARTITION_MAINTENANCE="false",
-            ENABLE_STATUS_POLLER="false", WEB_CONCURRENCY=str(args.processes),
-            PAYGATE_DATA_DIR=str(root),
-        )  # fmt: skip
+    async with bench_stack("paygate-bench-", kafka=True) as stack:
+        pg, key, secret = stack.pg, stack.key, stack.secret
+        env = stack.server_env(WEB_CONCURRENCY=str(args.processes))
         py = sys.executable
         ceiling_s, conns = args.ceiling_seconds, args.connections
 
@@ -175,9 +139,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             dups = build_requests(f"127.0.0.1:{port}", n_ceiling, key, dup_ratio=0, seed_refs=seed)
             results["paygate_duplicates"] = (await closed(port, dups)).summary()
         print("paygate duplicates", results["paygate_duplicates"], flush=True)
-    finally:
-        await asyncio.gather(pg.stop(), rd.stop(), kf.stop(), return_exceptions=True)
-        shutil.rmtree(root, ignore_errors=True)
     return results
 
 
