@@ -138,8 +138,7 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
         # answered without parsing the body again (the common case of a provider retry).
         seen = replay.seen(channel.name, signed_id)
         if seen is not None:
-            _dedup_hits("delivery").inc()
-            return json_response({"status": "duplicate", "payment_id": seen}), "duplicate"
+            return _duplicate(seen, "delivery")
 
     try:
         doc = orjson.loads(body)
@@ -155,8 +154,7 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
     if replay is not None and delivery_id and not signed_id:  # ids from other headers or the body
         seen = replay.seen(channel.name, delivery_id)
         if seen is not None:
-            _dedup_hits("delivery").inc()
-            return json_response({"status": "duplicate", "payment_id": seen}), "duplicate"
+            return _duplicate(seen, "delivery")
 
     status_only = app.get(appkeys.STATUS_APPLIER)
     if status_only is not None and status_only.is_status_only(fields):
@@ -179,14 +177,19 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
         and known.payload_hash == payment.payload_hash
         and known.status == payment.status
     ):
-        _dedup_hits("memory").inc()
-        return json_response({"status": "duplicate", "payment_id": known.payment_id}), "duplicate"
+        return _duplicate(known.payment_id, "memory")
 
     # The writer fails the future with 503 write_timeout after WEBHOOK_TIMEOUT_MS.
     result = await app[appkeys.WRITER].submit(Candidate(payment, channel.name, delivery_id, body))
     if replay is not None and delivery_id and result.outcome in (CREATED, DUPLICATE):
         replay.remember(channel.name, delivery_id, result.payment_id)
     return await _answer(request, channel, payment, result, delivery_id, body)
+
+
+def _duplicate(payment_id: str, layer: str) -> tuple[web.Response, str]:
+    """The 200 for a delivery already recorded, counted by the layer that knew it."""
+    _dedup_hits(layer).inc()
+    return json_response({"status": "duplicate", "payment_id": payment_id}), "duplicate"
 
 
 def _delivery_id(request: web.Request, fields: Any) -> str | None:
@@ -219,8 +222,7 @@ async def _answer(
                 payment, channel=channel.name, delivery_id=delivery_id, body=body
             )
             return json_response(out, 202 if outcome == "deferred" else 200), outcome
-        _dedup_hits(result.layer).inc()
-        return json_response({"status": "duplicate", "payment_id": result.payment_id}), "duplicate"
+        return _duplicate(result.payment_id, result.layer)
     raise ValidationError("body", "the payment was refused by the database")
 
 
