@@ -4,8 +4,10 @@ they must be exactly what `gateway.events.payment_recorded` builds in Python."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import orjson
@@ -16,6 +18,18 @@ from gateway.store import Candidate, record_batch
 
 DAY = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(days=2)
 ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z")
+
+
+def assert_same_recorded_event(stored: Mapping[str, Any], expected: events.OutboxEvent) -> None:
+    """An outbox row (event_id, event_type, key, payload) built by Postgres is the event the
+    Python builder makes, up to its own id and timestamp (checked for shape instead)."""
+    got, want = orjson.loads(stored["payload"]), orjson.loads(expected.payload)
+    assert got["event_id"] == str(stored["event_id"])
+    assert ISO_Z.fullmatch(got["timestamp"]), got["timestamp"]
+    for event in (got, want):
+        del event["event_id"], event["timestamp"]
+    assert got == want, expected.key
+    assert (stored["event_type"], stored["key"]) == (events.RECORDED, expected.key)
 
 
 def payment(ref: str, **changes: object) -> Payment:
@@ -53,27 +67,19 @@ async def test_webhook_events_match_the_python_builder(db: asyncpg.Pool) -> None
             p.reference_number,
         )
         assert stored is not None, p.reference_number
-        expected = orjson.loads(
-            events.payment_recorded(
-                payment_id=cand.payment_id,
-                reference_number=p.reference_number,
-                loan_account_number=p.loan_account_number,
-                cif=p.cif,
-                amount=p.amount,
-                payment_date=p.payment_date,
-                payment_channel=p.payment_channel,
-                source="webhook",
-                metadata=p.metadata,
-                status=p.status,
-            ).payload
+        expected = events.payment_recorded(
+            payment_id=cand.payment_id,
+            reference_number=p.reference_number,
+            loan_account_number=p.loan_account_number,
+            cif=p.cif,
+            amount=p.amount,
+            payment_date=p.payment_date,
+            payment_channel=p.payment_channel,
+            source="webhook",
+            metadata=p.metadata,
+            status=p.status,
         )
-        got = orjson.loads(stored["payload"])
-        assert got["event_id"] == str(stored["event_id"])
-        assert ISO_Z.fullmatch(got["timestamp"]), got["timestamp"]
-        for event in (got, expected):
-            del event["event_id"], event["timestamp"]
-        assert got == expected, p.reference_number
-        assert (stored["event_type"], stored["key"]) == (events.RECORDED, p.reference_number)
+        assert_same_recorded_event(stored, expected)
     ids = await db.fetch("SELECT event_id FROM payment_service.outbox")
     assert len({r["event_id"] for r in ids}) == len(candidates)  # one id per event
     assert {r["event_id"].version for r in ids} == {8}  # derived from the payment id

@@ -8,7 +8,6 @@ very same rows (read back through the pool, so both sides see identical values).
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -22,6 +21,7 @@ from gateway.model import AMOUNT_MAX, business_hash
 from gateway.notify import Wakeup
 from gateway.validation import DateWindow, date_window, validate_staging_row
 from tests.conftest import make_settings
+from tests.gateway.test_events_sql import assert_same_recorded_event
 from tests.workers.test_staging import row
 from workers import staging_sql
 from workers.staging import StagingWorker
@@ -30,7 +30,6 @@ NOW = datetime.now(UTC).replace(tzinfo=None)
 DAY = NOW.replace(microsecond=0) - timedelta(days=2)
 WINDOW = DateWindow(earliest=datetime(2024, 3, 1), latest=datetime(2024, 6, 30, 12, 0, 0, 500))
 IN_WINDOW = datetime(2024, 5, 5, 5, 5, 5)
-ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z")
 
 
 async def load(db: asyncpg.Pool, rows: list[tuple[Any, ...]]) -> list[int]:
@@ -188,27 +187,19 @@ async def test_recorded_hashes_and_events_match_the_python_builders(
         assert stored["payload_hash"] == business_hash(
             ref, s["loan_account_number"], s["cif"], s["amount"], s["payment_date"]
         ), ref
-        expected = orjson.loads(
-            events.payment_recorded(
-                payment_id=s["payment_id"],
-                reference_number=ref,
-                loan_account_number=s["loan_account_number"],
-                cif=s["cif"],
-                amount=s["amount"],
-                payment_date=s["payment_date"],
-                payment_channel=s["payment_channel"],
-                source="staging",
-                metadata=s["metadata"],
-                status="succeeded",
-            ).payload
+        expected = events.payment_recorded(
+            payment_id=s["payment_id"],
+            reference_number=ref,
+            loan_account_number=s["loan_account_number"],
+            cif=s["cif"],
+            amount=s["amount"],
+            payment_date=s["payment_date"],
+            payment_channel=s["payment_channel"],
+            source="staging",
+            metadata=s["metadata"],
+            status="succeeded",
         )
-        got = orjson.loads(stored["payload"])
-        assert got["event_id"] == str(stored["event_id"])
-        assert ISO_Z.fullmatch(got["timestamp"]), got["timestamp"]
-        for event in (got, expected):
-            del event["event_id"], event["timestamp"]
-        assert got == expected, ref
-        assert (stored["event_type"], stored["key"]) == (events.RECORDED, ref)
+        assert_same_recorded_event(stored, expected)
 
 
 async def test_hash_sql_matches_business_hash_over_tricky_values(db: asyncpg.Pool) -> None:
