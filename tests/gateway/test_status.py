@@ -32,13 +32,18 @@ def _iso(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# One payment date for every document of the module: a payment re-sent in a test must
+# be the same payment, and `now` read twice could straddle a second (a 409 conflict).
+PAYMENT_DATE = _iso(datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0))
+
+
 def _payment_doc(ref: str, **extra: Any) -> dict[str, Any]:
     doc = {
         "reference_number": ref,
         "loan_account_number": "LA-1",
         "cif": "CIF-1",
         "amount": "100.00",
-        "payment_date": _iso(datetime.now(UTC)),
+        "payment_date": PAYMENT_DATE,
     }
     doc.update(extra)
     return doc
