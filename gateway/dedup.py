@@ -21,7 +21,9 @@ from gateway.redis_cache import RedisCache
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, and one is
+# decoded for every memory-cache hit (0.68 -> 0.37 µs).
+@dataclass(slots=True)
 class Known:
     payment_id: str
     payload_hash: str
@@ -47,7 +49,11 @@ PUBLISH_DELAY_SECONDS = 0.05
 
 class Deduplicator:
     def __init__(self, settings: Settings, redis: RedisCache | None) -> None:
-        self.l1: LRUCache[str, Known] | None = (
+        # L1 holds the packed form (bytes, as in Redis), not Known objects: bytes are not
+        # tracked by CPython's collector, and a cache of 100,000 objects was one object
+        # per payment surviving every young-generation pass (20-40 ms pauses every few
+        # seconds at 5,000/s, each promoting more into the full collections).
+        self.l1: LRUCache[str, bytes] | None = (
             LRUCache(maxsize=settings.memory_cache_max_size)
             if settings.enable_memory_cache
             else None
@@ -60,7 +66,7 @@ class Deduplicator:
         self._flushing: set[asyncio.Task[None]] = set()
 
     def lookup_local(self, reference: str) -> Known | None:
-        return self.l1.get(reference) if self.l1 is not None else None
+        return Known.decode(self.l1.get(reference)) if self.l1 is not None else None
 
     async def lookup_remote(self, references: Sequence[str]) -> list[Known | None]:
         if self.redis is None:
@@ -102,7 +108,7 @@ class Deduplicator:
     def remember(self, items: Iterable[tuple[str, Known]]) -> None:
         if self.l1 is not None:
             for reference, known in items:
-                self.l1[reference] = known
+                self.l1[reference] = known.encode()
 
     async def publish(self, items: Sequence[tuple[str, Known]]) -> None:
         """Write entries to Redis now (a status change must not wait for the next batch)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from decimal import Decimal
 
 import orjson
@@ -39,6 +40,15 @@ def test_memory_layer_is_bounded_lru() -> None:
     d.remember([("c", Known("3", "h", "succeeded"))])
     assert d.lookup_local("b") is None
     assert d.lookup_local("a") is not None and d.lookup_local("c") is not None
+
+
+def test_memory_layer_answers_what_was_remembered_and_holds_no_tracked_objects() -> None:
+    d = Deduplicator(Settings.from_env({}), None)
+    d.remember([("a", Known("1", "h", "succeeded"))])
+    assert d.lookup_local("a") == Known("1", "h", "succeeded")
+    # A collector-tracked object per cached payment made every young-generation pass
+    # scan the whole cache: entries are kept packed.
+    assert d.l1 is not None and not any(gc.is_tracked(v) for v in d.l1.values())
 
 
 def test_uuid7_is_version_7_and_time_ordered() -> None:
