@@ -39,6 +39,7 @@ class Result:
     sent: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
+    scheduled: list[float] = field(default_factory=list)  # send offsets, for `windows`
     errors: int = 0
     started: float = 0.0
     finished: float = 0.0
@@ -52,6 +53,18 @@ class Result:
             return float("nan")
         data = sorted(self.latencies)
         return data[min(len(data) - 1, int(q * len(data)))]
+
+    def windows(self, width: float = 10.0) -> list[float]:
+        """p99 (ms) of the requests scheduled in each `width`-second window of the run:
+        a tail that grows with the run (tables, caches, heaps) shows here, not in one p99."""
+        buckets: dict[int, list[float]] = {}
+        for at, latency in zip(self.scheduled, self.latencies, strict=True):
+            buckets.setdefault(int(at // width), []).append(latency)
+        out = []
+        for key in sorted(buckets):
+            data = sorted(buckets[key])
+            out.append(round(data[min(len(data) - 1, int(0.99 * len(data)))] * 1000, 1))
+        return out
 
     def summary(self) -> dict[str, object]:
         done = sum(self.statuses.values())
@@ -67,6 +80,7 @@ class Result:
             "statuses": dict(sorted(self.statuses.items())),
             "errors": self.errors,
             "seconds": round(self.elapsed, 2),
+            "p99_ms_by_10s": self.windows(),
         }
 
 
@@ -228,6 +242,7 @@ class _Client:
         now = time.perf_counter()
         self.result.statuses[status] += 1
         self.result.latencies.append(now - scheduled)
+        self.result.scheduled.append(scheduled - self.result.started)
 
     def lost(self, conn: _Connection) -> None:
         self.busy.discard(conn)
