@@ -155,7 +155,7 @@ class Settings:
     # Group commit
     write_batch_max_size: int = env("WRITE_BATCH_MAX_SIZE", 500, _int(1, 100_000))
     write_batch_max_wait_ms: float = env("WRITE_BATCH_MAX_WAIT_MS", 2.0, _float(0.0))
-    write_concurrency: int = env("WRITE_CONCURRENCY", 3, _int(1, 64))
+    write_concurrency: int = env("WRITE_CONCURRENCY", 1, _int(1, 64))
     write_queue_max: int = env("WRITE_QUEUE_MAX", 20_000, _int(1))
 
     # Outbox relay

@@ -186,8 +186,9 @@ async def test_concurrent_copies_of_one_reference_create_one_payment(client: Any
 async def test_two_instances_record_each_reference_once_under_a_storm(
     make_client: Any, db: Any
 ) -> None:
-    a = await make_client(cache_warm_count=0)
-    b = await make_client(cache_warm_count=0)
+    # Several writers per instance as well as two instances: batches race within and across.
+    a = await make_client(cache_warm_count=0, write_concurrency=3)
+    b = await make_client(cache_warm_count=0, write_concurrency=3)
     docs = [payment_doc() for _ in range(60)]
     sends = [post_webhook(c, d) for d in docs for c in (a, b, a, b, a)]
     results = await asyncio.gather(*sends)
