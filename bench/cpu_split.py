@@ -10,6 +10,12 @@ CPU time (from /proc) by the requests answered:
     python -m bench.cpu_split --mode new --rate 4000 --processes 2   # open loop
 
 `--py-spy FILE` also records a flame graph of the first server process (needs py-spy).
+`--timeline` prints the writer's commit time, batch size and server latency every 5 s
+and the run's WAL flushes (bench/write_timeline.py); `--env NAME=VALUE` sets server
+configuration and `--pg-set name=value` a Postgres setting, for A/B runs:
+
+    python -m bench.cpu_split --mode new --rate 5000 --processes 2 --connections 512 \
+        --seconds 30 --timeline --env WRITE_CONCURRENCY=3
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from bench.loadgen import run
 from bench.run_all import Server
 from bench.stack import bench_stack, mode_requests
+from bench.write_timeline import Timeline, reset_wal_stats, set_postgres, wal_summary
 from gateway.embedded import free_port
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -69,8 +77,11 @@ def self_cpu_seconds() -> float:
 async def main_async(args: argparse.Namespace) -> None:
     async with bench_stack("paygate-cpu-") as stack:
         pg, rd = stack.pg, stack.redis
+        if args.pg_set:
+            await set_postgres(pg.url, args.pg_set)
         port = free_port()
-        env = stack.server_env(WEB_CONCURRENCY=str(args.processes), PORT=str(port))
+        extra = dict(pair.split("=", 1) for pair in args.env)
+        env = stack.server_env(WEB_CONCURRENCY=str(args.processes), PORT=str(port), **extra)
         host = f"127.0.0.1:{port}"
         seed, reqs = mode_requests(host, args.mode, int((args.rate or 30_000) * args.seconds),
                                    stack.key)  # fmt: skip
@@ -92,14 +103,20 @@ async def main_async(args: argparse.Namespace) -> None:
                      "-f", "raw" if args.py_spy.endswith(".txt") else "flamegraph"],
                     stdout=subprocess.DEVNULL,
                 )  # fmt: skip
+            if args.timeline:
+                await set_postgres(pg.url, ["track_wal_io_timing=on"])
+                await reset_wal_stats(pg.url)
+            timeline = Timeline(url) if args.timeline and args.mode != "bare" else nullcontext()
             before = [tree_cpu_seconds(p) for p in (serve_pid, pg.proc.pid, rd.proc.pid)]
             me = self_cpu_seconds()
-            res = await run(url, reqs, rate=args.rate, seconds=args.seconds,
-                            connections=args.connections)  # fmt: skip
+            with timeline:
+                res = await run(url, reqs, rate=args.rate, seconds=args.seconds,
+                                connections=args.connections)  # fmt: skip
             after = [tree_cpu_seconds(p) for p in (serve_pid, pg.proc.pid, rd.proc.pid)]
             me = self_cpu_seconds() - me
             if spy is not None:
                 spy.wait()
+            wal = await wal_summary(pg.url) if args.timeline else None
         summary = res.summary()
         done = int(summary["completed"])  # type: ignore[call-overload]
         print(summary)
@@ -107,6 +124,8 @@ async def main_async(args: argparse.Namespace) -> None:
         for name, b, a in zip(names, before, after, strict=True):
             print(f"{name:9} {1e6 * (a - b) / done:7.1f} µs/request")
         print(f"{'loadgen':9} {1e6 * me / done:7.1f} µs/request")
+        if wal:
+            print("WAL flushed by the committing backends during the run:", wal)
 
 
 def main() -> None:
@@ -117,6 +136,11 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=1)
     ap.add_argument("--rate", type=float, default=0, help="open loop at this rate; 0 = closed")
     ap.add_argument("--py-spy", default="", help="write a flame graph of the server here")
+    ap.add_argument("--timeline", action="store_true", help="writer and WAL figures as it runs")
+    ap.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="server configuration")  # fmt: skip
+    ap.add_argument("--pg-set", nargs="*", default=[], metavar="name=value",
+                    help="Postgres settings (ALTER SYSTEM; reloadable ones only)")  # fmt: skip
     args = ap.parse_args()
     import uvloop
 
