@@ -73,7 +73,6 @@ log = logging.getLogger(__name__)
 ProducerFactory = Callable[[Settings], AIOKafkaProducer]
 LagObserver = Callable[[float], None]
 
-GAUGE_REFRESH_SECONDS = 2.0
 OUTAGE_BACKOFF_CAP_SECONDS = 5.0
 ERROR_TEXT_MAX = 300
 
@@ -121,14 +120,6 @@ SET attempts = u.attempts,
 FROM unnest($1::bigint[], $2::int[], $3::float8[], $4::text[], $5::bool[])
     AS u(id, attempts, delay, error, dead)
 WHERE o.id = u.id
-"""
-
-_STATS = """
-SELECT count(*) FILTER (WHERE dead_lettered_at IS NULL) AS pending,
-       coalesce(extract(epoch FROM now() - min(created_at) FILTER (
-           WHERE dead_lettered_at IS NULL)), 0)::float8 AS oldest_age,
-       count(*) FILTER (WHERE dead_lettered_at IS NOT NULL) AS dead
-FROM payment_service.outbox
 """
 
 
@@ -192,7 +183,6 @@ class OutboxRelay(Worker):
         self._producer: AIOKafkaProducer | None = None
         self._outages = 0
         self._retry_at = 0.0
-        self._gauges_at = 0.0
         # Rounds in flight at once, each on its own connection: while one waits for the
         # broker, another claims what was committed meanwhile. They are as safe together
         # as separate relays (row locks, the per-key rule) and share one producer.
@@ -273,7 +263,6 @@ class OutboxRelay(Worker):
     # -- one round ----------------------------------------------------------------------
 
     async def run_once(self) -> bool:
-        await self._refresh_gauges()
         if time.monotonic() < self._retry_at:
             return False
         producer = await self._ready_producer()
@@ -433,26 +422,8 @@ class OutboxRelay(Worker):
                 log.info("outbox event %d will be retried: %s", row_id, describe_error(exc))
         if dead:
             metrics.kafka_publish.labels("dead_letter").inc(dead)
-            self._gauges_at = 0.0  # show the new dead letters at once
         if len(result.failed) > dead:
             metrics.kafka_publish.labels("retry").inc(len(result.failed) - dead)
-
-    async def _refresh_gauges(self) -> None:
-        """Depth, oldest age and dead letters, at most every couple of seconds: one
-        aggregate over the outbox, cheap while it is small, bounded while it is not."""
-        now = time.monotonic()
-        if now - self._gauges_at < GAUGE_REFRESH_SECONDS:
-            return
-        self._gauges_at = now
-        try:
-            row = await self.pool.fetchrow(_STATS)
-        except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
-            log.debug("outbox gauges not refreshed: %s", describe_error(exc))
-            return
-        assert row is not None
-        metrics.outbox_pending.set(row["pending"])
-        metrics.outbox_oldest_age.set(row["oldest_age"])
-        metrics.dead_letters.set(row["dead"])
 
 
 def _swallow(fut: asyncio.Future[Any]) -> None:
