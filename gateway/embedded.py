@@ -163,6 +163,14 @@ class EmbeddedPostgres(EmbeddedServer):
             "-c", "max_connections=200",
             "-c", "shared_buffers=256MB",
             "-c", "max_wal_size=2GB",
+            # A new cluster has no recycled WAL segments: with zero-filling, the backend
+            # that crosses into each new 16 MB segment writes and fsyncs it first, ~30 ms
+            # held by one commit about every second at 5,000 payments/s (p99 110-115 ms
+            # against 58-78 ms without it). Off, the file is created at its size and the
+            # WAL writes allocate it: durability is unchanged (fdatasync), but a full disk
+            # shows on a WAL write instead of at segment creation. Production servers
+            # recycle old segments and keep the default.
+            "-c", "wal_init_zero=off",
             "-c", "timezone=UTC",
             "-c", "log_min_messages=warning",
             "-c", "log_min_error_statement=panic",
