@@ -1,8 +1,8 @@
 """What the group-commit writer and Postgres's WAL did during a bench run.
 
 `Timeline` scrapes a server's `/metrics` every few seconds and prints, per interval, the
-mean commit time, the batches committed, their mean size and the server-side request
-latency: a tail that grows while CPU per request stays flat shows up here as a commit
+mean commit time, the batches committed, their mean size, the server-side request
+latency and the collector's passes (`paygate_gc_pause_seconds`): a tail that grows while CPU per request stays flat shows up here as a commit
 time that grows. `wal_summary` reads Postgres's own WAL counters (`pg_stat_io`) at the
 end: how many WAL flushes the run cost and how long they took.
 """
@@ -29,21 +29,28 @@ def scrape(url: str) -> dict[str, float]:
     """The writer's and the webhook's cumulative series from one `/metrics` page."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
         text = response.read().decode()
-    out: dict[str, float] = {}
+    out: dict[str, float] = {"gc_s": 0.0, "gc_passes": 0.0}
     for line in text.splitlines():
         name, _, value = line.rpartition(" ")
         if name in _SERIES:
             out[_SERIES[name]] = float(value)
+        elif name.startswith("paygate_gc_pause_seconds_sum{"):  # every generation
+            out["gc_s"] += float(value)
+        elif name.startswith("paygate_gc_pause_seconds_count{"):
+            out["gc_passes"] += float(value)
     return out
 
 
 def describe(seconds: float, before: dict[str, float], after: dict[str, float]) -> str:
-    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in _SERIES.values()}
+    d = {
+        k: after.get(k, 0.0) - before.get(k, 0.0) for k in [*_SERIES.values(), "gc_s", "gc_passes"]
+    }
     batches, requests = d["batches"] or 1.0, d["requests"] or 1.0
     return (
         f"t={seconds:4.0f}s  commit {1000 * d['commit_s'] / batches:5.1f} ms"
         f"  batches {d['batches']:5.0f}  rows/batch {d['rows'] / batches:5.1f}"
         f"  server latency {1000 * d['latency_s'] / requests:5.1f} ms"
+        f"  gc {d['gc_passes']:3.0f} passes {1000 * d['gc_s']:5.1f} ms"
     )
 
 

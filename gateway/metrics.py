@@ -140,3 +140,9 @@ status_poll = Counter(
 rate_limited = Counter(
     "paygate_rate_limited_total", "Requests refused by a limit.", ["channel", "limit"]
 )
+gc_pause = Histogram(
+    "paygate_gc_pause_seconds",
+    "Time CPython's cyclic collector held this process, by generation.",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.config import Settings
+from gateway.gc_pauses import observe_gc_pauses
 from gateway.notify import Wakeup
 from gateway.security.slow_clients import server_kwargs
 from workers.base import Worker
@@ -132,6 +133,7 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    observe_gc_pauses()
 
 
 def _spawn_siblings(settings: Settings) -> list[subprocess.Popen[bytes]]:
