@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import os
+import uuid
 from decimal import Decimal
 
 import orjson
@@ -52,11 +54,25 @@ def test_memory_layer_answers_what_was_remembered_and_holds_no_tracked_objects()
 
 
 def test_uuid7_is_version_7_and_time_ordered() -> None:
-    ids = [uuid7() for _ in range(1000)]
-    assert all(u.version == 7 for u in ids)
+    ids = [uuid7() for _ in range(5000)]  # several refills of the random buffer
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in ids)
     stamps = [u.int >> 80 for u in ids]
     assert stamps == sorted(stamps)
-    assert len(set(ids)) == 1000
+    assert len({u.int & ((1 << 74) - 1) for u in ids}) == 5000  # random parts all differ
+
+
+def test_uuid7_random_bits_differ_between_a_parent_and_its_forked_child() -> None:
+    uuid7()  # the parent now holds a buffer of random bytes
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id's random bits, then leave at once
+        os.write(write, (uuid7().int & ((1 << 74) - 1)).to_bytes(10, "big"))
+        os._exit(0)
+    os.close(write)
+    child = int.from_bytes(os.read(read, 10), "big")
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child != uuid7().int & ((1 << 74) - 1)
 
 
 def test_recorded_event_carries_money_as_a_string() -> None:
