@@ -42,5 +42,10 @@ REQUEST_GATES: web.AppKey[list[Callable[[web.Request], None]]] = web.AppKey("req
 # Hooks the writer runs on its connection after recording new payments (parked status updates).
 AFTER_COMMIT: web.AppKey[list[AfterCommit]] = web.AppKey("after_commit")
 
+# False in the extra server processes one host starts (WEB_CONCURRENCY): the first process
+# refreshes the database-derived gauges for all of them (they merge as livemax), so a
+# backlog is counted once per host, not once per process.
+DATABASE_GAUGES: web.AppKey[bool] = web.AppKey("database_gauges")
+
 # Extra /health checks contributed by features running in this process.
 HEALTH_EXTRAS: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("health_extras")

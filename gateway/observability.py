@@ -3,7 +3,8 @@ gauges only a database query can answer, refreshed in the background.
 
 Counters and histograms move on the request path where their events happen; gauges that
 describe the database (outbox, dead letters, staging backlog, DEFAULT partitions) are
-refreshed every few seconds by one task per process, so a scrape never waits on a query.
+refreshed every few seconds by a background task, so a scrape never waits on a query;
+of the server processes one host starts, only the first runs those queries.
 
 With several server processes on one port, prometheus-client's multiprocess mode is on
 (PROMETHEUS_MULTIPROC_DIR): each scrape merges every process's files, so any process
@@ -228,6 +229,13 @@ def _default_partitions_sql(tables: Iterable[str]) -> str:
     return f"SELECT {parts}"
 
 
+_HEALTH_COUNTS_SQL = (
+    _default_partitions_sql(DEFAULT_PARTITION_TABLES)
+    + """,
+    (SELECT count(*) FROM payment_service.outbox WHERE dead_lettered_at IS NOT NULL) AS dead"""
+)
+
+
 # Counting a backlog is O(rows): past this many the gauge stops counting (the age of the
 # oldest event, an index lookup, is what the alert watches).
 PENDING_COUNT_MAX = 100_000
@@ -263,14 +271,17 @@ class GaugeRefresher:
         self._failing = False
 
     async def default_rows(self, timeout: float = QUERY_TIMEOUT) -> dict[str, int]:
+        return (await self.health_counts(timeout))[0]
+
+    async def health_counts(self, timeout: float = QUERY_TIMEOUT) -> tuple[dict[str, int], int]:
+        """Rows in DEFAULT partitions (gauges set) and dead letters: cheap enough to ask on
+        every health check (empty partitions, a partial index)."""
         async with self.pool.acquire(timeout=timeout) as conn:
-            row = await conn.fetchrow(
-                _default_partitions_sql(DEFAULT_PARTITION_TABLES), timeout=timeout
-            )
+            row = await conn.fetchrow(_HEALTH_COUNTS_SQL, timeout=timeout)
         assert row is not None
         counts = {t: int(row[t]) for t in DEFAULT_PARTITION_TABLES}
         _set_default_gauges(counts)
-        return counts
+        return counts, int(row["dead"])
 
     async def refresh(self) -> Snapshot:
         from gateway import metrics
@@ -295,8 +306,23 @@ class GaugeRefresher:
         self.last = snap
         return snap
 
-    async def run(self, interval: float, on_round: Callable[[], object] | None = None) -> None:
+    async def run(
+        self,
+        interval: float,
+        on_round: Callable[[], object] | None = None,
+        *,
+        database: bool = True,
+    ) -> None:
+        """Refresh every `interval` seconds; with `database` False only this process's
+        own pool gauges (another process of the host queries the database)."""
         while True:
+            if not database:
+                if self.pool_gauges is not None:
+                    self.pool_gauges()
+                if on_round is not None:
+                    on_round()
+                await asyncio.sleep(interval)
+                continue
             try:
                 await self.refresh()
                 if self._failing:
@@ -324,10 +350,13 @@ def health_extras(refresher: GaugeRefresher) -> Callable[[], Awaitable[dict[str,
     partition maintenance has to move them before it can create their month."""
 
     async def extras() -> dict[str, Any]:
+        counts: dict[str, int] | None
+        dead: int | None
         try:
-            counts: dict[str, int] | None = await refresher.default_rows(timeout=1.0)
+            counts, dead = await refresher.health_counts(timeout=1.0)
         except _DB_ERRORS:
             counts = refresher.last.default_rows if refresher.last else None
+            dead = refresher.last.dead_letters if refresher.last else None
         warnings: list[str] = []
         total = sum(counts.values()) if counts is not None else None
         if counts and total:
@@ -335,10 +364,8 @@ def health_extras(refresher: GaugeRefresher) -> Callable[[], Awaitable[dict[str,
             warnings.append(
                 f"{total} rows in DEFAULT partitions ({where}); partition maintenance moves them"
             )
-        if refresher.last is not None and refresher.last.dead_letters:
-            warnings.append(
-                f"{refresher.last.dead_letters} outbox events dead-lettered (paygate dlq list)"
-            )
+        if dead:
+            warnings.append(f"{dead} outbox events dead-lettered (paygate dlq list)")
         return {"default_partition_rows": total, "warnings": warnings}
 
     return extras
@@ -378,7 +405,13 @@ def install(app: web.Application) -> None:
         )
         app[appkeys.HEALTH_EXTRAS] = health_extras(refresher)
         # Each round also looks at the counters, so the daily baseline turns over on time.
-        task = asyncio.create_task(refresher.run(REFRESH_SECONDS, on_round=stats.local_today))
+        task = asyncio.create_task(
+            refresher.run(
+                REFRESH_SECONDS,
+                on_round=stats.local_today,
+                database=app.get(appkeys.DATABASE_GAUGES, True),
+            )
+        )
         yield
         task.cancel()
         with suppress(asyncio.CancelledError):

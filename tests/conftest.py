@@ -99,11 +99,19 @@ async def make_client(
 
     clients: list[TestClient[Any, Any]] = []
 
-    async def factory(settings: Settings | None = None, **overrides: Any) -> TestClient[Any, Any]:
+    async def factory(
+        settings: Settings | None = None,
+        *,
+        app_keys: dict[Any, Any] | None = None,
+        **overrides: Any,
+    ) -> TestClient[Any, Any]:
         s = settings or make_settings(stack, **overrides)
         if s.kafka_topic.startswith("payment.events."):
             await ensure_topic(s)
-        client = TestClient(TestServer(create_app(s)))
+        app = create_app(s)
+        for key, value in (app_keys or {}).items():
+            app[key] = value  # what `paygate serve` sets on its own app (process roles)
+        client = TestClient(TestServer(app))
         await client.start_server()
         clients.append(client)
         return client

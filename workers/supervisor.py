@@ -176,8 +176,11 @@ async def serve(
     """Serve until SIGINT/SIGTERM, then shut down in order: stop listening, finish the
     requests in flight (up to SHUTDOWN_TIMEOUT_SECONDS), stop workers, writer, pool."""
     from gateway.app import create_app
+    from workers.cli import CHILD_ENV
 
     app = create_app(settings)
+    if os.environ.get(CHILD_ENV):
+        app[appkeys.DATABASE_GAUGES] = False  # the first process of the host counts
     if with_workers:
         attach_workers(app)
     runner = web.AppRunner(

@@ -3,6 +3,7 @@ gauges follow the database, and the stats endpoint adds up today's traffic."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -215,6 +216,50 @@ async def test_default_partition_gauge_counts_outliers(
         )
 
     await wait_for(counted, timeout=10)
+
+
+async def test_only_the_first_process_of_a_host_queries_the_database_gauges(db: Any) -> None:
+    from gateway.observability import GaugeRefresher
+
+    rounds = {"first": 0, "sibling": 0}
+
+    def counting(role: str) -> Any:
+        def pool_gauges() -> None:
+            rounds[role] += 1
+
+        return pool_gauges
+
+    first = GaugeRefresher(db, counting("first"))
+    sibling = GaugeRefresher(db, counting("sibling"))
+    tasks = [
+        asyncio.create_task(first.run(0.02)),
+        asyncio.create_task(sibling.run(0.02, database=False)),
+    ]
+    try:
+        await wait_for(lambda: _ready(rounds), timeout=10)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert first.last is not None  # the first process counted the outbox and the rest
+    assert sibling.last is None  # the sibling never queried; its pool gauges still move
+
+
+async def _ready(rounds: dict[str, int]) -> bool:
+    return rounds["first"] >= 3 and rounds["sibling"] >= 3
+
+
+async def test_health_reports_dead_letters_in_a_sibling_process(
+    make_client: Any, db: Any, fast_refresh: None
+) -> None:
+    client = await make_client()
+    await db.execute("DELETE FROM payment_service.outbox")
+    assert (await post_webhook(client, payment_doc()))[0] == 201
+    await db.execute("UPDATE payment_service.outbox SET dead_lettered_at = now()")
+    sibling = await make_client(app_keys={appkeys.DATABASE_GAUGES: False})
+    resp = await sibling.get("/health")
+    warnings = (await resp.json())["checks"]["warnings"]
+    assert any("1 outbox events dead-lettered" in w for w in warnings), warnings
 
 
 # ---------------------------------------------------------------- stats
