@@ -246,7 +246,6 @@ SELECT
                            LIMIT {PENDING_COUNT_MAX}) p) AS pending,
     (SELECT extract(epoch FROM now() - created_at) FROM payment_service.outbox
       WHERE dead_lettered_at IS NULL ORDER BY id LIMIT 1) AS oldest_age,
-    (SELECT count(*) FROM payment_service.outbox WHERE dead_lettered_at IS NOT NULL) AS dead,
     (SELECT count(*) FROM payment_service.payment_staging WHERE processed IS NOT TRUE) AS backlog
 """
 
@@ -270,9 +269,6 @@ class GaugeRefresher:
         self.last: Snapshot | None = None
         self._failing = False
 
-    async def default_rows(self, timeout: float = QUERY_TIMEOUT) -> dict[str, int]:
-        return (await self.health_counts(timeout))[0]
-
     async def health_counts(self, timeout: float = QUERY_TIMEOUT) -> tuple[dict[str, int], int]:
         """Rows in DEFAULT partitions (gauges set) and dead letters: cheap enough to ask on
         every health check (empty partitions, a partial index)."""
@@ -291,11 +287,11 @@ class GaugeRefresher:
         async with self.pool.acquire(timeout=QUERY_TIMEOUT) as conn:
             row = await conn.fetchrow(_GAUGES_SQL, timeout=QUERY_TIMEOUT)
         assert row is not None
-        default_rows = await self.default_rows()
+        default_rows, dead = await self.health_counts()
         snap = Snapshot(
             outbox_pending=int(row["pending"]),
             outbox_oldest_age=float(row["oldest_age"] or 0.0),
-            dead_letters=int(row["dead"]),
+            dead_letters=dead,
             staging_backlog=int(row["backlog"]),
             default_rows=default_rows,
         )
@@ -319,20 +315,17 @@ class GaugeRefresher:
             if not database:
                 if self.pool_gauges is not None:
                     self.pool_gauges()
-                if on_round is not None:
-                    on_round()
-                await asyncio.sleep(interval)
-                continue
-            try:
-                await self.refresh()
-                if self._failing:
-                    log.info("gauge refresh recovered")
-                self._failing = False
-            except Exception as exc:
-                # Skip the round (database down, usually): gauges keep their last values.
-                if not self._failing:
-                    log.warning("gauge refresh skipped: %s", type(exc).__name__)
-                self._failing = True
+            else:
+                try:
+                    await self.refresh()
+                    if self._failing:
+                        log.info("gauge refresh recovered")
+                    self._failing = False
+                except Exception as exc:
+                    # Skip the round (database down, usually): gauges keep their last values.
+                    if not self._failing:
+                        log.warning("gauge refresh skipped: %s", type(exc).__name__)
+                    self._failing = True
             if on_round is not None:
                 on_round()
             await asyncio.sleep(interval)
