@@ -16,6 +16,8 @@ from typing import Any
 
 import asyncpg
 
+from gateway.events_sql import sql_literal
+
 _SERIES = {
     "paygate_write_commit_duration_seconds_sum": "commit_s",
     "paygate_write_commit_duration_seconds_count": "batches",
@@ -116,11 +118,7 @@ async def set_postgres(dsn: str, settings: list[str]) -> None:
             name, _, value = pair.partition("=")
             if not name.replace("_", "").isalnum():
                 raise ValueError(f"not a setting name: {name!r}")
-            await conn.execute(f"ALTER SYSTEM SET {name} = {_literal(value)}")
+            await conn.execute(f"ALTER SYSTEM SET {name} = {sql_literal(value)}")
         await conn.execute("SELECT pg_reload_conf()")
     finally:
         await conn.close()
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"

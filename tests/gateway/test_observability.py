@@ -235,18 +235,18 @@ async def test_only_the_first_process_of_a_host_queries_the_database_gauges(db: 
         asyncio.create_task(first.run(0.02)),
         asyncio.create_task(sibling.run(0.02, database=False)),
     ]
+
+    async def both_ran_rounds() -> bool:
+        return rounds["first"] >= 3 and rounds["sibling"] >= 3
+
     try:
-        await wait_for(lambda: _ready(rounds), timeout=10)
+        await wait_for(both_ran_rounds, timeout=10)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     assert first.last is not None  # the first process counted the outbox and the rest
     assert sibling.last is None  # the sibling never queried; its pool gauges still move
-
-
-async def _ready(rounds: dict[str, int]) -> bool:
-    return rounds["first"] >= 3 and rounds["sibling"] >= 3
 
 
 async def test_health_reports_dead_letters_in_a_sibling_process(
