@@ -26,18 +26,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
-import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,8 +40,8 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.loadgen import build_requests, run
-from gateway.config import Settings
-from gateway.embedded import EmbeddedKafka, EmbeddedPostgres, EmbeddedRedis, free_port
+from bench.stack import bench_stack
+from gateway.embedded import free_port
 from gateway.signatures import decode_secret
 
 LAG_METRIC = "paygate_outbox_publish_lag_seconds"
@@ -161,53 +154,6 @@ async def wait_drained(dsn: str, timeout: float = DRAIN_TIMEOUT) -> float:
     return float("nan")
 
 
-@asynccontextmanager
-async def private_stack() -> AsyncIterator[tuple[Settings, str]]:
-    """An embedded Postgres/Redis/Tansu in a temp dir, migrated, with the topic made."""
-    from gateway.db import create_pool
-    from gateway.kafka import ensure_topic
-    from gateway.migrations import migrate
-
-    root = Path(tempfile.mkdtemp(prefix="paygate-outbox-bench-"))
-    root.chmod(0o755)
-    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-    servers = (
-        EmbeddedPostgres(root / "pg"),
-        EmbeddedRedis(root / "redis"),
-        EmbeddedKafka(root / "kafka"),
-    )
-    pg, rd, kf = servers
-    try:
-        await asyncio.gather(*(s.start() for s in servers))
-        settings = Settings.from_env(
-            {},
-            database_url=pg.url,
-            redis_url=rd.url,
-            kafka_bootstrap_servers=kf.url,
-            webhook_secret=(secret,),
-            log_level="WARNING",
-            enable_staging_processor=False,
-            enable_partition_maintenance=False,
-            enable_status_poller=False,
-        )
-        await migrate(pg.url)
-        try:
-            from workers.partitions import ensure_partitions
-
-            pool = await create_pool(settings, min_size=1, max_size=2)
-            try:
-                await ensure_partitions(pool, settings)
-            finally:
-                await pool.close()
-        except ImportError:
-            pass
-        await ensure_topic(settings)
-        yield settings, secret
-    finally:
-        await asyncio.gather(*(s.stop() for s in servers), return_exceptions=True)
-        shutil.rmtree(root, ignore_errors=True)
-
-
 async def _wait_http(url: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as s:
@@ -239,17 +185,12 @@ async def drive(
 
 
 async def bench_process(args: argparse.Namespace) -> dict[str, Any]:
-    async with private_stack() as (settings, secret):
+    async with bench_stack("paygate-outbox-bench-", kafka=True) as stack:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        env = dict(os.environ)
-        env.update(
-            DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url,
-            KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers, WEBHOOK_SECRET=secret,
-            PORT=str(port), LOG_LEVEL="WARNING", ENABLE_OUTBOX_RELAY="true",
-            ENABLE_STAGING_PROCESSOR="false", ENABLE_PARTITION_MAINTENANCE="false",
-            ENABLE_STATUS_POLLER="false", ENABLE_METRICS="true",
-            WEB_CONCURRENCY=str(args.processes), PAYGATE_DATA_DIR=tempfile.mkdtemp(),
+        env = stack.server_env(
+            PORT=str(port), ENABLE_OUTBOX_RELAY="true", ENABLE_METRICS="true",
+            WEB_CONCURRENCY=str(args.processes),
         )  # fmt: skip
         proc = subprocess.Popen(
             [sys.executable, "-m", "workers.cli", "run"], env=env, stdout=subprocess.DEVNULL
@@ -257,8 +198,7 @@ async def bench_process(args: argparse.Namespace) -> dict[str, Any]:
         try:
             await _wait_http(url)
             await asyncio.sleep(0.5)  # cache warm-up and workers start around listening
-            return await _measure_remote(url, decode_secret("standard", secret),
-                                         settings.database_url, args)  # fmt: skip
+            return await _measure_remote(url, stack.key, stack.pg.url, args)
         finally:
             proc.terminate()
             try:
@@ -291,9 +231,9 @@ async def bench_inprocess(args: argparse.Namespace) -> dict[str, Any]:
     from gateway.app import create_app
     from workers.outbox import OutboxRelay
 
-    async with private_stack() as (settings, secret):
+    async with bench_stack("paygate-outbox-bench-", kafka=True) as stack:
         port = free_port()
-        settings = settings.replace(port=port, enable_outbox_relay=False)
+        settings = stack.settings().replace(port=port)
         app = create_app(settings)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -304,9 +244,7 @@ async def bench_inprocess(args: argparse.Namespace) -> dict[str, Any]:
             await web.TCPSite(runner, "127.0.0.1", port).start()
             await relay.start()
             url = f"http://127.0.0.1:{port}"
-            load, depths, drain = await drive(
-                url, decode_secret("standard", secret), settings.database_url, args
-            )
+            load, depths, drain = await drive(url, stack.key, settings.database_url, args)
         finally:
             await relay.stop()
             await runner.cleanup()
