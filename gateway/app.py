@@ -21,7 +21,12 @@ from gateway.db import create_pool
 from gateway.dedup import Deduplicator
 from gateway.handlers.webhook import handle_webhook
 from gateway.health import HealthProbes, health, live, ready
-from gateway.middleware import request_context
+from gateway.middleware import (
+    add_fallback_route,
+    add_get,
+    add_post,
+    require_request_context,
+)
 from gateway.notify import Wakeup
 from gateway.redis_cache import RedisCache
 from gateway.writer import GroupCommitWriter
@@ -89,20 +94,19 @@ def _install_features(app: web.Application) -> None:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(
-        client_max_size=settings.max_body_bytes,
-        middlewares=[request_context],
-    )
+    app = web.Application(client_max_size=settings.max_body_bytes)
     app[appkeys.SETTINGS] = settings
     app[appkeys.REQUEST_GATES] = []
     app[appkeys.CHANNELS] = load_channels(settings)
     app[appkeys.OUTBOX_WAKE] = Wakeup()
     app.cleanup_ctx.extend([_pool_ctx, _redis_ctx, _dedup_ctx, _writer_ctx])
 
-    app.router.add_post("/api/v1/payments/webhook", handle_webhook)
-    app.router.add_post("/api/v1/payments/webhook/{channel}", handle_webhook)
-    app.router.add_get("/health", health)
-    app.router.add_get("/health/live", live)
-    app.router.add_get("/health/ready", ready)
+    add_post(app, "/api/v1/payments/webhook", handle_webhook)
+    add_post(app, "/api/v1/payments/webhook/{channel}", handle_webhook)
+    add_get(app, "/health", health)
+    add_get(app, "/health/live", live)
+    add_get(app, "/health/ready", ready)
     _install_features(app)
+    add_fallback_route(app)  # JSON 404/405; registered last
+    app.on_startup.append(require_request_context)
     return app

@@ -35,8 +35,8 @@ REPLAY_GUARD: web.AppKey[ReplayGuard] = web.AppKey("replay_guard")
 STATUS_APPLIER: web.AppKey[StatusApplier] = web.AppKey("status_applier")
 # The bound on webhook requests in flight in this process (checked by the webhook handler).
 INFLIGHT: web.AppKey[InFlight] = web.AppKey("inflight")
-# Checks the request-context middleware runs before every handler (ops API auth): each
-# raises a PaygateError to refuse. One middleware calling them is cheaper than a chain.
+# Checks the request context (gateway.middleware) runs before every handler (ops API
+# auth): each raises a PaygateError to refuse. Cheaper than one wrapper per feature.
 REQUEST_GATES: web.AppKey[list[Callable[[web.Request], None]]] = web.AppKey("request_gates")
 
 # Hooks the writer runs on its connection after recording new payments (parked status updates).

@@ -34,7 +34,7 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.errors import ServiceUnavailable
-from gateway.middleware import json_response
+from gateway.middleware import add_get, json_response
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -80,6 +80,9 @@ def metrics_registry() -> CollectorRegistry:
     from prometheus_client import REGISTRY, CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    from gateway import metrics
+
+    metrics.flush_pending()  # this process's webhook-path counts, held since the last second
     if _multiprocess_dir() is None:
         return REGISTRY
     registry = CollectorRegistry()
@@ -414,12 +417,34 @@ def install(app: web.Application) -> None:
 
             multiprocess.mark_process_dead(os.getpid())  # drop this pid's live gauges
 
-    app.router.add_get("/api/v1/payments/stats", stats_handler)
+    add_get(app, "/api/v1/payments/stats", stats_handler)
     app.cleanup_ctx.append(refresher_ctx)
+    app.cleanup_ctx.append(_pending_metrics_ctx)
     if settings.enable_metrics:
-        app.router.add_get("/metrics", metrics_handler)
+        add_get(app, "/metrics", metrics_handler)
         if settings.metrics_port > 0:
             app.cleanup_ctx.append(_metrics_site_ctx)
+
+
+PENDING_FLUSH_SECONDS = 1.0
+
+
+async def _pending_metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Moves the webhook path's held counts (metrics.Children) into prometheus-client
+    every second, and once more after the last request has been answered."""
+    from gateway import metrics
+
+    async def flush_every_second() -> None:
+        while True:
+            await asyncio.sleep(PENDING_FLUSH_SECONDS)
+            metrics.flush_pending()
+
+    task = asyncio.create_task(flush_every_second(), name="paygate-metrics-flush")
+    yield
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+    metrics.flush_pending()
 
 
 async def _metrics_site_ctx(app: web.Application) -> AsyncIterator[None]:

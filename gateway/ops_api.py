@@ -9,8 +9,8 @@
     GET  /api/v1/dlq?limit=                  dead-lettered outbox rows
     POST /api/v1/dlq/replay                  {"ids": [...]} or {"all": true}
 
-Authentication is a middleware of its own; it leaves the caller in `request[PRINCIPAL]`,
-which is what the audit trail records as the actor.
+Authentication is a request gate (gateway.security.auth); it leaves the caller in
+`request[PRINCIPAL]`, which is what the audit trail records as the actor.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from aiohttp import web
 
 from gateway import appkeys, dlq_store
 from gateway.errors import BadRequest, NotFound, ValidationError
-from gateway.middleware import json_response
+from gateway.middleware import add_get, add_post, json_response
 from gateway.reconciliation import (
     CATEGORIES,
     StatementError,
@@ -253,7 +253,7 @@ async def post_dlq_replay(request: web.Request) -> web.Response:
 
 
 def install(app: web.Application) -> None:
-    app.router.add_post("/api/v1/reconciliation/statements", post_statement)
-    app.router.add_get("/api/v1/reconciliation/runs/{run_id}", get_run)
-    app.router.add_get("/api/v1/dlq", get_dlq)
-    app.router.add_post("/api/v1/dlq/replay", post_dlq_replay)
+    add_post(app, "/api/v1/reconciliation/statements", post_statement)
+    add_get(app, "/api/v1/reconciliation/runs/{run_id}", get_run)
+    add_get(app, "/api/v1/dlq", get_dlq)
+    add_post(app, "/api/v1/dlq/replay", post_dlq_replay)

@@ -57,3 +57,13 @@ async def post_webhook(
     resp = await client.post(path, data=body, headers=headers or signed_headers(body))
     data = await resp.json(content_type=None)
     return resp.status, data, dict(resp.headers)
+
+
+def dedup_hits(layer: str) -> float:
+    """paygate_dedup_hits_total for one layer, with this process's held counts flushed."""
+    from prometheus_client import REGISTRY
+
+    from gateway import metrics
+
+    metrics.flush_pending()
+    return REGISTRY.get_sample_value("paygate_dedup_hits_total", {"layer": layer}) or 0.0

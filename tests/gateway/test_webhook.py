@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from tests.conftest import wait_for
-from tests.webhooks import payment_doc, post_webhook, signed_headers
+from tests.webhooks import dedup_hits, payment_doc, post_webhook, signed_headers
 
 
 async def _count(db: Any, table: str, ref: str | None = None) -> int:
@@ -218,13 +218,11 @@ async def test_memory_cache_is_warmed_from_recent_references(make_client: Any, d
 async def test_redis_answers_duplicates_another_instance_recorded(
     make_client: Any, db: Any
 ) -> None:
-    from gateway import metrics
-
     a = await make_client(cache_warm_count=0)
     b = await make_client(cache_warm_count=0)
     doc = payment_doc()
     _, created, _ = await post_webhook(a, doc)
-    before = metrics.dedup_hits.labels("redis")._value.get()
+    before = dedup_hits("redis")
 
     async def redis_has_it() -> bool:
         from gateway import appkeys
@@ -235,7 +233,7 @@ async def test_redis_answers_duplicates_another_instance_recorded(
     await wait_for(redis_has_it, timeout=5)
     status, body, _ = await post_webhook(b, doc)
     assert (status, body["payment_id"]) == (200, created["payment_id"])
-    assert metrics.dedup_hits.labels("redis")._value.get() == before + 1
+    assert dedup_hits("redis") == before + 1
 
 
 async def test_redis_down_costs_nothing_but_speed(make_client: Any, db: Any, stack: Any) -> None:

@@ -14,14 +14,15 @@ import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway import appkeys, metrics
+from gateway import appkeys
 from gateway.app import create_app
+from gateway.middleware import add_get, add_post
 from gateway.security import INFLIGHT
 from gateway.security.auth import PRINCIPAL, READ, WRITE, mint_token
 from gateway.security.reload import reload_channels
 from tests import stack as stack_mod
 from tests.conftest import TEST_SECRET, make_settings, wait_for
-from tests.webhooks import payment_doc, post_webhook, signed_headers
+from tests.webhooks import dedup_hits, payment_doc, post_webhook, signed_headers
 
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 ADMIN = "integration-admin-secret-0123456789abcdef"
@@ -130,20 +131,15 @@ async def test_replayed_delivery_is_a_duplicate_without_a_second_effect(
     client = await make_client()
     body = orjson.dumps(payment_doc())
     headers = signed_headers(body)
-    before = metrics.dedup_hits.labels("delivery")._value.get()
+    before = dedup_hits("delivery")
     first = await post_webhook(client, None, raw=body, headers=headers)
     again = await post_webhook(client, None, raw=body, headers=headers)
     assert first[0] == 201
     assert again[0] == 200
     assert again[1] == {"status": "duplicate", "payment_id": first[1]["payment_id"]}
-    assert metrics.dedup_hits.labels("delivery")._value.get() == before + 1
+    assert dedup_hits("delivery") == before + 1
     assert await count(db, "payments") == 1
     assert await count(db, "outbox") == 1
-
-
-@web.middleware
-async def _noop(request: web.Request, handler: Any) -> web.StreamResponse:
-    return await handler(request)
 
 
 async def _probe(request: web.Request) -> web.Response:
@@ -152,8 +148,8 @@ async def _probe(request: web.Request) -> web.Response:
 
 async def ops_client(stack: stack_mod.TestStack, **overrides: Any) -> TestClient[Any, Any]:
     app = create_app(make_settings(stack, **overrides))
-    app.router.add_get("/api/v1/_probe", _probe)
-    app.router.add_post("/api/v1/_probe", _probe)
+    add_get(app, "/api/v1/_probe", _probe)  # in the request context, as every route must be
+    add_post(app, "/api/v1/_probe", _probe)
     client = TestClient(TestServer(app))
     await client.start_server()
     return client
