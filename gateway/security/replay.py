@@ -88,7 +88,10 @@ class DeliveryReplayGuard:
         return window
 
     def seen(self, channel: str, delivery_id: str) -> str | None:
-        return self._window(channel).get(delivery_id)
+        # No tolerance lookup here (it is a registry call per request): an entry kept
+        # under an older tolerance still names the payment its delivery recorded.
+        window = self._windows.get(channel)
+        return None if window is None else window.get(delivery_id)
 
     def remember(self, channel: str, delivery_id: str, payment_id: str) -> None:
         self._window(channel).set(delivery_id, payment_id)

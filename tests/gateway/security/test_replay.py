@@ -37,13 +37,16 @@ def test_memory_is_bounded() -> None:
     assert len(guard._windows["generic"]._answers) == 2  # evicted from both maps
 
 
-def test_a_new_tolerance_after_reload_starts_afresh() -> None:
+def test_a_new_tolerance_after_reload_applies_from_the_next_delivery() -> None:
     tolerance = {"generic": 300}
     guard = DeliveryReplayGuard(lambda channel: tolerance[channel])
     guard.remember("generic", "msg_1", "pay-1")
     tolerance["generic"] = 60
     assert guard.ttl("generic") == 120
-    assert guard.seen("generic", "msg_1") is None
+    assert guard.seen("generic", "msg_1") == "pay-1"  # still the payment it recorded
+    guard.remember("generic", "msg_2", "pay-2")
+    assert guard._windows["generic"].ttl == 120
+    assert guard.seen("generic", "msg_2") == "pay-2"
 
 
 def test_expired_deliveries_leave_memory_as_new_ones_arrive() -> None:
