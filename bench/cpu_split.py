@@ -90,7 +90,8 @@ async def main_async(args: argparse.Namespace) -> None:
         if args.mode == "bare":  # the framework's ceiling, for comparison
             argv = [sys.executable, "-m", "bench.bare", "--port", str(port), "--secret",
                     stack.secret]  # fmt: skip
-        async with Server(argv, env, port) as server:
+        copies = args.processes if args.mode == "bare" else 1  # serve forks its own
+        async with Server(argv, env, port, copies) as server:
             if seed:
                 await run(url, seed, rate=0, seconds=60, connections=args.connections)
             serve_pid = server.procs[0].pid
@@ -107,12 +108,19 @@ async def main_async(args: argparse.Namespace) -> None:
                 await set_postgres(pg.url, ["track_wal_io_timing=on"])
                 await reset_wal_stats(pg.url)
             timeline = Timeline(url) if args.timeline and args.mode != "bare" else nullcontext()
-            before = [tree_cpu_seconds(p) for p in (serve_pid, pg.proc.pid, rd.proc.pid)]
+            servers = [p.pid for p in server.procs]
+
+            def cpu() -> list[float]:
+                assert pg.proc is not None and rd.proc is not None
+                return [sum(tree_cpu_seconds(p) for p in servers),
+                        tree_cpu_seconds(pg.proc.pid), tree_cpu_seconds(rd.proc.pid)]  # fmt: skip
+
+            before = cpu()
             me = self_cpu_seconds()
             with timeline:
                 res = await run(url, reqs, rate=args.rate, seconds=args.seconds,
                                 connections=args.connections)  # fmt: skip
-            after = [tree_cpu_seconds(p) for p in (serve_pid, pg.proc.pid, rd.proc.pid)]
+            after = cpu()
             me = self_cpu_seconds() - me
             if spy is not None:
                 spy.wait()
