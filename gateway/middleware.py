@@ -12,10 +12,12 @@ webhook. Unknown paths and methods reach `no_such_route`, registered last, so th
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
 import re
+import weakref
 
 import orjson
 from aiohttp import web
@@ -69,7 +71,11 @@ def error_response(exc: PaygateError) -> web.Response:
     return json_response(exc.body(), exc.status, exc.headers())
 
 
+_in_context: weakref.WeakSet[Handler] = weakref.WeakSet()
+
+
 def with_request_context(handler: Handler) -> Handler:
+    @functools.wraps(handler)
     async def in_request_context(request: web.Request) -> web.StreamResponse:
         incoming = request.headers.get("X-Request-ID", "")
         rid = incoming if incoming and _SAFE_ID.match(incoming) else new_request_id()
@@ -96,7 +102,7 @@ def with_request_context(handler: Handler) -> Handler:
         finally:
             request_id_var.reset(token)
 
-    in_request_context.__wrapped__ = handler  # type: ignore[attr-defined]
+    _in_context.add(in_request_context)
     return in_request_context
 
 
@@ -108,10 +114,8 @@ def _http_error_response(exc: web.HTTPException) -> web.Response:
 
 
 def in_context(handler: Handler) -> bool:
-    """Whether a route's handler runs in the request context (tests check every route)."""
-    return getattr(handler, "__wrapped__", None) is not None and handler.__name__ == (
-        "in_request_context"
-    )
+    """Whether a route's handler runs in the request context."""
+    return handler in _in_context
 
 
 def add_get(app: web.Application, path: str, handler: Handler) -> None:
