@@ -9,6 +9,14 @@ Starts a private embedded stack, then, one server process at a time, on this mac
                of phase 4, after the database has finished the upkeep phase 4 left it
                (vacuum, checkpoint) and a 5 s unmeasured warm-up
 and prints every figure with its ratio to the baselines of this same run.
+
+The closed-loop phases (1, 2, 3, 5) run `--ceiling-connections` connections, the open
+loop `--connections`. A closed loop only finds a ceiling if it keeps the server busy:
+with one writer per process, a new payment waits for up to two commits (~17 ms each at
+the ceiling), so 512 connections left the box ~7% idle for paygate. Paired
+`bench.cpu_split` runs, 15 s, two processes: paygate 8.3k / 8.9k created/s at 512
+against 10.3k / 10.1k at 1024; bare 18.5k against 18.6k req/s. Naive is bounded by its
+transactions and is no faster with more connections.
 """
 
 from __future__ import annotations
@@ -105,10 +113,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         env = stack.server_env(WEB_CONCURRENCY=str(args.processes))
         py = sys.executable
         ceiling_s, conns = args.ceiling_seconds, args.connections
+        closed_conns = args.ceiling_connections or conns
 
         async def closed(port: int, reqs: list[bytes]) -> Result:
             return await run(f"http://127.0.0.1:{port}", reqs, rate=0, seconds=ceiling_s,
-                             connections=conns)  # fmt: skip
+                             connections=closed_conns)  # fmt: skip
 
         n_ceiling = int(args.max_rps * ceiling_s)
         port = free_port()
@@ -162,7 +171,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             dups = build_requests(f"127.0.0.1:{port}", n_ceiling, key, dup_ratio=0, seed_refs=seed)
             await _settle(pg.url)
             await run(f"http://127.0.0.1:{port}", dups, rate=0, seconds=WARM_UP_SECONDS,
-                      connections=conns)  # fmt: skip
+                      connections=closed_conns)  # fmt: skip
             results["paygate_duplicates"] = (await closed(port, dups)).summary()
         print("paygate duplicates", results["paygate_duplicates"], flush=True)
     return results
@@ -192,7 +201,9 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=5000)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--ceiling-seconds", type=float, default=15)
-    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--connections", type=int, default=64, help="the open-loop run's connections")
+    ap.add_argument("--ceiling-connections", type=int, default=0,
+                    help="the closed-loop phases' connections (default: --connections)")  # fmt: skip
     ap.add_argument("--max-rps", type=float, default=25_000, help="sizes the pre-built requests")
     ap.add_argument("--processes", type=int, default=1, help="server processes for every server")
     args = ap.parse_args()
