@@ -171,6 +171,14 @@ class EmbeddedPostgres(EmbeddedServer):
             # shows on a WAL write instead of at segment creation. Production servers
             # recycle old segments and keep the default.
             "-c", "wal_init_zero=off",
+            # Every payment dirties new heap and index pages; once they outgrow
+            # shared_buffers, the default background writer (at most 100 pages per
+            # 200 ms) falls behind and committing backends evict dirty buffers
+            # themselves. A faster background writer keeps that off the commit path
+            # (5,000/s for 60 s, two pairs: p99 42 and 66 ms against 56 and 80 ms).
+            "-c", "bgwriter_delay=10ms",
+            "-c", "bgwriter_lru_maxpages=1000",
+            "-c", "bgwriter_lru_multiplier=4",
             "-c", "timezone=UTC",
             "-c", "log_min_messages=warning",
             "-c", "log_min_error_statement=panic",
