@@ -83,13 +83,19 @@ _HOT_TABLES = (
 )
 
 
-async def _truncate(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
+async def _then_checkpoint(dsn: str, statement: str) -> None:
+    """Run `statement` on the hot tables' database, then CHECKPOINT, so the next phase
+    does not pay for the previous one's dirty buffers and WAL."""
+    conn = await asyncpg.connect(dsn, command_timeout=300)
     try:
-        await conn.execute(f"TRUNCATE {_HOT_TABLES}")
+        await conn.execute(statement)
         await conn.execute("CHECKPOINT")
     finally:
         await conn.close()
+
+
+async def _truncate(dsn: str) -> None:
+    await _then_checkpoint(dsn, f"TRUNCATE {_HOT_TABLES}")
 
 
 async def _settle(dsn: str) -> None:
@@ -98,12 +104,7 @@ async def _settle(dsn: str) -> None:
     otherwise run on the same two cores through the duplicate phase, which never
     touches Postgres (measured: 0.68 of bare right after the sustained phase, 0.80-0.84
     on a quiet stack with `bench.cpu_split --mode dup`)."""
-    conn = await asyncpg.connect(dsn, command_timeout=300)
-    try:
-        await conn.execute(f"VACUUM (ANALYZE) {_HOT_TABLES}")
-        await conn.execute("CHECKPOINT")
-    finally:
-        await conn.close()
+    await _then_checkpoint(dsn, f"VACUUM (ANALYZE) {_HOT_TABLES}")
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 (appkeys.REQUEST_GATES), and every error rendered as `{"error": code, "detail": ...}`.
 Input problems are 4xx; only our own bugs are 500.
 
-It wraps each route's handler (`get`/`post` below) instead of being an aiohttp
+It wraps each route's handler (`add_get`/`add_post` below) instead of being an aiohttp
 middleware. With any middleware at all aiohttp runs every request through two more
 coroutine frames (the middleware and its own current-app fix-up); on the bench machine
 that, with our per-request metrics, was a quarter of the server's CPU for a duplicate
