@@ -146,7 +146,7 @@ write_queue_depth = Gauge(
 )
 outbox_pending = Gauge(
     "paygate_outbox_pending",
-    "Outbox rows not yet published (dead letters excluded), counted up to 100,000.",
+    "Outbox rows not yet published (dead letters excluded), counted up to 10,000.",
     multiprocess_mode="livemax",
 )
 outbox_oldest_age = Gauge(

@@ -192,6 +192,26 @@ async def test_gauges_follow_the_database(make_client: Any, db: Any, fast_refres
     await wait_for(dead_lettered, timeout=10)
 
 
+async def test_outbox_pending_gauge_stops_counting_at_the_cap(
+    make_client: Any, db: Any, fast_refresh: None
+) -> None:
+    """A backlog past the cap reads as the cap: each refresh counts at most that many rows
+    (a Kafka outage must not turn the gauge into a growing scan every few seconds)."""
+    client = await make_client()
+    cap = observability.PENDING_COUNT_MAX
+    await db.execute(
+        """INSERT INTO payment_service.outbox (event_id, event_type, topic, key, payload)
+           SELECT gen_random_uuid(), 'payment.recorded', 't', 'k' || g, '\\x00'::bytea
+           FROM generate_series(1, $1) g""",
+        cap + 5,
+    )
+
+    async def capped() -> bool:
+        return value(await scrape(client), "paygate_outbox_pending") == cap
+
+    await wait_for(capped, timeout=10)
+
+
 async def test_default_partition_gauge_counts_outliers(
     make_client: Any, db: Any, fast_refresh: None
 ) -> None:
