@@ -11,8 +11,10 @@ CPU time (from /proc) by the requests answered:
 
 `--py-spy FILE` also records a flame graph of the first server process (needs py-spy).
 `--timeline` prints the writer's commit time, batch size and server latency every 5 s
-and the run's WAL flushes (bench/write_timeline.py); `--env NAME=VALUE` sets server
-configuration and `--pg-set name=value` a Postgres setting, for A/B runs:
+and the run's WAL flushes (bench/write_timeline.py); `--waits` prints, per second, the
+oldest running statement, the host's dirty page cache and what slow statements waited
+on (bench/pg_waits.py); `--env NAME=VALUE` sets server configuration and
+`--pg-set name=value` a Postgres setting, for A/B runs:
 
     python -m bench.cpu_split --mode new --rate 5000 --processes 2 --connections 512 \
         --seconds 30 --timeline --env WRITE_CONCURRENCY=3
@@ -29,6 +31,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from bench.loadgen import run
+from bench.pg_waits import WaitSampler
 from bench.run_all import Server
 from bench.stack import bench_stack, mode_requests
 from bench.write_timeline import Timeline, reset_wal_stats, set_postgres, wal_summary
@@ -117,9 +120,11 @@ async def main_async(args: argparse.Namespace) -> None:
 
             before = cpu()
             me = self_cpu_seconds()
-            with timeline:
-                res = await run(url, reqs, rate=args.rate, seconds=args.seconds,
-                                connections=args.connections)  # fmt: skip
+            waits = WaitSampler(pg.url) if args.waits else nullcontext()
+            async with waits:
+                with timeline:
+                    res = await run(url, reqs, rate=args.rate, seconds=args.seconds,
+                                    connections=args.connections)  # fmt: skip
             after = cpu()
             me = self_cpu_seconds() - me
             if spy is not None:
@@ -145,6 +150,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=0, help="open loop at this rate; 0 = closed")
     ap.add_argument("--py-spy", default="", help="write a flame graph of the server here")
     ap.add_argument("--timeline", action="store_true", help="writer and WAL figures as it runs")
+    ap.add_argument("--waits", action="store_true",
+                    help="per second: oldest statement, dirty pages, slow statements' waits")  # fmt: skip
     ap.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE",
                     help="server configuration")  # fmt: skip
     ap.add_argument("--pg-set", nargs="*", default=[], metavar="name=value",
