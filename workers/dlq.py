@@ -26,9 +26,7 @@ async def list_dead_letters(pool: asyncpg.Pool, limit: int = 100) -> list[dict[s
 
 
 async def count_dead_letters(pool: asyncpg.Pool) -> int:
-    value = await pool.fetchval(
-        "SELECT count(*) FROM payment_service.outbox WHERE dead_lettered_at IS NOT NULL"
-    )
+    value = await pool.fetchval("SELECT payment_service.outbox_dead_letters()")
     return int(value)
 
 

@@ -212,6 +212,37 @@ async def test_outbox_pending_gauge_stops_counting_at_the_cap(
     await wait_for(capped, timeout=10)
 
 
+async def test_outbox_counts_stay_on_their_index_without_statistics(db: Any) -> None:
+    """A new outbox has no statistics; the dead-letter count must not scan it whole."""
+    async with db.acquire() as conn:
+        await conn.execute(
+            """INSERT INTO payment_service.outbox (event_id, event_type, topic, key, payload)
+               SELECT gen_random_uuid(), 'payment.recorded', 't', 'k' || g, '\\x00'::bytea
+               FROM generate_series(1, 5000) g"""
+        )
+        # What a new deployment looks like before autovacuum's first ANALYZE.
+        await conn.execute(
+            "DELETE FROM pg_statistic WHERE starelid = 'payment_service.outbox'::regclass"
+        )
+
+        async def scans() -> tuple[int, int]:
+            await conn.execute("SELECT pg_stat_force_next_flush()")
+            row = await conn.fetchrow(
+                """SELECT t.seq_scan, i.idx_scan FROM pg_stat_user_tables t
+                   JOIN pg_stat_user_indexes i ON i.relid = t.relid
+                   WHERE t.relid = 'payment_service.outbox'::regclass
+                     AND i.indexrelname = 'idx_outbox_dead'"""
+            )
+            return int(row["seq_scan"]), int(row["idx_scan"])
+
+        seq_before, idx_before = await scans()
+        assert await conn.fetchval("SELECT payment_service.outbox_dead_letters()") == 0
+        assert await conn.fetchval("SELECT payment_service.outbox_pending(10)") == 10
+        seq_after, idx_after = await scans()
+    assert seq_after == seq_before
+    assert idx_after == idx_before + 1
+
+
 async def test_default_partition_gauge_counts_outliers(
     make_client: Any, db: Any, fast_refresh: None
 ) -> None:
