@@ -192,6 +192,16 @@ async def test_gauges_follow_the_database(make_client: Any, db: Any, fast_refres
     await wait_for(dead_lettered, timeout=10)
 
 
+async def _fill_outbox(db: Any, rows: int) -> None:
+    """`rows` pending outbox events, one key each (a pool or a connection)."""
+    await db.execute(
+        """INSERT INTO payment_service.outbox (event_id, event_type, topic, key, payload)
+           SELECT gen_random_uuid(), 'payment.recorded', 't', 'k' || g, '\\x00'::bytea
+           FROM generate_series(1, $1) g""",
+        rows,
+    )
+
+
 async def test_outbox_pending_gauge_stops_counting_at_the_cap(
     make_client: Any, db: Any, fast_refresh: None
 ) -> None:
@@ -199,12 +209,7 @@ async def test_outbox_pending_gauge_stops_counting_at_the_cap(
     (a Kafka outage must not turn the gauge into a growing scan every few seconds)."""
     client = await make_client()
     cap = observability.PENDING_COUNT_MAX
-    await db.execute(
-        """INSERT INTO payment_service.outbox (event_id, event_type, topic, key, payload)
-           SELECT gen_random_uuid(), 'payment.recorded', 't', 'k' || g, '\\x00'::bytea
-           FROM generate_series(1, $1) g""",
-        cap + 5,
-    )
+    await _fill_outbox(db, cap + 5)
 
     async def capped() -> bool:
         return value(await scrape(client), "paygate_outbox_pending") == cap
@@ -215,11 +220,7 @@ async def test_outbox_pending_gauge_stops_counting_at_the_cap(
 async def test_outbox_counts_stay_on_their_index_without_statistics(db: Any) -> None:
     """A new outbox has no statistics; the dead-letter count must not scan it whole."""
     async with db.acquire() as conn:
-        await conn.execute(
-            """INSERT INTO payment_service.outbox (event_id, event_type, topic, key, payload)
-               SELECT gen_random_uuid(), 'payment.recorded', 't', 'k' || g, '\\x00'::bytea
-               FROM generate_series(1, 5000) g"""
-        )
+        await _fill_outbox(conn, 5000)
         # What a new deployment looks like before autovacuum's first ANALYZE.
         await conn.execute(
             "DELETE FROM pg_statistic WHERE starelid = 'payment_service.outbox'::regclass"
