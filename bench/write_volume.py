@@ -21,6 +21,7 @@ import asyncpg
 from bench.loadgen import run
 from bench.run_all import Server
 from bench.stack import bench_stack, mode_requests
+from bench.write_timeline import reset_wal_stats
 from gateway.embedded import free_port
 
 _RELATIONS = """
@@ -42,9 +43,9 @@ async def main_async(args: argparse.Namespace) -> None:
         host = f"127.0.0.1:{port}"
         _, reqs = mode_requests(host, "new", int(args.rate * args.seconds), stack.key)
         async with Server([sys.executable, "-m", "workers.cli", "serve"], env, port):
+            await reset_wal_stats(stack.pg.url)  # zeroes pg_stat_io's extension counts
             conn = await asyncpg.connect(stack.pg.url)
             try:
-                await conn.execute("SELECT pg_stat_reset_shared('io')")
                 sizes = {r["relname"]: r["bytes"] for r in await conn.fetch(_RELATIONS)}
                 wal_start = await conn.fetchval("SELECT pg_current_wal_lsn()")
                 res = await run(f"http://{host}", reqs, rate=args.rate, seconds=args.seconds,
@@ -65,8 +66,10 @@ async def main_async(args: argparse.Namespace) -> None:
         grown = (r["bytes"] - sizes.get(r["relname"], 0)) / n
         if grown >= 1:
             print(f"  {r['relname']:55} {'index' if r['is_index'] else 'table':5} {grown:7.1f} B")
-        index += grown if r["is_index"] else 0
-        heap += 0 if r["is_index"] else grown
+        if r["is_index"]:
+            index += grown
+        else:
+            heap += grown
     print(f"per payment: tables {heap:,.0f} B, indexes {index:,.0f} B, WAL {float(wal) / n:,.0f} B")
     print(f"relation extensions by the writers: {extends:,} ({extends * 8192 / n:,.0f} B/payment)")
 
