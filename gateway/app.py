@@ -8,13 +8,12 @@ in flight, so every accepted delivery is committed and answered on shutdown.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway import appkeys
+from gateway import appkeys, observability, ops_api, security, status
 from gateway.channels import load_channels
 from gateway.config import Settings
 from gateway.db import create_pool
@@ -73,24 +72,15 @@ async def _writer_ctx(app: web.Application) -> AsyncIterator[None]:
     await writer.stop(timeout=app[appkeys.SETTINGS].shutdown_timeout_seconds)
 
 
-# Feature modules: each exposes `install(app)` adding its routes, contexts and app keys.
+# Feature modules: each `install(app)` adds its routes, contexts and app keys. Imported
+# explicitly: a missing module must stop the process, never start a gateway without its
+# allowlists, rate limits or ops-API token check.
 FEATURES = (
-    "gateway.observability",  # /metrics, /api/v1/payments/stats, pool gauges
-    "gateway.security",  # allowlists, rate limits, replay guard, ops API auth, SIGHUP reload
-    "gateway.status",  # payment lifecycle: status updates through the state machine
-    "gateway.ops_api",  # reconciliation and DLQ endpoints
+    observability,  # /metrics, /api/v1/payments/stats, pool gauges
+    security,  # allowlists, rate limits, replay guard, ops API auth, SIGHUP reload
+    status,  # payment lifecycle: status updates through the state machine
+    ops_api,  # reconciliation and DLQ endpoints
 )
-
-
-def _install_features(app: web.Application) -> None:
-    for name in FEATURES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.install(app)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -106,7 +96,8 @@ def create_app(settings: Settings) -> web.Application:
     add_get(app, "/health", health)
     add_get(app, "/health/live", live)
     add_get(app, "/health/ready", ready)
-    _install_features(app)
+    for feature in FEATURES:
+        feature.install(app)
     add_fallback_route(app)  # JSON 404/405; registered last
     app.on_startup.append(require_request_context)
     return app

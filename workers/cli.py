@@ -182,20 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_extra_commands() -> None:
-    """Commands contributed by feature modules (dlq, partitions, reconcile, token)."""
-    import importlib
-
-    for module in (
-        "workers.dlq_cli",
-        "workers.partitions_cli",
-        "workers.reconcile_cli",
-        "workers.token_cli",
-    ):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    """Commands contributed by their own modules (dlq, partitions, reconcile, token):
+    imported explicitly, so a missing one fails loudly instead of vanishing."""
+    from workers import dlq_cli, partitions_cli, reconcile_cli, token_cli  # noqa: F401
 
 
 def _prepare_metrics_dir(settings: Settings) -> None:

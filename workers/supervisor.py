@@ -79,10 +79,7 @@ def build_workers(
             continue
         if only is None and not getattr(settings, switch):
             continue
-        try:
-            built.append(factory(pool, settings, wake))
-        except ImportError as exc:  # a worker not shipped in this build
-            log.warning("worker %s unavailable: %s", name, exc)
+        built.append(factory(pool, settings, wake))
     return built
 
 

@@ -115,13 +115,9 @@ async def test_no_secret_or_payload_reaches_logs_or_metrics(
     settings = client.server.app[appkeys.SETTINGS]
     marker = "PAYLOAD-MARKER-7f3a9c"
     doc = payment_doc(metadata={"note": marker})
-    token = ""
-    try:
-        from gateway.security.auth import READ, mint_token
+    from gateway.security.auth import READ, mint_token
 
-        token = mint_token(settings.admin_jwt_secret, "test-ops", [READ])
-    except ImportError:
-        pass
+    token = mint_token(settings.admin_jwt_secret, "test-ops", [READ])
 
     # Good, duplicate, conflicting, badly signed, unsigned and malformed deliveries.
     assert (await post_webhook(client, doc))[0] == 201
