@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.signatures import SCHEMES, SignatureError, decode_secret
+from gateway.ingest.signatures import SCHEMES, SignatureError, decode_secret
 
 
 async def verified_json(request: web.Request, key: bytes) -> Any:

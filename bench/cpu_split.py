@@ -35,7 +35,7 @@ from bench.pg_waits import WaitSampler
 from bench.run_all import Server
 from bench.stack import bench_stack, mode_requests
 from bench.write_timeline import Timeline, reset_wal_stats, set_postgres, wal_summary
-from gateway.embedded import free_port
+from workers.cli.devstack import free_port
 
 _TICK = os.sysconf("SC_CLK_TCK")
 

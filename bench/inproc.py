@@ -29,7 +29,7 @@ from aiohttp import web
 from bench.bare import create_bare_app
 from bench.stack import bench_stack, mode_requests
 from gateway.security.slow_clients import server_kwargs
-from workers.supervisor import GC_THRESHOLDS
+from workers.cli.serve import GC_THRESHOLDS
 
 
 class _Transport(asyncio.Transport):
@@ -98,7 +98,7 @@ async def drive(
     feed = iter(requests)
     gc.collect()
     gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)  # as `paygate serve` runs (workers.supervisor.tune_gc)
+    gc.set_threshold(*GC_THRESHOLDS)  # as `paygate serve` runs (workers.cli.serve.tune_gc)
     cpu, wall = time.process_time(), time.perf_counter()
     # Each connection has one request in flight; a response frees "a" connection,
     # and since keep-alive handlers are serial, round-robin keeps every one busy.

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from gateway.signatures import decode_secret, sign
+from gateway.ingest.signatures import decode_secret, sign
 
 PATH = "/api/v1/payments/webhook"
 

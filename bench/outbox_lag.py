@@ -41,8 +41,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.loadgen import build_requests, run
 from bench.stack import bench_stack
-from gateway.embedded import free_port
-from gateway.signatures import decode_secret
+from gateway.ingest.signatures import decode_secret
+from workers.cli.devstack import free_port
 
 LAG_METRIC = "paygate_outbox_publish_lag_seconds"
 PUBLISH_METRIC = "paygate_kafka_publish"

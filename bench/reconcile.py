@@ -33,10 +33,10 @@ import asyncpg
 
 from bench.procstats import rss_mib
 from gateway.config import Settings
-from gateway.db import create_pool
-from gateway.embedded import EmbeddedPostgres
-from gateway.migrations import migrate
-from gateway.reconciliation import StatementOptions, expected_after_fee, reconcile_statement
+from gateway.db.migrations import migrate
+from gateway.db.pool import create_pool
+from gateway.db.reconciliation import StatementOptions, expected_after_fee, reconcile_statement
+from workers.cli.devstack import EmbeddedPostgres
 
 FEE_PERCENT = Decimal("2.9")
 FEE_FIXED = Decimal("0.30")

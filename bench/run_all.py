@@ -34,7 +34,7 @@ import orjson
 
 from bench.loadgen import Result, build_requests, run
 from bench.stack import bench_stack
-from gateway.embedded import free_port
+from workers.cli.devstack import free_port
 
 
 async def _wait_http(port: int, timeout: float = 60) -> None:

@@ -39,10 +39,9 @@ import aiohttp
 import asyncpg
 import orjson
 
+from gateway.clients.kafka import ensure_topic
 from gateway.config import Settings
-from gateway.embedded import EmbeddedKafka, EmbeddedPostgres, EmbeddedRedis
-from gateway.kafka import ensure_topic
-from gateway.migrations import migrate
+from gateway.db.migrations import migrate
 from tests.faults.checker import Verdict, check_database, check_topic, recorded_payments
 from tests.faults.harness import (
     CLIENT_TIMEOUT,
@@ -54,6 +53,7 @@ from tests.faults.harness import (
     Outcome,
     gateway_env,
 )
+from workers.cli.devstack import EmbeddedKafka, EmbeddedPostgres, EmbeddedRedis
 
 FAULTS = ("kill9", "postgres", "redis", "broker", "storm", "sigterm", "connection_cut")
 TERMINATE = """

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from bench.loadgen import build_requests
 from gateway.config import Settings
-from gateway.db import create_pool
-from gateway.embedded import EmbeddedKafka, EmbeddedPostgres, EmbeddedRedis
-from gateway.migrations import migrate
-from gateway.signatures import decode_secret
+from gateway.db.migrations import migrate
+from gateway.db.pool import create_pool
+from gateway.ingest.signatures import decode_secret
+from workers.cli.devstack import EmbeddedKafka, EmbeddedPostgres, EmbeddedRedis
 
 
 @dataclass
@@ -88,7 +88,7 @@ async def bench_stack(prefix: str, *, kafka: bool = False) -> AsyncIterator[Benc
         await ensure_partitions(pool, settings)
         await pool.close()
         if kafka:
-            from gateway.kafka import ensure_topic
+            from gateway.clients.kafka import ensure_topic
 
             await ensure_topic(settings)
         yield stack

@@ -37,10 +37,10 @@ import asyncpg
 
 from bench.procstats import rss_mib
 from gateway.config import Settings
-from gateway.db import create_pool
-from gateway.embedded import EmbeddedPostgres
-from gateway.migrations import migrate
+from gateway.db.migrations import migrate
+from gateway.db.pool import create_pool
 from gateway.notify import Wakeup
+from workers.cli.devstack import EmbeddedPostgres
 from workers.partitions import ensure_partitions
 from workers.staging import StagingWorker
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway.events_sql import sql_literal
+from gateway.db.events_sql import sql_literal
 
 _SERIES = {
     "paygate_write_commit_duration_seconds_sum": "commit_s",

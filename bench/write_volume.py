@@ -22,7 +22,7 @@ from bench.loadgen import run
 from bench.run_all import Server
 from bench.stack import bench_stack, mode_requests
 from bench.write_timeline import reset_wal_stats
-from gateway.embedded import free_port
+from workers.cli.devstack import free_port
 
 _RELATIONS = """
 SELECT c.relname, c.relkind = 'i' AS is_index, pg_relation_size(c.oid) AS bytes

@@ -13,22 +13,25 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway import appkeys, observability, ops_api, security, status
-from gateway.channels import load_channels
+from gateway import appkeys, security
+from gateway.clients.redis import RedisCache
 from gateway.config import Settings
-from gateway.db import create_pool
-from gateway.dedup import Deduplicator
-from gateway.handlers.webhook import handle_webhook
-from gateway.health import HealthProbes, health, live, ready
-from gateway.middleware import (
+from gateway.db.pool import create_pool
+from gateway.http import ops as ops_api
+from gateway.http.context import (
     add_fallback_route,
     add_get,
     add_post,
     require_request_context,
 )
+from gateway.http.health import HealthProbes, health, live, ready
+from gateway.http.webhook import handle_webhook
+from gateway.ingest import status_updates as status
+from gateway.ingest.channels import load_channels
+from gateway.ingest.dedup import Deduplicator
+from gateway.ingest.writer import GroupCommitWriter
 from gateway.notify import Wakeup
-from gateway.redis_cache import RedisCache
-from gateway.writer import GroupCommitWriter
+from gateway.observability import gauges as observability
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,13 @@ from gateway.config import Settings
 from gateway.notify import Wakeup
 
 if TYPE_CHECKING:
-    from gateway.channels import ChannelRegistry
-    from gateway.dedup import Deduplicator
+    from gateway.clients.redis import RedisCache
     from gateway.extensions import ReplayGuard, SourceGuard, StatusApplier
-    from gateway.health import HealthProbes
-    from gateway.redis_cache import RedisCache
+    from gateway.http.health import HealthProbes
+    from gateway.ingest.channels import ChannelRegistry
+    from gateway.ingest.dedup import Deduplicator
+    from gateway.ingest.writer import AfterCommit, GroupCommitWriter
     from gateway.security.inflight import InFlight
-    from gateway.writer import AfterCommit, GroupCommitWriter
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -35,7 +35,7 @@ REPLAY_GUARD: web.AppKey[ReplayGuard] = web.AppKey("replay_guard")
 STATUS_APPLIER: web.AppKey[StatusApplier] = web.AppKey("status_applier")
 # The bound on webhook requests in flight in this process (checked by the webhook handler).
 INFLIGHT: web.AppKey[InFlight] = web.AppKey("inflight")
-# Checks the request context (gateway.middleware) runs before every handler (ops API
+# Checks the request context (gateway.http.context) runs before every handler (ops API
 # auth): each raises a PaygateError to refuse. Cheaper than one wrapper per feature.
 REQUEST_GATES: web.AppKey[list[Callable[[web.Request], None]]] = web.AppKey("request_gates")
 

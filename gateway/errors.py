@@ -1,4 +1,4 @@
-"""The exception tree every layer raises and the request context (gateway.middleware) renders.
+"""The exception tree every layer raises and the request context (gateway.http.context) renders.
 
 Each error carries its HTTP status, a machine-readable code and whether retrying
 can help, so handlers never build error responses by hand.

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from gateway.channels import Channel
-    from gateway.model import Payment
+    from gateway.domain.model import Payment
+    from gateway.ingest.channels import Channel
 
 
 class SourceGuard(Protocol):

@@ -13,10 +13,10 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.clients.kafka import ensure_topic
 from gateway.config import Settings
-from gateway.db import create_pool
-from gateway.kafka import ensure_topic
-from gateway.migrations import migrate
+from gateway.db.migrations import migrate
+from gateway.db.pool import create_pool
 from tests.stack import TestStack
 
 TEST_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXBheWdhdGUtdGVzdHMtMDE="  # base64 of a test key

@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.embedded import EmbeddedKafka, EmbeddedPostgres, EmbeddedRedis, EmbeddedServer
+from workers.cli.devstack import EmbeddedKafka, EmbeddedPostgres, EmbeddedRedis, EmbeddedServer
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Static checks of what operators deploy: Dockerfile, compose stack, alert rules, dashboard.
 
 No Docker engine is needed: the files are parsed and checked against the code they
-describe (metric names from gateway.metrics, variables from gateway.config). promtool
+describe (metric names from gateway.observability.metrics, variables from gateway.config). promtool
 validates the rules, the dashboard's queries and the /metrics exposition; it is optional
 on a developer's machine but required in CI (tools/install-promtool.sh installs it).
 """
@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
 from gateway import config
-from gateway import metrics as gateway_metrics
+from gateway.observability import metrics as gateway_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -64,7 +64,7 @@ def declared_metrics() -> list[MetricWrapperBase]:
 
 
 def declared_series() -> dict[str, str]:
-    """Every series name gateway.metrics can expose, mapped to its family name."""
+    """Every series name gateway.observability.metrics can expose, mapped to its family name."""
     suffixes = {
         "counter": ("_total", "_created"),
         "histogram": ("_bucket", "_sum", "_count", "_created"),

@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from gateway.app import create_app
-from gateway.kafka import ensure_topic
+from gateway.clients.kafka import ensure_topic
 from gateway.security.auth import WRITE, mint_token
 from tests.conftest import make_settings
 from tests.stack import TestStack as Stack

@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.embedded import free_port
 from tests.conftest import TEST_SECRET
+from workers.cli.devstack import free_port
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")

@@ -59,13 +59,13 @@ def test_the_built_app_has_its_source_controls() -> None:
 
 
 def test_every_worker_is_registered() -> None:
-    from workers.supervisor import available_workers
+    from workers.cli.serve import available_workers
 
     assert set(available_workers()) == WORKERS
 
 
 def test_every_command_is_registered() -> None:
-    from workers.cli import _load_extra_commands, build_parser
+    from workers.cli.main import _load_extra_commands, build_parser
 
     _load_extra_commands()
     parser = build_parser()

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from aiohttp.test_utils import TestClient
 
-from gateway.signatures import decode_secret, sign
+from gateway.ingest.signatures import decode_secret, sign
 from tests.conftest import TEST_SECRET
 
 GENERIC_KEY = decode_secret("standard", TEST_SECRET)
@@ -63,7 +63,7 @@ def dedup_hits(layer: str) -> float:
     """paygate_dedup_hits_total for one layer, with this process's held counts flushed."""
     from prometheus_client import REGISTRY
 
-    from gateway import metrics
+    from gateway.observability import metrics
 
     metrics.flush_pending()
     return REGISTRY.get_sample_value("paygate_dedup_hits_total", {"layer": layer}) or 0.0

@@ -1,6 +1,6 @@
 """Dead letters of the outbox for the command line: list them and put them back in line.
 
-The SQL is shared with the ops API and lives in `gateway.dlq_store` (`gateway/` never
+The SQL is shared with the ops API and lives in `gateway.db.dead_letters` (`gateway/` never
 imports `workers/`); this module gives the CLI (and any worker-side caller) the
 signatures it uses. Replaying resets a row as if it had just been written (attempts 0,
 due now, error cleared), so the relay publishes it, with its original event_id, on its
@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway import dlq_store
+from gateway.db import dead_letters as dlq_store
 
 
 async def list_dead_letters(pool: asyncpg.Pool, limit: int = 100) -> list[dict[str, Any]]:

@@ -61,10 +61,10 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
-from gateway import metrics
+from gateway.clients.kafka import create_producer, ensure_topic
 from gateway.config import Settings
-from gateway.kafka import create_producer, ensure_topic
 from gateway.notify import Wakeup
+from gateway.observability import metrics
 from workers.backoff import backoff_delay
 from workers.base import Worker
 

@@ -50,8 +50,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from gateway import metrics
 from gateway.config import Settings
+from gateway.observability import metrics
 from workers.base import Worker
 from workers.partition_plan import (
     Existing,

@@ -10,7 +10,7 @@ the cost, so validation, hashing, dedup and event payloads run in Postgres
    number of workers in any number of processes share the backlog without overlap;
 2. classify every row with the webhook's rules, lead each reference with its first
    valid row, claim the leaders' references ON CONFLICT in reference order (the same
-   write as `gateway.store.record_batch`: references + payments + outbox + audit),
+   write as `gateway.db.payments.record_batch`: references + payments + outbox + audit),
    and mark the winners and the invalid rows;
 3. in a fresh snapshot, decide the remaining valid rows against `payment_references`
    (duplicate or conflict), audit the conflicts, mark them and write one
@@ -67,10 +67,10 @@ from typing import Any
 import asyncpg
 import orjson
 
-from gateway import metrics
 from gateway.config import Settings
+from gateway.domain.validation import date_window
 from gateway.notify import Wakeup
-from gateway.validation import date_window
+from gateway.observability import metrics
 from workers import staging_sql
 from workers.base import Worker
 from workers.staging_sql import ERROR_DETAILS_MAX, Rule

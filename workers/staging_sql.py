@@ -5,9 +5,9 @@ validating, hashing, building and encoding each event). Here the same rules are 
 expressions over the claimed rows, so Python does a fixed amount of work per batch.
 
 Nothing in this module is a second rule book: the expressions are generated from the
-Python definitions they mirror (`gateway.model` widths, AMOUNT_MAX, IDENTITY_FIELDS and
-`business_hash`'s formatting; `gateway.validation`'s whitespace and control-character
-sets; `gateway.events.payment_recorded`'s payload shape), and
+Python definitions they mirror (`gateway.domain.model` widths, AMOUNT_MAX, IDENTITY_FIELDS and
+`business_hash`'s formatting; `gateway.domain.validation`'s whitespace and control-character
+sets; `gateway.domain.events.payment_recorded`'s payload shape), and
 tests/workers/test_staging_sql_parity.py runs both sides over awkward values and
 demands identical answers. Change a rule in Python and that test tells you what to
 change here.
@@ -17,7 +17,7 @@ Statements (all in the batch's one transaction):
 - `CLAIM`: lock the oldest unprocessed rows, return only their ids;
 - `record_sql(...)`: classify the claimed rows, lead each reference with its first
   valid row, claim the references ON CONFLICT (in reference order, as
-  `gateway.store` does), insert payments, outbox events and audit rows for the
+  `gateway.db.payments` does), insert payments, outbox events and audit rows for the
   winners, mark winners and invalid rows; return counts, up to ERROR_DETAILS_MAX
   error items, and the ids of the valid rows that did not win ("the rest");
 - `SETTLE`: in a fresh snapshot (so references committed concurrently are visible),
@@ -31,14 +31,14 @@ import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from gateway.events import RECORDED
-from gateway.events_sql import (
+from gateway.db.events_sql import (
     event_payload_sql,
     iso_micro_sql,
     recorded_event_id_sql,
     sql_literal,
 )
-from gateway.model import (
+from gateway.domain.events import RECORDED
+from gateway.domain.model import (
     ACCOUNT_MAX,
     AMOUNT_MAX,
     CHANNEL_MAX,
@@ -47,7 +47,7 @@ from gateway.model import (
     IDENTITY_FIELDS,
     REFERENCE_MAX,
 )
-from gateway.validation import _BAD_CHARS
+from gateway.domain.validation import _BAD_CHARS
 
 SOURCE = "staging"
 ERROR_DETAILS_MAX = 100
@@ -91,7 +91,7 @@ def space_class() -> str:
 
 @functools.cache
 def bad_class() -> str:
-    """What gateway.validation refuses inside identifiers."""
+    """What gateway.domain.validation refuses inside identifiers."""
     return char_class(lambda c: _BAD_CHARS.search(c) is not None)
 
 
@@ -128,7 +128,7 @@ def _optional(field: str, col: str, width: int) -> list[Rule]:
 
 
 def default_rules() -> tuple[Rule, ...]:
-    """`gateway.validation._build` for a typed staging row, as SQL.
+    """`gateway.domain.validation._build` for a typed staging row, as SQL.
 
     $2/$3 are the DateWindow bounds, $4 the "too old" detail (it names the date).
     """
@@ -144,7 +144,7 @@ def default_rules() -> tuple[Rule, ...]:
         Rule("payment_date", "payment_date < $2::timestamp", "$4::text"),
         Rule("payment_date", "payment_date > $3::timestamp", _lit("too far in the future")),
         *_optional("payment_channel", "channel", CHANNEL_MAX),
-        # A JSON string is decoded once more, as gateway.validation does with text it
+        # A JSON string is decoded once more, as gateway.domain.validation does with text it
         # is handed for a jsonb column (so '"{}"' is an object and '"x"' is not JSON).
         Rule(
             "metadata",
@@ -172,7 +172,7 @@ def problem_sql(rules: Sequence[Rule]) -> str:
 
 
 def business_hash_sql(ref: str, account: str, cif: str, amount: str, payment_date: str) -> str:
-    """`gateway.model.business_hash` (default identity) over SQL expressions."""
+    """`gateway.domain.model.business_hash` (default identity) over SQL expressions."""
     values = {
         "amount": f"{amount}::text",  # numeric(15,2) prints exactly as format(q, "f")
         "loan_account_number": account,

@@ -47,15 +47,15 @@ import aiohttp
 import asyncpg
 import orjson
 
-from gateway import metrics
-from gateway.channels import load_channels
 from gateway.config import Settings
+from gateway.domain.lifecycle import Outcome
+from gateway.domain.model import STATUSES
+from gateway.domain.validation import parse_event_time
 from gateway.errors import ConfigError, ValidationError
-from gateway.lifecycle import Outcome
-from gateway.model import STATUSES
+from gateway.ingest.channels import load_channels
+from gateway.ingest.status_updates import apply_status, sweep_parked
 from gateway.notify import Wakeup
-from gateway.status import apply_status, sweep_parked
-from gateway.validation import parse_event_time
+from gateway.observability import metrics
 from workers.base import Worker
 
 log = logging.getLogger(__name__)

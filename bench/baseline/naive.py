@@ -16,9 +16,9 @@ import orjson
 from aiohttp import web
 
 from bench.bare import run_bench_server, verified_json
-from gateway.ids import uuid7
-from gateway.signatures import decode_secret
-from gateway.validation import date_window, validate_payment
+from gateway.domain.ids import uuid7
+from gateway.domain.validation import date_window, validate_payment
+from gateway.ingest.signatures import decode_secret
 
 POOL = web.AppKey("pool", asyncpg.Pool)
 

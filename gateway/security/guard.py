@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from gateway import metrics
-from gateway.channels import Channel
 from gateway.errors import Forbidden, TooManyRequests
+from gateway.ingest.channels import Channel
+from gateway.observability import metrics
 from gateway.security.allowlist import allowed
 from gateway.security.client_ip import IPNetwork, client_ip
 from gateway.security.ratelimit import RateLimiter, retry_after_seconds

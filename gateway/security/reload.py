@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Mapping
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.channels import Channel, ChannelRegistry, load_channels
 from gateway.errors import ConfigError
+from gateway.ingest.channels import Channel, ChannelRegistry, load_channels
 
 log = logging.getLogger("paygate.security.reload")
 

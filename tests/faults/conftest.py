@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from gateway.kafka import ensure_topic
+from gateway.clients.kafka import ensure_topic
 from tests.conftest import TEST_SECRET, make_settings
 from tests.faults.harness import GatewayProcess, LoadDriver, gateway_env
 from tests.stack import TestStack

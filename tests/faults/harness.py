@@ -30,8 +30,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from gateway.embedded import free_port
-from gateway.signatures import decode_secret, sign
+from gateway.ingest.signatures import decode_secret, sign
+from workers.cli.devstack import free_port
 
 WEBHOOK_PATH = "/api/v1/payments/webhook"
 ACKED = (200, 201)

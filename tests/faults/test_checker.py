@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from gateway.kafka import ensure_topic
+from gateway.clients.kafka import ensure_topic
 from tests.conftest import make_settings
 from tests.faults.checker import check_database, check_topic
 from tests.faults.harness import Ledger

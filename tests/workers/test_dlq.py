@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from gateway.config import Settings
-from workers import cli
+from workers.cli import main as cli
 from workers.dlq import count_dead_letters, list_dead_letters, replay
 
 

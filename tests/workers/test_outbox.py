@@ -22,8 +22,8 @@ from aiokafka.structs import ConsumerRecord
 from prometheus_client import REGISTRY
 
 from gateway import appkeys
+from gateway.clients.kafka import ensure_topic
 from gateway.config import Settings
-from gateway.kafka import ensure_topic
 from tests import stack as stack_module
 from tests.conftest import make_settings, wait_for
 from tests.webhooks import payment_doc, post_webhook

@@ -1,6 +1,6 @@
 """Staging ingestion against real Postgres: mixed batches, crashes mid-batch, failures
 past the retry budget, a row the database refuses, and two workers sharing a backlog.
-Rule-by-rule parity of the SQL classification with gateway.validation lives in
+Rule-by-rule parity of the SQL classification with gateway.domain.validation lives in
 test_staging_sql_parity.py."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The SQL staging batch must agree with the Python rules it replaces, value for value.
 
-`workers.staging_sql` re-expresses `gateway.validation.validate_staging_row`,
-`gateway.model.business_hash` and `gateway.events.payment_recorded` in SQL. These tests
-stage awkward values, let Postgres decide, and compare with what Python decides for the
+`workers.staging_sql` re-expresses `gateway.domain.validation.validate_staging_row`,
+`gateway.domain.model.business_hash` and `gateway.domain.events.payment_recorded` in SQL.
+These tests stage awkward values, let Postgres decide, and compare with what Python decides for the
 very same rows (read back through the pool, so both sides see identical values).
 """
 
@@ -15,13 +15,13 @@ from typing import Any
 import asyncpg
 import orjson
 
-from gateway import events
+from gateway.domain import events
+from gateway.domain.model import AMOUNT_MAX, business_hash
+from gateway.domain.validation import DateWindow, date_window, validate_staging_row
 from gateway.errors import ValidationError
-from gateway.model import AMOUNT_MAX, business_hash
 from gateway.notify import Wakeup
-from gateway.validation import DateWindow, date_window, validate_staging_row
 from tests.conftest import make_settings
-from tests.gateway.test_events_sql import assert_same_recorded_event
+from tests.gateway.db.test_events_sql import assert_same_recorded_event
 from tests.workers.test_staging import row
 from workers import staging_sql
 from workers.staging import StagingWorker

@@ -16,11 +16,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway import metrics
+from gateway.db.payments import Candidate, record_batch
+from gateway.domain.model import Payment
 from gateway.errors import ConfigError
-from gateway.model import Payment
 from gateway.notify import Wakeup
-from gateway.store import Candidate, record_batch
+from gateway.observability import metrics
 from tests.conftest import TEST_SECRET, make_settings
 from workers.status_poller import StatusApi, StatusPoller, backoff
 

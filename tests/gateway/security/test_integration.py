@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import appkeys
 from gateway.app import create_app
-from gateway.middleware import add_get, add_post
+from gateway.http.context import add_get, add_post
 from gateway.security import INFLIGHT
 from gateway.security.auth import PRINCIPAL, READ, WRITE, mint_token
 from gateway.security.reload import reload_channels
@@ -208,7 +208,7 @@ ROTATED = "whsec_" + "cm90YXRlZC1zZWNyZXQtZm9yLXBheWdhdGUtdGVzdHMtMDI="
 async def test_reload_swaps_channels_and_keeps_them_on_a_bad_file(
     make_client: MakeClient, db: asyncpg.Pool, tmp_path: Path, caplog: Any
 ) -> None:
-    from gateway.signatures import decode_secret
+    from gateway.ingest.signatures import decode_secret
 
     path = channels_file(tmp_path, f'[channels.partner]\nsecrets = ["{TEST_SECRET}"]\n')
     client = await make_client(channels_file=path)

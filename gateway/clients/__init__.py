@@ -1,0 +1,1 @@
+"""Clients of the other servers: Redis (the reference cache) and Kafka."""

@@ -1,0 +1,65 @@
+"""`payment.recorded` payloads built by Postgres, for the paths that record in bulk.
+
+The webhook writer and the staging batch insert outbox rows inside the statement that
+records the payments; building each event there costs Postgres a few microseconds of C
+instead of the ~10 µs of Python (dict, uuid, orjson, bytea encoding) it costs per row
+in the interpreter. The shape is `gateway.domain.events.payment_recorded`'s, and
+tests/workers/test_staging_sql_parity.py and tests/gateway/test_events_sql.py compare
+the two over awkward values.
+"""
+
+from __future__ import annotations
+
+from gateway.domain.events import RECORDED
+
+
+def sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def iso_micro_sql(ts: str) -> str:
+    """`datetime.isoformat(timespec="microseconds")` of a naive timestamp."""
+    return f"""to_char({ts}, 'YYYY-MM-DD"T"HH24:MI:SS.US')"""
+
+
+def iso_z_sql(ts: str) -> str:
+    """`gateway.domain.events._iso`: ISO 8601 in UTC with Z, microseconds only when non-zero."""
+    return (
+        f"""to_char({ts}, 'YYYY-MM-DD"T"HH24:MI:SS') || CASE WHEN date_trunc('second', {ts})"""
+        f""" = {ts} THEN '' ELSE to_char({ts}, '.US') END || 'Z'"""
+    )
+
+
+def recorded_event_id_sql(payment_id: str) -> str:
+    """The id of a payment's `payment.recorded` event: a UUIDv8 derived from the payment
+    id (sha256). A payment has exactly one such event, so the id is unique without
+    drawing random bytes: Postgres builds without OpenSSL read /dev/urandom for every
+    gen_random_uuid(), measured at ~3 µs a call against ~1 µs for this."""
+    digest = f"encode(substr(sha256(uuid_send({payment_id})), 1, 16), 'hex')"
+    return f"overlay(overlay({digest} placing '8' from 13) placing '8' from 17)::uuid"
+
+
+NOW_ISO_SQL = iso_z_sql("(statement_timestamp() AT TIME ZONE 'UTC')")
+
+
+def event_payload_sql(row: str, *, source: str, status: str, now_iso: str = NOW_ISO_SQL) -> str:
+    """The payload (bytea) of the event for a row with columns event_id, payment_id, ref,
+    account, cif, amount, payment_date, channel, metadata; `source` and `status` are SQL
+    expressions."""
+    return f"""convert_to(json_build_object(
+        'event_id', {row}.event_id,
+        'event_type', {sql_literal(RECORDED)},
+        'timestamp', {now_iso},
+        'payment', json_build_object(
+            'id', {row}.payment_id,
+            'reference_number', {row}.ref,
+            'loan_account_number', {row}.account,
+            'cif', {row}.cif,
+            'amount', {row}.amount::numeric(15, 2)::text,
+            'payment_date', {iso_z_sql(row + ".payment_date")},
+            'payment_channel', {row}.channel,
+            'source', {source},
+            'status', {status},
+            'metadata', coalesce({row}.metadata, '{{}}'::jsonb)
+        )
+    )::text, 'UTF8')"""

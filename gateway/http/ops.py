@@ -1,0 +1,260 @@
+"""Operator endpoints: statement reconciliation and the outbox dead-letter queue.
+
+    POST /api/v1/reconciliation/statements   CSV body, streamed; query parameters:
+         delimiter (one character or "tab"), map (reference_number=ref,amount=amt,...),
+         date_format (strptime), period_start / period_end (YYYY-MM-DD, inclusive),
+         tolerance, fee_percent, fee_fixed (decimals), keep_matched (true|false), source
+    GET  /api/v1/reconciliation/runs/{id}    summary and items; category, limit, after
+         (item id cursor); format=csv streams every item (of the category) as CSV
+    GET  /api/v1/dlq?limit=                  dead-lettered outbox rows
+    POST /api/v1/dlq/replay                  {"ids": [...]} or {"all": true}
+
+Authentication is a request gate (gateway.security.auth); it leaves the caller in
+`request[PRINCIPAL]`, which is what the audit trail records as the actor.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from collections.abc import AsyncIterator
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway import appkeys
+from gateway.db import dead_letters as dlq_store
+from gateway.db.reconciliation import (
+    CATEGORIES,
+    StatementError,
+    StatementOptions,
+    parse_delimiter,
+    parse_mapping,
+    reconcile_statement,
+)
+from gateway.errors import BadRequest, NotFound, ValidationError
+from gateway.http.context import add_get, add_post, json_response
+from gateway.security.auth import PRINCIPAL
+
+_READ_CHUNK = 256 * 1024
+_ITEM_COLUMNS = (
+    "id", "category", "reference_number", "payment_id", "line_number", "statement_amount",
+    "internal_amount", "difference", "statement_status", "internal_status", "details",
+)  # fmt: skip
+_ITEMS = f"""
+SELECT {", ".join(_ITEM_COLUMNS)} FROM payment_service.reconciliation_items
+WHERE run_id = $1 AND ($2::text IS NULL OR category = $2) AND id > $3
+ORDER BY id LIMIT $4
+"""
+
+
+def _actor(request: web.Request) -> str:
+    return request[PRINCIPAL].subject if PRINCIPAL in request else "anonymous"
+
+
+def _decimal(request: web.Request, name: str) -> Decimal:
+    raw = request.query.get(name, "0")
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ValidationError(name, "must be a decimal number") from None
+    if not value.is_finite() or value < 0:
+        raise ValidationError(name, "must be a finite number >= 0")
+    return value
+
+
+def _day(request: web.Request, name: str) -> date | None:
+    raw = request.query.get(name)
+    if not raw:
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise ValidationError(name, "must be a date YYYY-MM-DD") from None
+
+
+def statement_options(request: web.Request) -> StatementOptions:
+    q = request.query
+    try:
+        delimiter = parse_delimiter(q.get("delimiter", ","))
+    except ValueError as exc:
+        raise ValidationError("delimiter", str(exc)) from None
+    try:
+        mapping = parse_mapping(q.get("map", ""))
+    except ValueError as exc:
+        raise ValidationError("map", str(exc)) from None
+    keep = q.get("keep_matched", "true").lower()
+    if keep not in ("true", "false", "1", "0"):
+        raise ValidationError("keep_matched", "must be true or false")
+    start, end = _day(request, "period_start"), _day(request, "period_end")
+    if (start is None) != (end is None) or (start and end and start > end):
+        raise ValidationError("period_start", "give both period_start and period_end, in order")
+    return StatementOptions(
+        delimiter=delimiter,
+        mapping=mapping,
+        date_format=q.get("date_format") or None,
+        period_start=start,
+        period_end=end,
+        tolerance=_decimal(request, "tolerance")
+        if "tolerance" in q
+        else request.app[appkeys.SETTINGS].reconcile_amount_tolerance,
+        fee_percent=_decimal(request, "fee_percent"),
+        fee_fixed=_decimal(request, "fee_fixed"),
+        keep_matched=keep in ("true", "1"),
+        source=(q.get("source") or "upload")[:500],
+    )
+
+
+async def post_statement(request: web.Request) -> web.Response:
+    options = statement_options(request)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        async for chunk in request.content.iter_chunked(_READ_CHUNK):
+            yield chunk
+
+    try:
+        summary = await reconcile_statement(
+            request.app[appkeys.POOL],
+            chunks(),
+            options,
+            topic=request.app[appkeys.SETTINGS].kafka_topic,
+            actor=_actor(request),
+        )
+    except StatementError as exc:
+        raise ValidationError("statement", str(exc)) from None
+    request.app[appkeys.OUTBOX_WAKE].ring()
+    return json_response(summary, 201)
+
+
+def _run_id(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["run_id"])
+    except ValueError:
+        raise NotFound("no such reconciliation run", code="run_not_found") from None
+
+
+def _item(row: Any) -> dict[str, Any]:
+    out = dict(row)
+    for key in ("statement_amount", "internal_amount", "difference"):
+        if out[key] is not None:
+            out[key] = str(out[key])
+    if out["payment_id"] is not None:
+        out["payment_id"] = str(out["payment_id"])
+    return out
+
+
+async def get_run(request: web.Request) -> web.StreamResponse:
+    run_id = _run_id(request)
+    pool = request.app[appkeys.POOL]
+    run = await pool.fetchrow(
+        "SELECT * FROM payment_service.reconciliation_runs WHERE id = $1", run_id
+    )
+    if run is None:
+        raise NotFound("no such reconciliation run", code="run_not_found")
+    category = request.query.get("category") or None
+    if category is not None and category not in CATEGORIES:
+        raise ValidationError("category", "must be one of " + ", ".join(CATEGORIES))
+    if request.query.get("format") == "csv":
+        return await _export_csv(request, run_id, category)
+    try:
+        limit = min(max(int(request.query.get("limit", "100")), 1), 1000)
+        after = int(request.query.get("after", "0"))
+    except ValueError:
+        raise BadRequest("limit and after must be integers") from None
+    rows = await pool.fetch(_ITEMS, run_id, category, after, limit)
+    items = [_item(r) for r in rows]
+    body = {
+        "run": {
+            "id": str(run["id"]),
+            "kind": run["kind"],
+            "source": run["source"],
+            "actor": run["actor"],
+            "status": run["status"],
+            "period_start": run["period_start"].date().isoformat() if run["period_start"] else None,
+            "period_end": run["period_end"].date().isoformat() if run["period_end"] else None,
+            "total_lines": run["total_lines"],
+            "malformed_lines": run["malformed_lines"],
+            "summary": run["summary"],
+            "errors": run["errors"],
+            "started_at": run["started_at"].isoformat(),
+            "completed_at": run["completed_at"].isoformat() if run["completed_at"] else None,
+        },
+        "items": items,
+        "next_after": items[-1]["id"] if len(items) == limit else None,
+    }
+    return json_response(body)
+
+
+async def _export_csv(
+    request: web.Request, run_id: uuid.UUID, category: str | None
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="reconciliation-{run_id}.csv"',
+        }
+    )
+    await response.prepare(request)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(_ITEM_COLUMNS)
+    after = 0
+    pool = request.app[appkeys.POOL]
+    while True:
+        rows = await pool.fetch(_ITEMS, run_id, category, after, 5000)
+        for r in rows:
+            details = r["details"]
+            cells: list[Any] = ["" if r[c] is None else r[c] for c in _ITEM_COLUMNS[:-1]]
+            cells.append(orjson.dumps(details).decode() if details is not None else "")
+            writer.writerow(cells)
+        await response.write(buf.getvalue().encode())
+        buf.seek(0)
+        buf.truncate()
+        if len(rows) < 5000:
+            break
+        after = rows[-1]["id"]
+    await response.write_eof()
+    return response
+
+
+async def get_dlq(request: web.Request) -> web.Response:
+    try:
+        limit = min(max(int(request.query.get("limit", "100")), 1), 1000)
+    except ValueError:
+        raise ValidationError("limit", "must be an integer") from None
+    items = await dlq_store.list_dead_letters(request.app[appkeys.POOL], limit)
+    return json_response({"items": items, "count": len(items)})
+
+
+async def post_dlq_replay(request: web.Request) -> web.Response:
+    try:
+        doc = orjson.loads(await request.read() or b"{}")
+    except orjson.JSONDecodeError:
+        raise BadRequest("body is not valid JSON", code="invalid_json") from None
+    if not isinstance(doc, dict):
+        raise ValidationError("body", "must be a JSON object")
+    all_ = doc.get("all") is True
+    ids = doc.get("ids", [])
+    if not isinstance(ids, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in ids
+    ):
+        raise ValidationError("ids", "must be a list of integers")
+    if not all_ and not ids:
+        raise ValidationError("ids", "give ids or all=true")
+    replayed = await dlq_store.replay(
+        request.app[appkeys.POOL], ids, all_=all_, actor=_actor(request)
+    )
+    if replayed:
+        request.app[appkeys.OUTBOX_WAKE].ring()
+    return json_response({"replayed": replayed, "count": len(replayed)})
+
+
+def install(app: web.Application) -> None:
+    add_post(app, "/api/v1/reconciliation/statements", post_statement)
+    add_get(app, "/api/v1/reconciliation/runs/{run_id}", get_run)
+    add_get(app, "/api/v1/dlq", get_dlq)
+    add_post(app, "/api/v1/dlq/replay", post_dlq_replay)

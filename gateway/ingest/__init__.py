@@ -1,0 +1,2 @@
+"""One webhook's way in: channels, signatures, deduplication, the group-commit
+writer, status updates."""

@@ -1,0 +1,1 @@
+"""`paygate`: the command line, one module per command (`python -m workers.cli`)."""

@@ -1,0 +1,134 @@
+"""`paygate reconcile FILE`: import a statement and print the run's summary.
+
+    paygate reconcile statement.csv --delimiter ';' \
+        --map reference_number=ref,amount=amt,payment_date=date \
+        --tolerance 0.50 --fee-percent 2.9 --fee-fixed 0.30
+
+The same import and matching as `POST /api/v1/reconciliation/statements`; the run and
+its items are stored and can be read through `GET /api/v1/reconciliation/runs/{id}`.
+Exit code 0 when the run completed (exceptions are results, not failures; add
+`--fail-on-exceptions` for scripts), 1 with --fail-on-exceptions and exceptions found,
+2 when the statement cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import AsyncIterator
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.config import Settings
+from gateway.db.pool import create_pool
+from gateway.db.reconciliation import (
+    CATEGORIES,
+    StatementError,
+    StatementOptions,
+    parse_delimiter,
+    parse_mapping,
+    reconcile_statement,
+)
+from gateway.errors import ConfigError
+from workers.cli import main as cli
+
+_CHUNK = 256 * 1024
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError("expected a decimal number") from None
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError("expected a number >= 0")
+    return value
+
+
+def _add_parser(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser("reconcile", help="import a bank/provider statement (CSV) and match it")
+    p.add_argument("file", type=Path)
+    p.add_argument("--delimiter", default=",", help="one character, or 'tab'")
+    p.add_argument("--map", default="", help="our column=header in the file, comma separated")
+    p.add_argument("--date-format", default=None, help="strptime format (default ISO 8601)")
+    p.add_argument("--period-start", type=date.fromisoformat, default=None)
+    p.add_argument("--period-end", type=date.fromisoformat, default=None)
+    p.add_argument("--tolerance", type=_decimal, default=None,
+                   help="accepted difference (default RECONCILE_AMOUNT_TOLERANCE)")  # fmt: skip
+    p.add_argument("--fee-percent", type=_decimal, default=Decimal("0"))
+    p.add_argument("--fee-fixed", type=_decimal, default=Decimal("0"))
+    p.add_argument("--no-matched", action="store_true", help="count matched lines, store none")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--fail-on-exceptions", action="store_true")
+
+
+cli._EXTRA_PARSERS.append(_add_parser)
+
+
+async def _read(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            yield chunk
+
+
+def options_from_args(args: argparse.Namespace, settings: Settings) -> StatementOptions:
+    try:
+        delimiter = parse_delimiter(args.delimiter)
+        mapping = parse_mapping(args.map)
+    except ValueError as exc:
+        raise ConfigError(f"reconcile: {exc}") from None
+    if (args.period_start is None) != (args.period_end is None):
+        raise ConfigError("reconcile: give both --period-start and --period-end")
+    return StatementOptions(
+        delimiter=delimiter,
+        mapping=mapping,
+        date_format=args.date_format,
+        period_start=args.period_start,
+        period_end=args.period_end,
+        tolerance=settings.reconcile_amount_tolerance if args.tolerance is None else args.tolerance,
+        fee_percent=args.fee_percent,
+        fee_fixed=args.fee_fixed,
+        keep_matched=not args.no_matched,
+        source=args.file.name,
+    )
+
+
+def render(summary: dict[str, Any]) -> str:
+    counts = summary["counts"]
+    width = max(len(c) for c in CATEGORIES)
+    lines = [
+        f"run {summary['run_id']}  ({summary['source']})",
+        f"period {summary['period']['start']} .. {summary['period']['end']}",
+        f"lines {summary['total_lines']}  malformed {summary['malformed_lines']}  "
+        f"exceptions {summary['exceptions']}  in {summary.get('duration_seconds', 0):.1f}s",
+    ]
+    lines += [f"  {c:<{width}}  {counts[c]:>10}" for c in CATEGORIES]
+    return "\n".join(lines)
+
+
+@cli.command("reconcile")
+async def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.database_url:
+        raise ConfigError("DATABASE_URL is not set")
+    if not args.file.is_file():
+        print(f"paygate reconcile: no such file: {args.file}", file=sys.stderr)
+        return 2
+    options = options_from_args(args, settings)
+    pool = await create_pool(settings, min_size=1, max_size=2)
+    try:
+        summary = await reconcile_statement(
+            pool, _read(args.file), options, topic=settings.kafka_topic, actor="cli"
+        )
+    except StatementError as exc:
+        print(f"paygate reconcile: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        await pool.close()
+    print(
+        orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() if args.json else render(summary)
+    )
+    return 1 if args.fail_on_exceptions and summary["exceptions"] else 0
