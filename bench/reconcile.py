@@ -35,7 +35,8 @@ from bench.procstats import rss_mib
 from gateway.config import Settings
 from gateway.db.migrations import migrate
 from gateway.db.pool import create_pool
-from gateway.db.reconciliation import StatementOptions, expected_after_fee, reconcile_statement
+from gateway.db.reconciliation import reconcile_statement
+from gateway.domain.statements import StatementOptions, expected_after_fee
 from workers.cli.devstack import EmbeddedPostgres
 
 FEE_PERCENT = Decimal("2.9")

@@ -1,106 +1,178 @@
-"""The application factory: `create_app(settings)` wires resources and routes.
+"""The application factory: `create_app(settings)` wires every part and the route table.
+
+Every part is imported by name; nothing is discovered, so a missing module stops the
+process instead of starting a gateway without its allowlists, rate limits or ops-API
+token check. This module and `gateway/http/` are the only ones that touch `app[...]`.
 
 One cleanup context per resource, opened in order and closed in reverse: pool, Redis,
-dedup (warmed before the instance listens, so it is ready when it reports ready),
-the group-commit writer. The writer stops after aiohttp has finished the requests
-in flight, so every accepted delivery is committed and answered on shutdown.
+dedup (warmed before the instance listens, so it is ready when it reports ready), the
+status-update service, the group-commit writer, the gauges and metrics tasks, then the
+companions (the workers `paygate run` keeps in the same process). The writer stops
+after aiohttp has finished the requests in flight, so every accepted delivery is
+committed and answered on shutdown.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from typing import Any
 
+import asyncpg
 from aiohttp import web
 
 from gateway import appkeys, security
 from gateway.clients.redis import RedisCache
 from gateway.config import Settings
 from gateway.db.pool import create_pool
-from gateway.http import ops as ops_api
-from gateway.http.context import (
-    add_fallback_route,
-    add_get,
-    add_post,
-    require_request_context,
-)
-from gateway.http.health import HealthProbes, health, live, ready
-from gateway.http.webhook import handle_webhook
-from gateway.ingest import status_updates as status
+from gateway.http.metrics import metrics_handler
+from gateway.http.routes import add_routes
 from gateway.ingest.channels import load_channels
 from gateway.ingest.dedup import Deduplicator
+from gateway.ingest.status_updates import StatusService
 from gateway.ingest.writer import GroupCommitWriter
 from gateway.notify import Wakeup
-from gateway.observability import gauges as observability
+from gateway.observability import exposition, gauges, metrics
+from gateway.observability.probes import HealthProbes
+from gateway.observability.stats import StatsService
+from gateway.security.reload import reload_on_sighup
 
 log = logging.getLogger(__name__)
 
-
-async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[appkeys.POOL] = await create_pool(app[appkeys.SETTINGS])
-    yield
-    await app[appkeys.POOL].close()
+# Something that runs beside the server on its pool, started once the app's resources
+# exist and stopped before they close: the background workers of `paygate run`.
+Companion = Callable[[asyncpg.Pool, Wakeup], AbstractAsyncContextManager[object]]
 
 
-async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[appkeys.SETTINGS]
-    cache = RedisCache(settings) if settings.enable_redis_cache and settings.redis_url else None
-    app[appkeys.REDIS] = cache
-    yield
-    if cache is not None:
-        await cache.close()
-
-
-async def _dedup_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[appkeys.SETTINGS]
-    dedup = Deduplicator(settings, app[appkeys.REDIS])
-    await dedup.warm(app[appkeys.POOL], settings.cache_warm_count)
-    app[appkeys.DEDUP] = dedup
-    app[appkeys.PROBES] = HealthProbes(settings, app[appkeys.POOL], app[appkeys.REDIS])
-    yield
-    await dedup.close()
-
-
-async def _writer_ctx(app: web.Application) -> AsyncIterator[None]:
-    writer = GroupCommitWriter(
-        app[appkeys.POOL],
-        app[appkeys.SETTINGS],
-        app[appkeys.DEDUP],
-        app[appkeys.OUTBOX_WAKE],
-        after_commit=app.get(appkeys.AFTER_COMMIT),
-    )
-    app[appkeys.WRITER] = writer
-    await writer.start()
-    yield
-    await writer.stop(timeout=app[appkeys.SETTINGS].shutdown_timeout_seconds)
-
-
-# Feature modules: each `install(app)` adds its routes, contexts and app keys. Imported
-# explicitly: a missing module must stop the process, never start a gateway without its
-# allowlists, rate limits or ops-API token check.
-FEATURES = (
-    observability,  # /metrics, /api/v1/payments/stats, pool gauges
-    security,  # allowlists, rate limits, replay guard, ops API auth, SIGHUP reload
-    status,  # payment lifecycle: status updates through the state machine
-    ops_api,  # reconciliation and DLQ endpoints
-)
-
-
-def create_app(settings: Settings) -> web.Application:
+def create_app(
+    settings: Settings,
+    *,
+    companions: Sequence[Companion] = (),
+    database_gauges: bool = True,
+) -> web.Application:
+    """`database_gauges` False: an extra server process of a host, whose first process
+    refreshes the database-derived gauges for all of them (they merge as livemax)."""
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[appkeys.SETTINGS] = settings
-    app[appkeys.REQUEST_GATES] = []
-    app[appkeys.CHANNELS] = load_channels(settings)
     app[appkeys.OUTBOX_WAKE] = Wakeup()
-    app.cleanup_ctx.extend([_pool_ctx, _redis_ctx, _dedup_ctx, _writer_ctx])
+    guard = security.build(settings, load_channels(settings))
+    app[appkeys.CHANNELS] = guard.channels
+    app[appkeys.SOURCE_GUARD] = guard.source_guard
+    app[appkeys.REPLAY_GUARD] = guard.replay_guard
+    app[appkeys.INFLIGHT] = guard.inflight
+    app[appkeys.REQUEST_GATES] = [guard.ops_gate]
+    statuses = StatusService(
+        settings,
+        lambda: app[appkeys.POOL],
+        lambda: app.get(appkeys.DEDUP),
+        app[appkeys.OUTBOX_WAKE],
+    )
+    app[appkeys.STATUS_APPLIER] = statuses
+    app[appkeys.STATS] = StatsService()
 
-    add_post(app, "/api/v1/payments/webhook", handle_webhook)
-    add_post(app, "/api/v1/payments/webhook/{channel}", handle_webhook)
-    add_get(app, "/health", health)
-    add_get(app, "/health/live", live)
-    add_get(app, "/health/ready", ready)
-    for feature in FEATURES:
-        feature.install(app)
-    add_fallback_route(app)  # JSON 404/405; registered last
-    app.on_startup.append(require_request_context)
+    async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[appkeys.POOL] = await create_pool(settings)
+        yield
+        await app[appkeys.POOL].close()
+
+    async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+        cache = RedisCache(settings) if settings.enable_redis_cache and settings.redis_url else None
+        app[appkeys.REDIS] = cache
+        yield
+        if cache is not None:
+            await cache.close()
+
+    async def dedup_ctx(app: web.Application) -> AsyncIterator[None]:
+        dedup = Deduplicator(settings, app[appkeys.REDIS])
+        await dedup.warm(app[appkeys.POOL], settings.cache_warm_count)
+        app[appkeys.DEDUP] = dedup
+        app[appkeys.PROBES] = HealthProbes(settings, app[appkeys.POOL], app[appkeys.REDIS])
+        yield
+        await dedup.close()
+
+    async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
+        writer = GroupCommitWriter(
+            app[appkeys.POOL],
+            settings,
+            app[appkeys.DEDUP],
+            app[appkeys.OUTBOX_WAKE],
+            after_commit=[statuses.parked_hook()],
+        )
+        app[appkeys.WRITER] = writer
+        await writer.start()
+        yield
+        await writer.stop(timeout=settings.shutdown_timeout_seconds)
+
+    async def gauges_ctx(app: web.Application) -> AsyncIterator[None]:
+        refresher = gauges.GaugeRefresher(app[appkeys.POOL], app[appkeys.PROBES].pool_gauges)
+        app[appkeys.HEALTH_EXTRAS] = gauges.health_extras(refresher)
+        # Each round also looks at the counters, so the daily baseline turns over on time.
+        rounds = refresher.run(
+            gauges.REFRESH_SECONDS,
+            on_round=app[appkeys.STATS].local_today,
+            database=database_gauges,
+        )
+        async with _background(rounds, "paygate-gauges"):
+            yield
+        exposition.mark_process_dead()
+
+    async def held_metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+        """The webhook path's held counts reach prometheus-client every second, and once
+        more after the last request has been answered."""
+        async with _background(gauges.flush_held_metrics(), "paygate-metrics-flush"):
+            yield
+        metrics.flush_pending()
+
+    async def sighup_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with reload_on_sighup(app[appkeys.CHANNELS], settings):
+            yield
+
+    app.cleanup_ctx.extend(
+        [pool_ctx, redis_ctx, dedup_ctx, writer_ctx, gauges_ctx, held_metrics_ctx, sighup_ctx]
+    )
+    if settings.enable_metrics and settings.metrics_port > 0:
+        app.cleanup_ctx.append(_metrics_site_ctx)
+    for companion in companions:
+        app.cleanup_ctx.append(_companion_ctx(companion))
+    add_routes(app, settings)
     return app
+
+
+@asynccontextmanager
+async def _background(coro: Coroutine[Any, Any, object], name: str) -> AsyncIterator[None]:
+    """A task for the life of a `with` block: cancelled and awaited on the way out."""
+    task = asyncio.create_task(coro, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+
+
+def _companion_ctx(companion: Companion) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with companion(app[appkeys.POOL], app[appkeys.OUTBOX_WAKE]):
+            yield
+
+    return ctx
+
+
+async def _metrics_site_ctx(app: web.Application) -> AsyncIterator[None]:
+    """METRICS_PORT: `/metrics` alone on its own port, so scraping can be firewalled apart
+    from the webhook port. Every process binds it with SO_REUSEPORT when there are several."""
+    settings = app[appkeys.SETTINGS]
+    metrics_app = web.Application()
+    metrics_app.router.add_get("/metrics", metrics_handler)
+    runner = web.AppRunner(metrics_app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(
+            runner, settings.host, settings.metrics_port, reuse_port=settings.web_concurrency > 1
+        )
+        await site.start()
+        yield
+    finally:
+        await runner.cleanup()

@@ -1,9 +1,16 @@
-"""Every piece of application state, as typed keys (one place to see what the app holds)."""
+"""Every piece of application state, as typed keys (one place to see what the app holds),
+and the protocols of the request-path parts the webhook handler calls through them.
+
+Only `gateway/app.py` (which fills the keys) and `gateway/http/` (which reads them in
+handlers) touch `app[...]`; every other module gets what it needs as arguments. The
+concrete classes are imported for typing only, and none of their modules imports this
+one, so no import circle runs through here.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncpg
 from aiohttp import web
@@ -13,12 +20,42 @@ from gateway.notify import Wakeup
 
 if TYPE_CHECKING:
     from gateway.clients.redis import RedisCache
-    from gateway.extensions import ReplayGuard, SourceGuard, StatusApplier
-    from gateway.http.health import HealthProbes
-    from gateway.ingest.channels import ChannelRegistry
+    from gateway.domain.model import Payment
+    from gateway.ingest.channels import Channel, ChannelRegistry
     from gateway.ingest.dedup import Deduplicator
-    from gateway.ingest.writer import AfterCommit, GroupCommitWriter
+    from gateway.ingest.writer import GroupCommitWriter
+    from gateway.observability.probes import HealthProbes
+    from gateway.observability.stats import StatsService
     from gateway.security.inflight import InFlight
+
+
+class SourceGuard(Protocol):
+    def check(self, request: web.Request, channel: Channel) -> None:
+        """Raise Forbidden (allowlist) or TooManyRequests (rate limit), before the body is read."""
+
+
+class ReplayGuard(Protocol):
+    def seen(self, channel: str, delivery_id: str) -> str | None:
+        """The payment id answered for this delivery before, if it was seen recently."""
+
+    def remember(self, channel: str, delivery_id: str, payment_id: str) -> None:
+        """Record an answered delivery (fire and forget)."""
+
+
+class StatusApplier(Protocol):
+    def is_status_only(self, fields: Any) -> bool:
+        """True for a delivery that only reports a status change (no payment fields)."""
+
+    async def apply_update(
+        self, fields: Any, *, channel: str, delivery_id: str | None, body: bytes
+    ) -> tuple[dict[str, Any], str]:
+        """Apply (or park, if the payment is unknown) a status-only delivery."""
+
+    async def apply_payment(
+        self, payment: Payment, *, channel: str, delivery_id: str | None, body: bytes
+    ) -> tuple[dict[str, Any], str]:
+        """A known payment re-sent with another status: run it through the state machine."""
+
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -28,24 +65,18 @@ DEDUP: web.AppKey[Deduplicator] = web.AppKey("dedup")
 WRITER: web.AppKey[GroupCommitWriter] = web.AppKey("writer")
 CHANNELS: web.AppKey[ChannelRegistry] = web.AppKey("channels")
 PROBES: web.AppKey[HealthProbes] = web.AppKey("probes")
+STATS: web.AppKey[StatsService] = web.AppKey("stats")
 
-# Optional request-path features (gateway/extensions.py describes each seam).
+# The request path's parts (each always present: a missing one is a KeyError, never a
+# request that skips its check).
 SOURCE_GUARD: web.AppKey[SourceGuard] = web.AppKey("source_guard")
 REPLAY_GUARD: web.AppKey[ReplayGuard] = web.AppKey("replay_guard")
 STATUS_APPLIER: web.AppKey[StatusApplier] = web.AppKey("status_applier")
 # The bound on webhook requests in flight in this process (checked by the webhook handler).
 INFLIGHT: web.AppKey[InFlight] = web.AppKey("inflight")
 # Checks the request context (gateway.http.context) runs before every handler (ops API
-# auth): each raises a PaygateError to refuse. Cheaper than one wrapper per feature.
+# auth): each raises a PaygateError to refuse. Cheaper than one wrapper per check.
 REQUEST_GATES: web.AppKey[list[Callable[[web.Request], None]]] = web.AppKey("request_gates")
 
-# Hooks the writer runs on its connection after recording new payments (parked status updates).
-AFTER_COMMIT: web.AppKey[list[AfterCommit]] = web.AppKey("after_commit")
-
-# False in the extra server processes one host starts (WEB_CONCURRENCY): the first process
-# refreshes the database-derived gauges for all of them (they merge as livemax), so a
-# backlog is counted once per host, not once per process.
-DATABASE_GAUGES: web.AppKey[bool] = web.AppKey("database_gauges")
-
-# Extra /health checks contributed by features running in this process.
+# Extra /health checks (DEFAULT-partition rows, dead letters), from the gauge refresher.
 HEALTH_EXTRAS: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("health_extras")

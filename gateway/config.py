@@ -236,6 +236,14 @@ class Settings:
             if url and not url.startswith(schemes):
                 raise ConfigError(f"invalid value for {name}: expected a {schemes[0]} URL")
 
+    def require_database(self) -> None:
+        """Every command that talks to Postgres starts here: one message for a missing URL."""
+        if not self.database_url:
+            raise ConfigError(
+                "DATABASE_URL is not set (or DB_HOST and friends; `paygate dev` starts "
+                "an embedded Postgres instead)"
+            )
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 

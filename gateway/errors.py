@@ -71,9 +71,9 @@ class ValidationError(PaygateError):
         self.field = field
 
 
-class TooManyRequests(PaygateError):
-    status = 429
-    code = "rate_limited"
+class _RetryLater(PaygateError):
+    """A refusal the caller should retry: `Retry-After` says when (whole seconds, >= 1)."""
+
     retriable = True
 
     def __init__(self, detail: str = "", *, retry_after: int = 1, code: str | None = None) -> None:
@@ -84,19 +84,16 @@ class TooManyRequests(PaygateError):
         return {"Retry-After": str(self.retry_after)}
 
 
-class ServiceUnavailable(PaygateError):
+class TooManyRequests(_RetryLater):
+    status = 429
+    code = "rate_limited"
+
+
+class ServiceUnavailable(_RetryLater):
     """Infrastructure cannot take the write now; the caller should retry later."""
 
     status = 503
     code = "unavailable"
-    retriable = True
-
-    def __init__(self, detail: str = "", *, retry_after: int = 1, code: str | None = None) -> None:
-        super().__init__(detail, code=code)
-        self.retry_after = max(1, retry_after)
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
 
 
 class ConfigError(Exception):

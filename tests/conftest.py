@@ -102,15 +102,14 @@ async def make_client(
     async def factory(
         settings: Settings | None = None,
         *,
-        app_keys: dict[Any, Any] | None = None,
+        database_gauges: bool = True,
         **overrides: Any,
     ) -> TestClient[Any, Any]:
         s = settings or make_settings(stack, **overrides)
         if s.kafka_topic.startswith("payment.events."):
             await ensure_topic(s)
-        app = create_app(s)
-        for key, value in (app_keys or {}).items():
-            app[key] = value  # what `paygate serve` sets on its own app (process roles)
+        # database_gauges=False: what `paygate serve` builds in a host's extra processes.
+        app = create_app(s, database_gauges=database_gauges)
         client = TestClient(TestServer(app))
         await client.start_server()
         clients.append(client)

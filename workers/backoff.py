@@ -1,4 +1,7 @@
-"""Retry delays for the outbox relay: exponential backoff with full jitter, capped.
+"""Every retry delay in paygate: exponential backoff with full jitter, capped.
+
+The outbox relay, the staging batch retries, the status poller's calls to provider
+APIs and a worker whose round failed all wait through these two functions.
 
 Full jitter (a uniform draw between zero and the exponential ceiling) spreads the
 retries of many rows that failed together, so a broker coming back is not hit by one

@@ -9,6 +9,7 @@ import logging
 from contextlib import suppress
 
 from gateway.notify import Wakeup
+from workers.backoff import backoff_ceiling
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,9 @@ class Worker:
                 raise
             except Exception:
                 self.consecutive_failures += 1
-                delay = min(self.interval, 0.5 * 2 ** min(self.consecutive_failures, 6))
+                # Capped at the poll interval (and 32 s): a failing round retries no
+                # later than a healthy idle worker would look again.
+                delay = backoff_ceiling(self.consecutive_failures, 1.0, min(self.interval, 32.0))
                 log.exception("%s round failed; retrying in %.1fs", self.name, delay)
                 await asyncio.sleep(delay)
                 continue

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from gateway.config import Settings
+from gateway.db.tables import PARTITIONED_TABLES
 
 
 @dataclass(frozen=True, order=True)
@@ -90,11 +91,19 @@ class TablePlan:
 
 
 def table_specs(settings: Settings) -> tuple[TableSpec, ...]:
-    return (
-        TableSpec("payments", "payment_date", False, settings.partition_retention_months),
-        TableSpec("webhook_events", "received_at", True, settings.webhook_events_retention_months),
-        TableSpec("audit_log", "created_at", True, settings.audit_log_retention_months),
-    )
+    """One spec for each of gateway.db.tables.PARTITIONED_TABLES, in that order."""
+    specs = {
+        "payments": TableSpec(
+            "payments", "payment_date", False, settings.partition_retention_months
+        ),
+        "webhook_events": TableSpec(
+            "webhook_events", "received_at", True, settings.webhook_events_retention_months
+        ),
+        "audit_log": TableSpec(
+            "audit_log", "created_at", True, settings.audit_log_retention_months
+        ),
+    }
+    return tuple(specs[name] for name in PARTITIONED_TABLES)
 
 
 def as_utc(moment: datetime) -> datetime:

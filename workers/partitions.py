@@ -51,6 +51,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from gateway.config import Settings
+from gateway.db import counts
+from gateway.db.tables import SCHEMA, quote_ident
 from gateway.observability import metrics
 from workers.base import Worker
 from workers.partition_plan import (
@@ -66,12 +68,11 @@ from workers.partition_plan import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCHEMA = "payment_service"
+DEFAULT_SCHEMA = SCHEMA
 PRUNE_BATCH_SIZE = 5000
 LOCK_TIMEOUT = "2s"
 # Above this size a partition's row count is the planner's estimate, not count(*).
 EXACT_COUNT_MAX_BYTES = 16 * 1024 * 1024
-MAINTAINED_TABLES = ("payments", "webhook_events", "audit_log")
 
 
 def advisory_key(schema: str) -> int:
@@ -133,7 +134,7 @@ class PartitionMaintainer:
         self.specs = table_specs(settings)
 
     def _q(self, name: str) -> str:
-        return f"{_ident(self.schema)}.{_ident(name)}"
+        return f"{quote_ident(self.schema)}.{quote_ident(name)}"
 
     async def maintain(self, now: datetime | None = None) -> MaintenanceReport:
         """One full run: create, move, retire, prune, measure. Never raises for a held
@@ -214,7 +215,7 @@ class PartitionMaintainer:
                 await self._retire(conn, spec, plan, report)
         if full:
             await self._prune_references(conn, now, report)
-        report.default_rows = await default_partition_rows(conn, self.schema)
+        report.default_rows = await counts.default_partition_rows(conn, self.schema)
 
     async def _existing(self, conn: asyncpg.Connection, table: str) -> list[Existing]:
         rows = await conn.fetch(
@@ -252,7 +253,7 @@ class PartitionMaintainer:
         parent, default, new = self._q(spec.name), self._q(spec.name + "_default"), self._q(p.name)
         lo = bound_literal(p.lower, spec.with_time_zone)
         hi = bound_literal(p.upper, spec.with_time_zone)
-        key = _ident(spec.column)
+        key = quote_ident(spec.column)
         async with conn.transaction():
             await conn.execute(f"SET LOCAL lock_timeout = '{self.lock_timeout}'")
             if await conn.fetchval("SELECT to_regclass($1)", new):
@@ -293,7 +294,7 @@ class PartitionMaintainer:
                     if drop:
                         await conn.execute(f"DROP TABLE {self._q(old.name)}")
                     else:
-                        renamed = _ident(old.name + "_detached")
+                        renamed = quote_ident(old.name + "_detached")
                         await conn.execute(f"ALTER TABLE {self._q(old.name)} RENAME TO {renamed}")
             except asyncpg.LockNotAvailableError:
                 report.deferred.append(old.name)
@@ -394,19 +395,6 @@ class PartitionWorker(Worker):
         return False
 
 
-async def default_partition_rows(
-    db: asyncpg.Pool | asyncpg.Connection, schema: str = DEFAULT_SCHEMA
-) -> dict[str, int]:
-    """Rows sitting in each DEFAULT partition (a health warning when not zero); also
-    sets the `paygate_partition_default_rows` gauge. DEFAULT is small, so count(*)."""
-    counts: dict[str, int] = {}
-    for table in MAINTAINED_TABLES:
-        name = f"{_ident(schema)}.{_ident(table + '_default')}"
-        counts[table] = int(await db.fetchval(f"SELECT count(*) FROM {name}"))
-        metrics.partition_default_rows.labels(table=table).set(counts[table])
-    return counts
-
-
 async def ensure_partitions(
     pool: asyncpg.Pool,
     settings: Settings,
@@ -447,8 +435,3 @@ async def _try_lock(conn: asyncpg.Connection, key: int, wait_seconds: float) -> 
 
 def _fmt_time(moment: datetime | None) -> str:
     return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d")
-
-
-def _ident(name: str) -> str:
-    """Quote an identifier; names come from code and settings, never from requests."""
-    return '"' + name.replace('"', '""') + '"'

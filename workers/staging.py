@@ -57,7 +57,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,6 +71,7 @@ from gateway.domain.validation import date_window
 from gateway.notify import Wakeup
 from gateway.observability import metrics
 from workers import staging_sql
+from workers.backoff import backoff_delay
 from workers.base import Worker
 from workers.staging_sql import ERROR_DETAILS_MAX, Rule
 
@@ -89,14 +89,7 @@ __all__ = [
     "Counts",
     "Recorded",
     "StagingWorker",
-    "retry_delay",
 ]
-# An exact count of a large backlog is a scan (~0.2 s per million rows): while batches come
-# back full it is refreshed this often, and after every batch once the backlog is drained.
-BACKLOG_REFRESH_SECONDS = 15.0
-
-_BACKLOG = "SELECT count(*) FROM payment_service.payment_staging WHERE processed IS NOT TRUE"
-
 _LOG_FAILED = """
 INSERT INTO payment_service.staging_process_log
     (batch_start_id, batch_end_id, total_records, processed_records, duplicate_records,
@@ -134,11 +127,6 @@ class Recorded:
         self.rest_fresh = (self.rest_fresh or []) + (other.rest_fresh or [])
 
 
-def retry_delay(attempt: int, base: float, cap: float = 5.0) -> float:
-    """Full-jitter exponential backoff before retry number `attempt` (1-based)."""
-    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
-
-
 @dataclass(frozen=True, slots=True)
 class BatchReport:
     start_id: int
@@ -161,6 +149,9 @@ class BatchFailed(Exception):
 _REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
+RETRY_CAP_SECONDS = 5.0
+
+
 class StagingWorker(Worker):
     name = "staging"
     retry_base_delay = 0.2  # seconds; doubled per retry, jittered
@@ -174,7 +165,6 @@ class StagingWorker(Worker):
         self.pool = pool
         self.settings = settings
         self.batch_size = settings.staging_batch_size
-        self._backlog_at = 0.0
         self._record_sql: str | None = None
         self.last_report: BatchReport | None = None
 
@@ -193,7 +183,9 @@ class StagingWorker(Worker):
                     attempt, attempts, _describe(exc.cause),
                 )  # fmt: skip
                 if attempt < attempts:
-                    await asyncio.sleep(retry_delay(attempt, self.retry_base_delay))
+                    await asyncio.sleep(
+                        backoff_delay(attempt, self.retry_base_delay, RETRY_CAP_SECONDS)
+                    )
                 continue
             self.last_report = report
             await self._after(report)
@@ -294,14 +286,6 @@ class StagingWorker(Worker):
             metrics.staging_batch_duration.observe(report.seconds)
             if c.recorded:
                 self.outbox_wake.ring()
-        full = report.total >= self.batch_size
-        now = time.monotonic()
-        if not full or now - self._backlog_at >= BACKLOG_REFRESH_SECONDS:
-            self._backlog_at = now
-            try:
-                metrics.staging_backlog.set(await self.pool.fetchval(_BACKLOG, timeout=5))
-            except Exception as exc:  # a gauge must not fail a committed batch
-                log.warning("staging backlog refresh failed: %s", _describe(exc))
 
     async def _log_failure(self, failure: BatchFailed, attempts: int, started: float) -> None:
         """Record the given-up batch in its own transaction; its rows stay unprocessed."""

@@ -31,13 +31,8 @@ import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from gateway.db.events_sql import (
-    event_payload_sql,
-    iso_micro_sql,
-    recorded_event_id_sql,
-    sql_literal,
-)
-from gateway.domain.events import RECORDED
+from gateway.db.events_sql import iso_micro_sql, sql_literal
+from gateway.db.recording_sql import record_ctes
 from gateway.domain.model import (
     ACCOUNT_MAX,
     AMOUNT_MAX,
@@ -47,7 +42,7 @@ from gateway.domain.model import (
     IDENTITY_FIELDS,
     REFERENCE_MAX,
 )
-from gateway.domain.validation import _BAD_CHARS
+from gateway.domain.validation import BAD_CHARS
 
 SOURCE = "staging"
 ERROR_DETAILS_MAX = 100
@@ -92,13 +87,13 @@ def space_class() -> str:
 @functools.cache
 def bad_class() -> str:
     """What gateway.domain.validation refuses inside identifiers."""
-    return char_class(lambda c: _BAD_CHARS.search(c) is not None)
+    return char_class(lambda c: BAD_CHARS.search(c) is not None)
 
 
 _lit = sql_literal
 
 
-# -- the rules, in validate_staging_row's order -----------------------------------------
+# -- the rules, in gateway.domain.validation's order -----------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +181,6 @@ def business_hash_sql(ref: str, account: str, cif: str, amount: str, payment_dat
 
 # -- the statements ---------------------------------------------------------------------
 
-_EVENT_PAYLOAD = event_payload_sql("w", source=_lit(SOURCE), status=_lit(DEFAULT_STATUS))
-
 # Custom plans for the rest of the transaction: a generic plan cannot see how many ids
 # the batch holds and may scan the whole staging table for them.
 CLAIM = """
@@ -250,41 +243,17 @@ def record_sql(rules: Sequence[Rule], *, new_id: str = "uuidv7()") -> str:
     date, $4 the too-old detail, $5 the outbox topic. One row back: recorded, errors,
     error_items (JSON text, first ERROR_DETAILS_MAX by id), rest_ids, rest_fresh."""
     hashed = business_hash_sql("l.ref", "l.account", "l.cif", "l.amount", "l.payment_date")
+    chain = record_ctes(
+        source=_lit(SOURCE), status=_lit(DEFAULT_STATUS), event_at="NULL", topic="$5",
+        actor=_lit(SOURCE),
+    )  # fmt: skip
     return f"""
 WITH batch AS MATERIALIZED ({classify_sql(rules)}
 ), input AS MATERIALIZED (
-    SELECT p.*, {recorded_event_id_sql("p.payment_id")} AS event_id
-    FROM (
-        SELECT {_batch_ids_sql(new_id, "row_number() OVER ()")} AS payment_id, l.*,
-               {hashed} AS hash
-        FROM (SELECT DISTINCT ON (ref) * FROM batch WHERE problem IS NULL ORDER BY ref, id) l
-    ) p
-), claimed AS (
-    INSERT INTO payment_service.payment_references
-        (reference_number, payment_id, payment_date, payload_hash)
-    SELECT ref, payment_id, payment_date, hash FROM input ORDER BY ref
-    ON CONFLICT DO NOTHING
-    RETURNING payment_id
-), won AS MATERIALIZED (
-    SELECT i.* FROM input i JOIN claimed c ON c.payment_id = i.payment_id
-), paid AS (
-    INSERT INTO payment_service.payments
-        (id, reference_number, loan_account_number, cif, amount, payment_date,
-         payment_channel, source, metadata, status)
-    SELECT payment_id, ref, account, cif, amount, payment_date, channel,
-           {_lit(SOURCE)}, metadata, {_lit(DEFAULT_STATUS)}
-    FROM won
-), evt AS (
-    INSERT INTO payment_service.outbox (event_id, event_type, topic, key, payload)
-    SELECT w.event_id, {_lit(RECORDED)}, $5, w.ref, {_EVENT_PAYLOAD}
-    FROM won w
-), aud AS (
-    INSERT INTO payment_service.audit_log
-        (actor, action, reference_number, payment_id, details)
-    SELECT {_lit(SOURCE)}, 'created', ref, payment_id,
-           jsonb_build_object('source', {_lit(SOURCE)}, 'status', {_lit(DEFAULT_STATUS)})
-    FROM won
-), marked AS (
+    SELECT {_batch_ids_sql(new_id, "row_number() OVER ()")} AS payment_id, l.*,
+           {hashed} AS hash
+    FROM (SELECT DISTINCT ON (ref) * FROM batch WHERE problem IS NULL ORDER BY ref, id) l
+), {chain}, marked AS (
     UPDATE payment_service.payment_staging s
     SET processed = TRUE, processed_at = (now() AT TIME ZONE 'UTC'),
         result = CASE WHEN b.problem IS NULL THEN 'recorded' ELSE 'error' END,

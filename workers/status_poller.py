@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,14 +47,15 @@ import asyncpg
 import orjson
 
 from gateway.config import Settings
+from gateway.db.status import StatusEvent, apply_status, sweep_parked
 from gateway.domain.lifecycle import Outcome
 from gateway.domain.model import STATUSES
 from gateway.domain.validation import parse_event_time
 from gateway.errors import ConfigError, ValidationError
 from gateway.ingest.channels import load_channels
-from gateway.ingest.status_updates import apply_status, sweep_parked
 from gateway.notify import Wakeup
 from gateway.observability import metrics
+from workers.backoff import backoff_delay
 from workers.base import Worker
 
 log = logging.getLogger(__name__)
@@ -104,13 +104,6 @@ _RESULT = (
 
 
 # -- pure parts ------------------------------------------------------------------------------
-
-
-def backoff(
-    attempt: int, base: float, cap: float = BACKOFF_CAP, rng: random.Random | None = None
-) -> float:
-    """Full jitter: a random delay up to base * 2**attempt, capped."""
-    return (rng or random).uniform(0, min(cap, base * 2**attempt))
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +215,7 @@ async def ask(session: aiohttp.ClientSession, api: StatusApi, reference: str) ->
     last = ""
     for attempt in range(api.max_retries + 1):
         if attempt:
-            await asyncio.sleep(backoff(attempt - 1, api.backoff_seconds))
+            await asyncio.sleep(backoff_delay(attempt, api.backoff_seconds, BACKOFF_CAP))
         try:
             timeout = aiohttp.ClientTimeout(total=api.timeout_seconds)
             async with session.get(
@@ -319,11 +312,11 @@ class StatusPoller(Worker):
             return "flagged"
         assert answer.status is not None
         async with self.pool.acquire() as conn:
-            result = await apply_status(
-                conn, reference, answer.status, answer.event_at, cause="status_poll",
-                actor="status_poller", topic=self.settings.kafka_topic, park=False,
-                channel=claim["channel"],
+            event = StatusEvent(
+                reference, answer.status, answer.event_at, cause="status_poll",
+                actor="status_poller", channel=claim["channel"],
             )  # fmt: skip
+            result = await apply_status(conn, event, topic=self.settings.kafka_topic, park=False)
         if result.outcome == Outcome.UPDATED:
             self._ring()
             return "applied"

@@ -102,10 +102,6 @@ class RedisCache:
         bucket = int(time.time() // self.ttl)
         return f"{KEY_PREFIX}{bucket}", f"{KEY_PREFIX}{bucket - 1}"
 
-    async def get_many(self, refs: Sequence[str]) -> list[bytes | None]:
-        """Values for `refs` in order; all None when Redis is unavailable."""
-        return await self.exchange(refs, {})
-
     async def exchange(self, refs: Sequence[str], store: Mapping[str, bytes]) -> list[bytes | None]:
         """Write `store` and read `refs` in one pipelined round trip.
 

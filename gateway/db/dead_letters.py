@@ -1,9 +1,14 @@
-"""Dead-lettered outbox rows: list them and put them back in line.
+"""Dead-lettered outbox rows: count them, list them and put them back in line.
 
-The SQL lives on the gateway side because the ops API needs it and `gateway/` never
-imports `workers/`; the `paygate dlq` command calls the same two functions. A replay
-resets the row's attempts and schedules it now, so the relay publishes it with its
-original event_id (consumers drop a redelivery by that id), and audits who did it.
+The ops API and the `paygate dlq` command call the same functions. A replay resets the
+row as if it had just been written (attempts 0, due now, error cleared), so the relay
+publishes it with its original event_id (consumers drop a redelivery by that id), and
+audits who did it. Ids that are not dead letters (already replayed, published, unknown)
+are ignored, so a replay is safe to repeat.
+
+Replay and order: a dead letter does not hold back the later events of its key, so a
+replayed event may reach consumers after newer events of the same payment (see
+workers/outbox.py).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+
+from gateway.db import counts
 
 _LIST = """
 SELECT id, event_id, event_type, topic, key, attempts, last_error, dead_lettered_at, created_at
@@ -63,10 +70,16 @@ async def list_dead_letters(pool: asyncpg.Pool, limit: int = 100) -> list[dict[s
     ]
 
 
+async def count(pool: asyncpg.Pool) -> int:
+    return await counts.dead_letters(pool)
+
+
 async def replay(
     pool: asyncpg.Pool, ids: Sequence[int] = (), *, all_: bool = False, actor: str
 ) -> list[int]:
     """Re-queue the given dead letters (or all of them); returns the ids re-queued."""
+    if not actor:
+        raise ValueError("a replay needs an actor for the audit log")
     if not all_ and not ids:
         return []
     rows = await pool.fetch(_REPLAY, all_, list(ids), actor[:255])

@@ -3,14 +3,14 @@
 The webhook writer and the staging batch insert outbox rows inside the statement that
 records the payments; building each event there costs Postgres a few microseconds of C
 instead of the ~10 µs of Python (dict, uuid, orjson, bytea encoding) it costs per row
-in the interpreter. The shape is `gateway.domain.events.payment_recorded`'s, and
-tests/workers/test_staging_sql_parity.py and tests/gateway/test_events_sql.py compare
+in the interpreter. The shape is `tests.oracles.payment_recorded`'s, and
+tests/workers/test_staging_sql_parity.py and tests/gateway/db/test_events_sql.py compare
 the two over awkward values.
 """
 
 from __future__ import annotations
 
-from gateway.domain.events import RECORDED
+from gateway.domain.events import PAYMENT_RECORDED
 
 
 def sql_literal(text: str) -> str:
@@ -23,7 +23,7 @@ def iso_micro_sql(ts: str) -> str:
 
 
 def iso_z_sql(ts: str) -> str:
-    """`gateway.domain.events._iso`: ISO 8601 in UTC with Z, microseconds only when non-zero."""
+    """`gateway.domain.events.iso_utc`: ISO 8601 in UTC with Z, microseconds only when non-zero."""
     return (
         f"""to_char({ts}, 'YYYY-MM-DD"T"HH24:MI:SS') || CASE WHEN date_trunc('second', {ts})"""
         f""" = {ts} THEN '' ELSE to_char({ts}, '.US') END || 'Z'"""
@@ -48,7 +48,7 @@ def event_payload_sql(row: str, *, source: str, status: str, now_iso: str = NOW_
     expressions."""
     return f"""convert_to(json_build_object(
         'event_id', {row}.event_id,
-        'event_type', {sql_literal(RECORDED)},
+        'event_type', {sql_literal(PAYMENT_RECORDED)},
         'timestamp', {now_iso},
         'payment', json_build_object(
             'id', {row}.payment_id,

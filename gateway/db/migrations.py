@@ -34,8 +34,17 @@ class Migration:
 
 
 def sql_dir() -> Path:
+    """PAYGATE_SQL_DIR, else the `sql/` folder of the checkout this module runs from (found
+    by looking upwards for it, so moving this module does not lose the migrations), else
+    `./sql`."""
     configured = os.environ.get("PAYGATE_SQL_DIR")
-    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "sql"
+    if configured:
+        return Path(configured)
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "sql"
+        if (candidate / "001_schema.sql").is_file():
+            return candidate
+    return Path.cwd() / "sql"
 
 
 def discover(directory: Path | None = None) -> list[Migration]:

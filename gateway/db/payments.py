@@ -1,12 +1,10 @@
 """Recording payments in bulk: the webhook group-commit writer's one statement.
 
-(The staging processor writes the same rows with its own set-based SQL,
-workers/staging_sql.py.) One statement (data-modifying CTEs, so one round trip and one
-atomic unit) claims the references with `INSERT ... ON CONFLICT DO NOTHING RETURNING`,
-and only for the references it won inserts the payment, its outbox event (payload built
-by Postgres: gateway/events_sql.py), its audit row and the raw delivery.
-`payment_references` is the authority: a reference can be claimed once, whatever the
-caches said and however many instances race.
+One statement (data-modifying CTEs, so one round trip and one atomic unit): the chain
+of gateway.db.recording_sql (shared with the staging batch) claims the references and
+records the winners' payments, outbox events and audit rows, and this statement adds
+their raw deliveries. The deliveries that lost (duplicates, conflicts) are kept by
+`record_losers`.
 """
 
 from __future__ import annotations
@@ -18,51 +16,29 @@ from datetime import datetime
 
 import asyncpg
 
-from gateway.db.events_sql import event_payload_sql, recorded_event_id_sql
-from gateway.domain import events
+from gateway.db.recording_sql import record_ctes
 from gateway.domain.ids import uuid7
 from gateway.domain.model import Payment
 
+_CHAIN = record_ctes(
+    source="$15::text", status="w.status", event_at="w.event_at", topic="$16", actor="$17"
+)
 _RECORD = f"""
 WITH input AS (
     SELECT * FROM unnest(
         $1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::timestamp[],
         $7::text[], $8::jsonb[], $9::text[], $10::timestamptz[], $11::text[], $12::text[],
         $13::text[], $14::bytea[]
-    ) AS t(id, ref, account, cif, amount, payment_date, channel, metadata, status, event_at,
-           hash, delivery_channel, delivery_id, body)
-), claimed AS (
-    INSERT INTO payment_service.payment_references
-        (reference_number, payment_id, payment_date, payload_hash)
-    SELECT ref, id, payment_date, hash FROM input ORDER BY ref
-    ON CONFLICT DO NOTHING
-    RETURNING payment_id
-), won AS MATERIALIZED (
-    SELECT i.*, i.id AS payment_id, {recorded_event_id_sql("i.id")} AS event_id
-    FROM input i JOIN claimed c ON c.payment_id = i.id
-), paid AS (
-    INSERT INTO payment_service.payments
-        (id, reference_number, loan_account_number, cif, amount, payment_date,
-         payment_channel, source, metadata, status, provider_event_at)
-    SELECT id, ref, account, cif, amount, payment_date, channel, $15, metadata, status, event_at
-    FROM won
-), evt AS (
-    INSERT INTO payment_service.outbox (event_id, event_type, topic, key, payload)
-    SELECT w.event_id, '{events.RECORDED}', $16, w.ref,
-           {event_payload_sql("w", source="$15::text", status="w.status")}
-    FROM won w
-), aud AS (
-    INSERT INTO payment_service.audit_log (actor, action, reference_number, payment_id, details)
-    SELECT $17, 'created', ref, id, jsonb_build_object('source', $15::text, 'status', status)
-    FROM won
-), raw AS (
+    ) AS t(payment_id, ref, account, cif, amount, payment_date, channel, metadata, status,
+           event_at, hash, delivery_channel, delivery_id, body)
+), {_CHAIN}, raw AS (
     INSERT INTO payment_service.webhook_events
         (channel, delivery_id, reference_number, payment_id, outcome, body)
-    SELECT delivery_channel, delivery_id, ref, id, 'created', body FROM won
+    SELECT delivery_channel, delivery_id, ref, payment_id, 'created', body FROM won
     WHERE body IS NOT NULL
 )
-SELECT id, EXISTS (SELECT 1 FROM payment_service.pending_status_updates s
-               WHERE s.reference_number = won.ref) AS parked
+SELECT payment_id AS id, EXISTS (SELECT 1 FROM payment_service.pending_status_updates s
+                                 WHERE s.reference_number = won.ref) AS parked
 FROM won
 """
 
@@ -149,6 +125,18 @@ async def record_batch(
                 str(r["payment_id"]), r["payload_hash"], r["status"], r["provider_event_at"]
             )
     return BatchOutcome(created, existing, parked)
+
+
+_RECENT = """
+SELECT r.reference_number, r.payment_id, r.payload_hash, p.status
+FROM (SELECT * FROM payment_service.payment_references ORDER BY created_at DESC LIMIT $1) r
+JOIN payment_service.payments p ON p.id = r.payment_id AND p.payment_date = r.payment_date
+"""
+
+
+async def recent_references(pool: asyncpg.Pool, count: int | float) -> list[asyncpg.Record]:
+    """The newest `count` references with their payment's status (to warm the L1 cache)."""
+    return await pool.fetch(_RECENT, count)
 
 
 @dataclass(slots=True)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
-__all__ = ["FINAL_STATES", "TRANSITIONS", "Decision", "Outcome", "decide", "is_final"]
+__all__ = ["FINAL_STATES", "TRANSITIONS", "Decision", "Outcome", "decide"]
 
 FINAL_STATES = frozenset({"failed", "reversed", "refunded"})
 
@@ -64,11 +64,6 @@ _OLDER = Decision(Outcome.STALE, "older_event")
 _FINAL = Decision(Outcome.STALE, "final_state")
 _REGRESSION = Decision(Outcome.STALE, "regression")
 _APPLIED = Decision(Outcome.UPDATED, "applied")
-
-
-def is_final(status: str) -> bool:
-    _check(status)
-    return status in FINAL_STATES
 
 
 def decide(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -41,7 +41,6 @@ __all__ = [
     "parse_event_time",
     "parse_timestamp",
     "validate_payment",
-    "validate_staging_row",
 ]
 
 _CENT = Decimal("0.01")
@@ -52,7 +51,7 @@ _AMOUNT_STR_MAX = 40
 _TIMESTAMP_STR_MAX = 64
 # Control characters have no place in identifiers; NUL and lone surrogates
 # cannot even be stored by Postgres and would fail the whole write batch.
-_BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # A JSON-escaped NUL (not an escaped backslash followed by "u0000"): jsonb rejects it.
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _STATUS_SET = frozenset(STATUSES)
@@ -113,7 +112,7 @@ def _optional_str(value: object, field: str, max_len: int) -> str | None:
 def _checked_str(value: str, field: str, max_len: int) -> str:
     if len(value) > max_len:
         raise ValidationError(field, f"longer than {max_len} characters")
-    if _BAD_CHARS.search(value) is not None:
+    if BAD_CHARS.search(value) is not None:
         raise ValidationError(field, "contains control or invalid characters")
     return value
 
@@ -247,30 +246,17 @@ def _metadata(value: object) -> dict[str, Any] | None:
     return value
 
 
-def _payment_date(value: object, *, typed: bool) -> datetime:
-    if typed and isinstance(value, datetime):
-        return _to_naive_utc(value)
-    return parse_timestamp(value, "payment_date")
-
-
-def _build(get: Callable[[str], Any], window: DateWindow, *, typed: bool) -> Payment:
+def _build(get: Callable[[str], Any], window: DateWindow) -> Payment:
     """Check the fields in the order a reader of the error would expect."""
     reference = _required_str(get("reference_number"), "reference_number", REFERENCE_MAX)
     account = _required_str(get("loan_account_number"), "loan_account_number", ACCOUNT_MAX)
     cif = _required_str(get("cif"), "cif", CIF_MAX)
     amount = parse_amount(get("amount"))
     payment_date = _in_window(
-        _payment_date(get("payment_date"), typed=typed), "payment_date", window
+        parse_timestamp(get("payment_date"), "payment_date"), "payment_date", window
     )
     channel = _optional_str(get("payment_channel"), "payment_channel", CHANNEL_MAX)
-    raw_metadata = get("metadata")
-    if typed and isinstance(raw_metadata, (str, bytes)):
-        # jsonb arrives as text when no codec is registered on the connection.
-        try:
-            raw_metadata = orjson.loads(raw_metadata)
-        except orjson.JSONDecodeError:
-            raise ValidationError("metadata", "is not valid JSON") from None
-    metadata = _metadata(raw_metadata)
+    metadata = _metadata(get("metadata"))
     status = _status(get("status"))
     event_at = parse_event_time(get("event_time"))
     if event_at is not None and event_at > window.latest:
@@ -293,13 +279,4 @@ def validate_payment(doc: object, *, window: DateWindow) -> Payment:
     """Validate a decoded webhook body; unknown keys are ignored."""
     if not isinstance(doc, dict):
         raise ValidationError("body", f"must be a JSON object, not {_type_name(doc)}")
-    return _build(doc.get, window, typed=False)
-
-
-def validate_staging_row(row: Mapping[str, Any], *, window: DateWindow) -> Payment:
-    """Validate a `payment_staging` row with the webhook's rules.
-
-    The columns are already typed (Decimal, naive TIMESTAMP) but still checked:
-    the ETL can load a zero amount or a date outside the live partitions.
-    """
-    return _build(row.get, window, typed=True)
+    return _build(doc.get, window)

@@ -2,12 +2,13 @@
 (appkeys.REQUEST_GATES), and every error rendered as `{"error": code, "detail": ...}`.
 Input problems are 4xx; only our own bugs are 500.
 
-It wraps each route's handler (`add_get`/`add_post` below) instead of being an aiohttp
-middleware. With any middleware at all aiohttp runs every request through two more
-coroutine frames (the middleware and its own current-app fix-up); on the bench machine
-that, with our per-request metrics, was a quarter of the server's CPU for a duplicate
-webhook. Unknown paths and methods reach `no_such_route`, registered last, so their
-404/405 are rendered here too. Features add gates rather than wrappers.
+It wraps each route's handler (`add_route` below, called by gateway.http.routes)
+instead of being an aiohttp middleware. With any middleware at all aiohttp runs every
+request through two more coroutine frames (the middleware and its own current-app
+fix-up); on the bench machine that, with our per-request metrics, was a quarter of the
+server's CPU for a duplicate webhook. Unknown paths and methods reach `no_such_route`,
+registered last, so their 404/405 are rendered here too. Checks are added as gates
+rather than wrappers.
 """
 
 from __future__ import annotations
@@ -118,12 +119,12 @@ def in_context(handler: Handler) -> bool:
     return handler in _in_context
 
 
-def add_get(app: web.Application, path: str, handler: Handler) -> None:
-    app.router.add_get(path, with_request_context(handler))
-
-
-def add_post(app: web.Application, path: str, handler: Handler) -> None:
-    app.router.add_post(path, with_request_context(handler))
+def add_route(app: web.Application, method: str, path: str, handler: Handler) -> None:
+    """Register a route whose handler runs in the request context (GET also answers HEAD)."""
+    if method == "GET":
+        app.router.add_get(path, with_request_context(handler))
+    else:
+        app.router.add_route(method, path, with_request_context(handler))
 
 
 async def no_such_route(request: web.Request) -> web.StreamResponse:

@@ -8,88 +8,12 @@ Redis and Kafka outages cost speed and delay events, never acknowledged writes.
 from __future__ import annotations
 
 import asyncio
-import time
-from datetime import UTC
 from typing import Any
 
-import asyncpg
 from aiohttp import web
-from aiokafka.client import AIOKafkaClient
 
 from gateway import appkeys
-from gateway.clients.redis import RedisCache
-from gateway.config import Settings
 from gateway.http.context import json_response
-from gateway.observability import metrics
-
-KAFKA_CACHE_SECONDS = 2.0
-
-
-class HealthProbes:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: RedisCache | None) -> None:
-        self.settings = settings
-        self.pool = pool
-        self.redis = redis
-        self._kafka: tuple[float, bool] | None = None
-        self._kafka_lock = asyncio.Lock()
-
-    async def database(self) -> bool:
-        try:
-            async with self.pool.acquire(timeout=1) as conn:
-                await conn.fetchval("SELECT 1", timeout=1)
-            return True
-        except Exception:
-            return False
-
-    async def redis_ok(self) -> bool:
-        if self.redis is None:
-            return False
-        return await self.redis.ping()
-
-    async def kafka(self) -> bool:
-        if not self.settings.kafka_bootstrap_servers:
-            return False
-        async with self._kafka_lock:
-            now = time.monotonic()
-            if self._kafka is not None and now - self._kafka[0] < KAFKA_CACHE_SECONDS:
-                return self._kafka[1]
-            client = AIOKafkaClient(
-                bootstrap_servers=self.settings.kafka_bootstrap_servers, request_timeout_ms=1500
-            )
-            try:
-                await asyncio.wait_for(client.bootstrap(), 2)
-                ok = True
-            except Exception:
-                ok = False
-            finally:
-                await client.close()
-            self._kafka = (time.monotonic(), ok)
-            return ok
-
-    async def staging(self) -> tuple[int | None, str | None]:
-        try:
-            async with self.pool.acquire(timeout=1) as conn:
-                row = await conn.fetchrow(
-                    """
-                    SELECT (SELECT count(*) FROM payment_service.payment_staging
-                            WHERE processed IS NOT TRUE) AS backlog,
-                           (SELECT max(started_at) FROM payment_service.staging_process_log) AS last
-                    """,
-                    timeout=2,
-                )
-        except Exception:
-            return None, None
-        assert row is not None
-        last = row["last"]
-        metrics.staging_backlog.set(row["backlog"])
-        return row["backlog"], last.astimezone(UTC).isoformat() if last else None
-
-    def pool_gauges(self) -> None:
-        size = self.pool.get_size()
-        idle = self.pool.get_idle_size()
-        metrics.db_pool_connections.labels("in_use").set(size - idle)
-        metrics.db_pool_connections.labels("idle").set(idle)
-        metrics.db_pool_connections.labels("max").set(self.pool.get_max_size())
 
 
 async def health(request: web.Request) -> web.Response:
@@ -105,9 +29,7 @@ async def health(request: web.Request) -> web.Response:
         "staging_backlog": backlog,
         "last_staging_run": last_run,
     }
-    extra = request.app.get(appkeys.HEALTH_EXTRAS)
-    if extra is not None:
-        checks.update(await extra())
+    checks.update(await request.app[appkeys.HEALTH_EXTRAS]())
     healthy = db and redis_ok and kafka_ok
     return json_response(
         {"status": "healthy" if healthy else "unhealthy", "checks": checks}, 200 if healthy else 503

@@ -27,29 +27,21 @@ import orjson
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.db import dead_letters as dlq_store
-from gateway.db.reconciliation import (
+from gateway.db import dead_letters
+from gateway.db.reconciliation import ITEM_COLUMNS, reconcile_statement, run_items
+from gateway.db.reconciliation import get_run as reconciliation_run
+from gateway.domain.statements import (
     CATEGORIES,
     StatementError,
     StatementOptions,
     parse_delimiter,
     parse_mapping,
-    reconcile_statement,
 )
 from gateway.errors import BadRequest, NotFound, ValidationError
-from gateway.http.context import add_get, add_post, json_response
+from gateway.http.context import json_response
 from gateway.security.auth import PRINCIPAL
 
 _READ_CHUNK = 256 * 1024
-_ITEM_COLUMNS = (
-    "id", "category", "reference_number", "payment_id", "line_number", "statement_amount",
-    "internal_amount", "difference", "statement_status", "internal_status", "details",
-)  # fmt: skip
-_ITEMS = f"""
-SELECT {", ".join(_ITEM_COLUMNS)} FROM payment_service.reconciliation_items
-WHERE run_id = $1 AND ($2::text IS NULL OR category = $2) AND id > $3
-ORDER BY id LIMIT $4
-"""
 
 
 def _actor(request: web.Request) -> str:
@@ -150,9 +142,7 @@ def _item(row: Any) -> dict[str, Any]:
 async def get_run(request: web.Request) -> web.StreamResponse:
     run_id = _run_id(request)
     pool = request.app[appkeys.POOL]
-    run = await pool.fetchrow(
-        "SELECT * FROM payment_service.reconciliation_runs WHERE id = $1", run_id
-    )
+    run = await reconciliation_run(pool, run_id)
     if run is None:
         raise NotFound("no such reconciliation run", code="run_not_found")
     category = request.query.get("category") or None
@@ -165,7 +155,7 @@ async def get_run(request: web.Request) -> web.StreamResponse:
         after = int(request.query.get("after", "0"))
     except ValueError:
         raise BadRequest("limit and after must be integers") from None
-    rows = await pool.fetch(_ITEMS, run_id, category, after, limit)
+    rows = await run_items(pool, run_id, category, after, limit)
     items = [_item(r) for r in rows]
     body = {
         "run": {
@@ -201,14 +191,14 @@ async def _export_csv(
     await response.prepare(request)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(_ITEM_COLUMNS)
+    writer.writerow(ITEM_COLUMNS)
     after = 0
     pool = request.app[appkeys.POOL]
     while True:
-        rows = await pool.fetch(_ITEMS, run_id, category, after, 5000)
+        rows = await run_items(pool, run_id, category, after, 5000)
         for r in rows:
             details = r["details"]
-            cells: list[Any] = ["" if r[c] is None else r[c] for c in _ITEM_COLUMNS[:-1]]
+            cells: list[Any] = ["" if r[c] is None else r[c] for c in ITEM_COLUMNS[:-1]]
             cells.append(orjson.dumps(details).decode() if details is not None else "")
             writer.writerow(cells)
         await response.write(buf.getvalue().encode())
@@ -226,7 +216,7 @@ async def get_dlq(request: web.Request) -> web.Response:
         limit = min(max(int(request.query.get("limit", "100")), 1), 1000)
     except ValueError:
         raise ValidationError("limit", "must be an integer") from None
-    items = await dlq_store.list_dead_letters(request.app[appkeys.POOL], limit)
+    items = await dead_letters.list_dead_letters(request.app[appkeys.POOL], limit)
     return json_response({"items": items, "count": len(items)})
 
 
@@ -245,16 +235,9 @@ async def post_dlq_replay(request: web.Request) -> web.Response:
         raise ValidationError("ids", "must be a list of integers")
     if not all_ and not ids:
         raise ValidationError("ids", "give ids or all=true")
-    replayed = await dlq_store.replay(
+    replayed = await dead_letters.replay(
         request.app[appkeys.POOL], ids, all_=all_, actor=_actor(request)
     )
     if replayed:
         request.app[appkeys.OUTBOX_WAKE].ring()
     return json_response({"replayed": replayed, "count": len(replayed)})
-
-
-def install(app: web.Application) -> None:
-    add_post(app, "/api/v1/reconciliation/statements", post_statement)
-    add_get(app, "/api/v1/reconciliation/runs/{run_id}", get_run)
-    add_get(app, "/api/v1/dlq", get_dlq)
-    add_post(app, "/api/v1/dlq/replay", post_dlq_replay)

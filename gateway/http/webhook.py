@@ -21,17 +21,18 @@ from gateway.domain.model import IDENTITY_FIELDS, Payment
 from gateway.domain.validation import DateWindow, date_window, validate_payment
 from gateway.errors import (
     BadRequest,
+    Conflict,
     NotFound,
     PaygateError,
     ServiceUnavailable,
     ValidationError,
 )
+from gateway.http.body import read_body
 from gateway.http.context import json_response
 from gateway.ingest.channels import Channel
-from gateway.ingest.signatures import SCHEMES, SignatureError
+from gateway.ingest.signatures import SignatureError
 from gateway.ingest.writer import CONFLICT, CREATED, DUPLICATE, WriteResult
 from gateway.observability import metrics
-from gateway.security.slow_clients import read_body
 
 log = logging.getLogger("paygate.webhook")
 
@@ -77,8 +78,8 @@ def _outcome_of(exc: PaygateError) -> str:
 async def handle_webhook(request: web.Request) -> web.Response:
     started = time.perf_counter()
     app = request.app
-    bound = app.get(appkeys.INFLIGHT)
-    if bound is not None and not bound.enter():
+    bound = app[appkeys.INFLIGHT]
+    if not bound.enter():
         metrics.rate_limited.labels("all", "in_flight").inc()
         raise ServiceUnavailable("too many requests in flight", code="overloaded", retry_after=1)
     channel: Channel | None = None
@@ -95,8 +96,7 @@ async def handle_webhook(request: web.Request) -> web.Response:
         outcome = _outcome_of(exc)
         raise
     finally:
-        if bound is not None:
-            bound.leave()
+        bound.leave()
         if channel is not None:
             elapsed = time.perf_counter() - started
             _requests(channel.name, outcome).inc()
@@ -115,26 +115,18 @@ async def handle_webhook(request: web.Request) -> web.Response:
 async def _process(request: web.Request, channel: Channel) -> tuple[web.Response, str]:
     app = request.app
     settings = app[appkeys.SETTINGS]
-    guard = app.get(appkeys.SOURCE_GUARD)
-    if guard is not None:
-        guard.check(request, channel)  # allowlist and rate limit, before the body is read
+    app[appkeys.SOURCE_GUARD].check(request, channel)  # allowlist and rate limit, before the body
 
     body = await read_body(request, settings.client_timeout_seconds)
     try:
-        verified = SCHEMES[channel.scheme].verify(
-            request.headers,
-            body,
-            channel.keys,
-            now=time.time(),
-            tolerance=channel.tolerance_seconds,
-        )
+        verified = channel.verify(request.headers, body, now=time.time())
     except SignatureError as exc:
         metrics.signature_failures.labels(channel.name, exc.reason).inc()
         raise
 
-    replay = app.get(appkeys.REPLAY_GUARD)
+    replay = app[appkeys.REPLAY_GUARD]
     signed_id = (verified.delivery_id or "")[:255]
-    if replay is not None and signed_id:
+    if signed_id:
         # A retry of a delivery already answered, known from the signed headers alone:
         # answered without parsing the body again (the common case of a provider retry).
         seen = replay.seen(channel.name, signed_id)
@@ -152,14 +144,14 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
         ), "ignored"
 
     delivery_id = signed_id or (_delivery_id(request, fields) or "")[:255] or None
-    if replay is not None and delivery_id and not signed_id:  # ids from other headers or the body
+    if delivery_id and not signed_id:  # ids from other headers or the body
         seen = replay.seen(channel.name, delivery_id)
         if seen is not None:
             return _duplicate(seen, "delivery")
 
-    status_only = app.get(appkeys.STATUS_APPLIER)
-    if status_only is not None and status_only.is_status_only(fields):
-        result_body, outcome = await status_only.apply_update(
+    statuses = app[appkeys.STATUS_APPLIER]
+    if statuses.is_status_only(fields):
+        result_body, outcome = await statuses.apply_update(
             fields, channel=channel.name, delivery_id=delivery_id, body=body
         )
         return json_response(result_body, 202 if outcome == "deferred" else 200), outcome
@@ -182,7 +174,7 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
 
     # The writer fails the future with 503 write_timeout after WEBHOOK_TIMEOUT_MS.
     result = await app[appkeys.WRITER].submit(Candidate(payment, channel.name, delivery_id, body))
-    if replay is not None and delivery_id and result.outcome in (CREATED, DUPLICATE):
+    if delivery_id and result.outcome in (CREATED, DUPLICATE):
         replay.remember(channel.name, delivery_id, result.payment_id)
     return await _answer(request, channel, payment, result, delivery_id, body)
 
@@ -217,9 +209,8 @@ async def _answer(
     if result.outcome == CONFLICT:
         raise_conflict(result)
     if result.outcome == DUPLICATE:
-        applier = request.app.get(appkeys.STATUS_APPLIER)
-        if applier is not None and result.status is not None and result.status != payment.status:
-            out, outcome = await applier.apply_payment(
+        if result.status is not None and result.status != payment.status:
+            out, outcome = await request.app[appkeys.STATUS_APPLIER].apply_payment(
                 payment, channel=channel.name, delivery_id=delivery_id, body=body
             )
             return json_response(out, 202 if outcome == "deferred" else 200), outcome
@@ -228,8 +219,6 @@ async def _answer(
 
 
 def raise_conflict(result: WriteResult) -> None:
-    from gateway.errors import Conflict
-
     raise Conflict(
         "this reference was recorded with different amount, account, cif or payment date",
         code="reference_conflict",

@@ -1,6 +1,6 @@
 """Deduplication hints: L1 (in-process LRU) and L2 (Redis).
 
-Neither is the truth: `payment_references` in Postgres is (see store.py). A hint only
+Neither is the truth: `payment_references` in Postgres is (see gateway/db/payments.py). A hint only
 short-circuits a delivery we already know to be an exact duplicate: same reference,
 same business fields, same status. Everything else falls through to the database.
 """
@@ -17,6 +17,7 @@ from cachetools import LRUCache
 
 from gateway.clients.redis import RedisCache
 from gateway.config import Settings
+from gateway.db.payments import recent_references
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +124,7 @@ class Deduplicator:
         """Load the most recent references into L1 before the instance reports ready."""
         if self.l1 is None or count <= 0:
             return 0
-        rows = await pool.fetch(
-            """
-            SELECT r.reference_number, r.payment_id, r.payload_hash, p.status
-            FROM (SELECT * FROM payment_service.payment_references
-                  ORDER BY created_at DESC LIMIT $1) r
-            JOIN payment_service.payments p
-              ON p.id = r.payment_id AND p.payment_date = r.payment_date
-            """,
-            min(count, self.l1.maxsize),
-        )
+        rows = await recent_references(pool, min(count, self.l1.maxsize))
         self.remember(
             (r["reference_number"], Known(str(r["payment_id"]), r["payload_hash"], r["status"]))
             for r in rows

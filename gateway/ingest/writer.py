@@ -32,7 +32,8 @@ from gateway.observability import metrics
 
 log = logging.getLogger(__name__)
 
-CREATED, DUPLICATE, CONFLICT = "created", "duplicate", "conflict"
+# What the writer decided for one payment; REJECTED: the database refused its data (422).
+CREATED, DUPLICATE, CONFLICT, REJECTED = "created", "duplicate", "conflict", "rejected"
 
 # Raised by asyncpg/OS when the database cannot be reached or the connection broke.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -56,7 +57,7 @@ AfterCommit = Callable[[asyncpg.Connection, Sequence[Candidate]], Awaitable[None
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
-    outcome: str  # created | duplicate | conflict
+    outcome: str  # created | duplicate | conflict | rejected
     payment_id: str
     status: str | None  # the stored status (None if its partition is gone)
     layer: str  # where it was decided: database | redis | batch
@@ -358,7 +359,7 @@ class GroupCommitWriter:
             except ValidationError as exc:
                 log.warning("payment refused by the database: %s", exc.detail)
                 results[cand.payment.reference_number] = WriteResult(
-                    "rejected", "", None, "database", None
+                    REJECTED, "", None, "database", None
                 )
         return results
 

@@ -15,10 +15,9 @@ import asyncio
 import logging
 import signal
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 
-from aiohttp import web
-
-from gateway import appkeys
+from gateway.config import Settings
 from gateway.errors import ConfigError
 from gateway.ingest.channels import Channel, ChannelRegistry, load_channels
 
@@ -57,14 +56,15 @@ def describe(registry: ChannelRegistry) -> str:
     return ", ".join(parts)
 
 
-def reload_channels(app: web.Application, *, environ: Mapping[str, str] | None = None) -> bool:
+def reload_channels(
+    registry: ChannelRegistry, settings: Settings, *, environ: Mapping[str, str] | None = None
+) -> bool:
     """Re-read the channels; True when the new configuration is live."""
-    registry = app[appkeys.CHANNELS]
     if not isinstance(registry, ReloadableChannels):
         log.error("channels reload unavailable: the registry is not reloadable")
         return False
     try:
-        fresh = load_channels(app[appkeys.SETTINGS], environ=environ)
+        fresh = load_channels(settings, environ=environ)
     except (ConfigError, OSError) as exc:
         log.error("channels reload failed, keeping the previous configuration: %s", exc)
         return False
@@ -73,11 +73,12 @@ def reload_channels(app: web.Application, *, environ: Mapping[str, str] | None =
     return True
 
 
-async def sighup_ctx(app: web.Application) -> AsyncIterator[None]:
+@asynccontextmanager
+async def reload_on_sighup(registry: ChannelRegistry, settings: Settings) -> AsyncIterator[None]:
     """Reload on SIGHUP while the app runs (only possible in the main thread)."""
     loop = asyncio.get_running_loop()
     try:
-        loop.add_signal_handler(signal.SIGHUP, reload_channels, app)
+        loop.add_signal_handler(signal.SIGHUP, reload_channels, registry, settings)
         installed = True
     except (NotImplementedError, RuntimeError, ValueError):
         installed = False

@@ -9,8 +9,10 @@ import asyncpg
 import pytest
 
 from gateway.config import Settings
+from gateway.db.dead_letters import count as count_dead_letters
+from gateway.db.dead_letters import list_dead_letters, replay
 from workers.cli import main as cli
-from workers.dlq import count_dead_letters, list_dead_letters, replay
+from workers.cli.commands import COMMANDS
 
 
 async def add_event(pool: asyncpg.Pool, key: str, *, dead: bool, error: str | None = None) -> int:
@@ -58,7 +60,7 @@ async def test_replay_by_id_resets_the_row_and_audits_it(db: asyncpg.Pool) -> No
     target = await add_event(db, "R-1", dead=True, error="MessageSizeTooLargeError: too big")
     other = await add_event(db, "R-2", dead=True)
 
-    assert await replay(db, [target], all_=False, actor="ops:alice") == 1
+    assert len(await replay(db, [target], all_=False, actor="ops:alice")) == 1
 
     reset = await row(db, target)
     assert reset["dead_lettered_at"] is None
@@ -82,9 +84,9 @@ async def test_replay_all_and_ids_that_are_not_dead_letters(db: asyncpg.Pool) ->
     dead = [await add_event(db, f"R-{i}", dead=True) for i in range(3)]
     alive = await add_event(db, "R-live", dead=False)
 
-    assert await replay(db, [alive, 999_999], all_=False, actor="cli:test") == 0
-    assert await replay(db, None, all_=True, actor="cli:test") == 3
-    assert await replay(db, dead, all_=False, actor="cli:test") == 0  # already replayed
+    assert len(await replay(db, [alive, 999_999], all_=False, actor="cli:test")) == 0
+    assert len(await replay(db, (), all_=True, actor="cli:test")) == 3
+    assert len(await replay(db, dead, all_=False, actor="cli:test")) == 0  # already replayed
 
     assert await count_dead_letters(db) == 0
     assert (
@@ -97,20 +99,20 @@ async def test_replay_all_and_ids_that_are_not_dead_letters(db: asyncpg.Pool) ->
 
 async def test_replay_with_nothing_selected_does_nothing(db: asyncpg.Pool) -> None:
     await add_event(db, "R-1", dead=True)
-    assert await replay(db, [], all_=False, actor="cli:test") == 0
+    assert len(await replay(db, [], all_=False, actor="cli:test")) == 0
     assert await count_dead_letters(db) == 1
 
 
 async def test_replay_requires_an_actor(db: asyncpg.Pool) -> None:
     await add_event(db, "R-1", dead=True)
     with pytest.raises(ValueError):
-        await replay(db, None, all_=True, actor="")
+        await replay(db, (), all_=True, actor="")
 
 
 async def run_cli(argv: list[str], settings: Settings) -> int:
-    cli._load_extra_commands()
     args = cli.build_parser().parse_args(argv)
-    return await cli._COMMANDS[args.command](args, settings)
+    run = next(c.run for c in COMMANDS if c.name == args.command)
+    return await run(args, settings)
 
 
 async def test_cli_lists_and_replays(

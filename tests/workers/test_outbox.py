@@ -24,10 +24,10 @@ from prometheus_client import REGISTRY
 from gateway import appkeys
 from gateway.clients.kafka import ensure_topic
 from gateway.config import Settings
+from gateway.db.dead_letters import list_dead_letters, replay
 from tests import stack as stack_module
 from tests.conftest import make_settings, wait_for
 from tests.webhooks import payment_doc, post_webhook
-from workers.dlq import list_dead_letters, replay
 from workers.outbox import OutboxRelay, RoundResult, describe_error, is_transient
 
 Record = ConsumerRecord[bytes, bytes]
@@ -271,7 +271,7 @@ async def test_poison_event_is_dead_lettered_the_rest_flow_and_replay_publishes_
 
     await relay.stop()  # the operator raises the limit: a relay with the default producer
     await start_relay(relays, db, settings)
-    assert await replay(db, [poison], all_=False, actor="test:operator") == 1
+    assert len(await replay(db, [poison], all_=False, actor="test:operator")) == 1
     await wait_for(lambda: _is_zero(db.fetchval("SELECT count(*) FROM payment_service.outbox")))
     replayed = [r for r in await read_topic(settings, len(refs) + 1) if r.key == b"POISON-1"]
     assert len(replayed) == 1

@@ -19,13 +19,13 @@ import pytest
 from prometheus_client import REGISTRY
 
 from gateway.config import Settings
+from gateway.db import counts
 from tests import stack as stack_module
 from tests.conftest import make_settings
 from workers.partitions import (
     PartitionMaintainer,
     PartitionWorker,
     advisory_key,
-    default_partition_rows,
     ensure_partitions,
     format_status,
 )
@@ -389,7 +389,7 @@ async def test_status_shows_partitions_rows_and_the_plan(
     assert "payments_2027_02" not in await partitions(db, scratch, "payments")
 
 
-async def test_worker_runs_maintenance_and_publishes_default_rows(
+async def test_worker_runs_maintenance_and_reports_default_rows(
     db: asyncpg.Pool, scratch: str, psettings: Settings
 ) -> None:
     await ensure_partitions(db, psettings, now=datetime.now(UTC), schema=scratch)
@@ -402,7 +402,7 @@ async def test_worker_runs_maintenance_and_publishes_default_rows(
     )
     assert await worker.run_once() is False
     assert worker.last_report is not None and worker.last_report.result == "ok"
-    assert REGISTRY.get_sample_value("paygate_partition_default_rows", {"table": "payments"}) == 1
+    assert worker.last_report.default_rows["payments"] == 1
     after = REGISTRY.get_sample_value("paygate_partition_maintenance_runs_total", {"result": "ok"})
     assert after == before + 1
     assert worker.name == "partitions"
@@ -442,6 +442,5 @@ async def test_default_partition_rows_counts_each_table(
         f"INSERT INTO {scratch}.audit_log (created_at, actor, action) VALUES ($1, 'test', 'x')",
         utc(2001, 1, 1),
     )
-    counts = await default_partition_rows(db, scratch)
-    assert counts == {"payments": 1, "webhook_events": 0, "audit_log": 1}
-    assert REGISTRY.get_sample_value("paygate_partition_default_rows", {"table": "audit_log"}) == 1
+    rows = await counts.default_partition_rows(db, scratch)
+    assert rows == {"payments": 1, "webhook_events": 0, "audit_log": 1}

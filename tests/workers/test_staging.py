@@ -11,18 +11,19 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from unittest.mock import ANY
 
 import asyncpg
 import orjson
-import pytest
 from prometheus_client import REGISTRY
 
 from gateway.config import Settings
+from gateway.db import counts
 from gateway.notify import Wakeup
 from tests.conftest import make_settings
 from tests.webhooks import payment_doc, post_webhook
 from workers import staging_sql
-from workers.staging import BatchFailed, BatchReport, Recorded, StagingWorker, retry_delay
+from workers.staging import BatchFailed, BatchReport, Recorded, StagingWorker
 
 COLUMNS = (
     "reference_number", "loan_account_number", "cif", "amount", "payment_date",
@@ -242,7 +243,7 @@ async def test_full_batches_report_more_work_and_the_backlog_drains(
     assert await worker.run_once() is True
     assert await worker.burst() == 2  # a full batch (more), then a short one (done)
     assert await db.fetchval("SELECT count(*) FROM payment_service.payments") == 250
-    assert REGISTRY.get_sample_value("paygate_staging_backlog") == 0
+    assert await counts.staging_state(db, timeout=5) == (0, ANY)
     log = await db.fetch(
         "SELECT batch_start_id, batch_end_id, total_records FROM "
         "payment_service.staging_process_log ORDER BY batch_start_id"
@@ -485,12 +486,3 @@ async def test_a_clean_batch_logs_no_error_details(db: asyncpg.Pool, stack: Any)
     await StagingWorker(db, staging_settings(stack), Wakeup()).burst()
     log = await db.fetchrow("SELECT * FROM payment_service.staging_process_log")
     assert (log["processed_records"], log["error_details"]) == (2, None)
-
-
-# -- pure rules ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("attempt", [1, 2, 3, 10])
-def test_retry_delay_is_bounded_full_jitter(attempt: int) -> None:
-    for _ in range(50):
-        assert 0 <= retry_delay(attempt, 0.2, cap=1.0) <= min(1.0, 0.2 * 2 ** (attempt - 1))

@@ -1,7 +1,7 @@
 """The SQL staging batch must agree with the Python rules it replaces, value for value.
 
-`workers.staging_sql` re-expresses `gateway.domain.validation.validate_staging_row`,
-`gateway.domain.model.business_hash` and `gateway.domain.events.payment_recorded` in SQL.
+`workers.staging_sql` re-expresses the webhook's validation (`tests.oracles.validate_staging_row`),
+`gateway.domain.model.business_hash` and the `payment.recorded` payload in SQL.
 These tests stage awkward values, let Postgres decide, and compare with what Python decides for the
 very same rows (read back through the pool, so both sides see identical values).
 """
@@ -15,13 +15,13 @@ from typing import Any
 import asyncpg
 import orjson
 
-from gateway.domain import events
 from gateway.domain.model import AMOUNT_MAX, business_hash
-from gateway.domain.validation import DateWindow, date_window, validate_staging_row
+from gateway.domain.validation import DateWindow, date_window
 from gateway.errors import ValidationError
 from gateway.notify import Wakeup
 from tests.conftest import make_settings
 from tests.gateway.db.test_events_sql import assert_same_recorded_event
+from tests.oracles import payment_recorded, validate_staging_row
 from tests.workers.test_staging import row
 from workers import staging_sql
 from workers.staging import StagingWorker
@@ -187,7 +187,7 @@ async def test_recorded_hashes_and_events_match_the_python_builders(
         assert stored["payload_hash"] == business_hash(
             ref, s["loan_account_number"], s["cif"], s["amount"], s["payment_date"]
         ), ref
-        expected = events.payment_recorded(
+        expected = payment_recorded(
             payment_id=s["payment_id"],
             reference_number=ref,
             loan_account_number=s["loan_account_number"],

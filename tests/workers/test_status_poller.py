@@ -4,7 +4,6 @@ mapped statuses, timeouts, 5xx then success, garbage, unknown statuses and 404s.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -22,7 +21,7 @@ from gateway.errors import ConfigError
 from gateway.notify import Wakeup
 from gateway.observability import metrics
 from tests.conftest import TEST_SECRET, make_settings
-from workers.status_poller import StatusApi, StatusPoller, backoff
+from workers.status_poller import StatusApi, StatusPoller
 
 if TYPE_CHECKING:
     from tests.stack import TestStack
@@ -131,13 +130,6 @@ async def _seed(
 async def _statuses(db: asyncpg.Pool) -> dict[str, str]:
     rows = await db.fetch("SELECT reference_number, status FROM payment_service.payments")
     return {r["reference_number"]: r["status"] for r in rows}
-
-
-def test_backoff_is_bounded_full_jitter() -> None:
-    rng = random.Random(1)
-    delays = [backoff(a, 0.5, cap=4.0, rng=rng) for a in range(10) for _ in range(20)]
-    assert all(0 <= d <= 4.0 for d in delays)
-    assert max(backoff(0, 0.5, rng=rng) for _ in range(50)) <= 0.5
 
 
 def test_status_api_config_is_checked_and_interprets_answers() -> None:

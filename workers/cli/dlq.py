@@ -4,17 +4,14 @@ from the command line (the same functions back the ops API)."""
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 from typing import Any
 
 from gateway.config import Settings
-from workers.cli import main as cli
-from workers.dlq import count_dead_letters, list_dead_letters, replay
+from workers.cli.command import Command, cli_actor
 
 
-def _parser(sub: argparse._SubParsersAction[Any]) -> None:
-    dlq = sub.add_parser("dlq", help="outbox dead letters: list, replay")
+def _arguments(dlq: argparse.ArgumentParser) -> None:
     actions = dlq.add_subparsers(dest="dlq_action", required=True)
     ls = actions.add_parser("list", help="show dead-lettered events, oldest first")
     ls.add_argument("--limit", type=int, default=100)
@@ -22,18 +19,6 @@ def _parser(sub: argparse._SubParsersAction[Any]) -> None:
     rp.add_argument("ids", nargs="*", type=int, metavar="ID")
     rp.add_argument("--all", dest="all_", action="store_true", help="every dead letter")
     rp.add_argument("--actor", default="", help="who replays (audit log); default cli:$USER")
-
-
-cli._EXTRA_PARSERS.append(_parser)
-
-
-def _actor(given: str) -> str:
-    if given:
-        return given
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
 
 
 def _print_table(rows: list[dict[str, Any]], total: int) -> None:
@@ -50,11 +35,11 @@ def _print_table(rows: list[dict[str, Any]], total: int) -> None:
         print(f"... {total - len(rows)} more (use --limit)")
 
 
-@cli.command("dlq")
-async def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.db import dead_letters
     from gateway.db.pool import create_pool
 
-    cli._require_urls(settings)
+    settings.require_database()
     if args.dlq_action == "replay" and not args.all_ and not args.ids:
         print("paygate dlq replay: give event ids or --all", file=sys.stderr)
         return 2
@@ -64,13 +49,19 @@ async def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
     pool = await create_pool(settings, min_size=1, max_size=2)
     try:
         if args.dlq_action == "list":
-            rows = await list_dead_letters(pool, max(args.limit, 1))
-            _print_table(rows, await count_dead_letters(pool))
+            rows = await dead_letters.list_dead_letters(pool, max(args.limit, 1))
+            _print_table(rows, await dead_letters.count(pool))
             return 0
-        n = await replay(pool, args.ids or None, all_=args.all_, actor=_actor(args.actor))
+        replayed = await dead_letters.replay(
+            pool, args.ids, all_=args.all_, actor=cli_actor(args.actor)
+        )
+        n = len(replayed)
         print(f"replayed {n} event(s)")
         if args.ids and n < len(set(args.ids)):
             print("some ids were not dead letters and were left alone", file=sys.stderr)
         return 0
     finally:
         await pool.close()
+
+
+COMMAND = Command("dlq", "outbox dead letters: list, replay", run, _arguments)

@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from gateway.config import Settings
-from gateway.db.pool import create_pool
-from workers.cli import main as cli
+from workers.cli.command import Command
 
 
-def _parser(sub: argparse._SubParsersAction[Any]) -> None:
-    p = sub.add_parser("partitions", help="partition status and on-demand maintenance")
+def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("status", "maintain"))
 
 
-cli._EXTRA_PARSERS.append(_parser)
-
-
-@cli.command("partitions")
-async def cmd_partitions(args: argparse.Namespace, settings: Settings) -> int:
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.db.pool import create_pool
     from workers.partitions import PartitionMaintainer, format_status
 
-    if not settings.database_url:
-        raise cli.ConfigError("DATABASE_URL is not set")
+    settings.require_database()
     pool = await create_pool(settings, min_size=1, max_size=2)
     try:
         maintainer = PartitionMaintainer(pool, settings)
@@ -35,3 +28,6 @@ async def cmd_partitions(args: argparse.Namespace, settings: Settings) -> int:
         return 0 if report.result in ("ok", "skipped") else 1
     finally:
         await pool.close()
+
+
+COMMAND = Command("partitions", "partition status and on-demand maintenance", run, _arguments)

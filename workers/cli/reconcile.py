@@ -25,16 +25,16 @@ import orjson
 
 from gateway.config import Settings
 from gateway.db.pool import create_pool
-from gateway.db.reconciliation import (
+from gateway.db.reconciliation import reconcile_statement
+from gateway.domain.statements import (
     CATEGORIES,
     StatementError,
     StatementOptions,
     parse_delimiter,
     parse_mapping,
-    reconcile_statement,
 )
 from gateway.errors import ConfigError
-from workers.cli import main as cli
+from workers.cli.command import Command
 
 _CHUNK = 256 * 1024
 
@@ -49,8 +49,7 @@ def _decimal(text: str) -> Decimal:
     return value
 
 
-def _add_parser(sub: argparse._SubParsersAction[Any]) -> None:
-    p = sub.add_parser("reconcile", help="import a bank/provider statement (CSV) and match it")
+def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=Path)
     p.add_argument("--delimiter", default=",", help="one character, or 'tab'")
     p.add_argument("--map", default="", help="our column=header in the file, comma separated")
@@ -64,9 +63,6 @@ def _add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--no-matched", action="store_true", help="count matched lines, store none")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--fail-on-exceptions", action="store_true")
-
-
-cli._EXTRA_PARSERS.append(_add_parser)
 
 
 async def _read(path: Path) -> AsyncIterator[bytes]:
@@ -110,10 +106,8 @@ def render(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@cli.command("reconcile")
-async def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    if not settings.database_url:
-        raise ConfigError("DATABASE_URL is not set")
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    settings.require_database()
     if not args.file.is_file():
         print(f"paygate reconcile: no such file: {args.file}", file=sys.stderr)
         return 2
@@ -132,3 +126,8 @@ async def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() if args.json else render(summary)
     )
     return 1 if args.fail_on_exceptions and summary["exceptions"] else 0
+
+
+COMMAND = Command(
+    "reconcile", "import a bank/provider statement (CSV) and match it", run, _arguments
+)

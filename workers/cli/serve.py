@@ -1,12 +1,14 @@
-"""Running paygate: the HTTP server, the background workers, or both in one process.
+"""`paygate serve` and `paygate run`: the HTTP server, alone or with the background
+workers in the same process.
 
 The CLI lives on the workers side because it composes both halves; `gateway/`
-never imports `workers/`. Workers attach to the app as one more cleanup context,
-so they share its pool and stop before it closes.
+never imports `workers/`. Workers run beside the app as a companion (gateway.app):
+they share its pool and stop before it closes.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import logging
@@ -16,85 +18,20 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import suppress
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, suppress
 
 import asyncpg
 from aiohttp import web
 
-from gateway import appkeys
+from gateway.app import Companion
 from gateway.config import Settings
 from gateway.notify import Wakeup
 from gateway.observability.gc_pauses import observe_gc_pauses
 from gateway.security.slow_clients import server_kwargs
-from workers.base import Worker
+from workers.cli.command import CHILD_ENV, Command
 
 log = logging.getLogger(__name__)
-
-WorkerFactory = Callable[[asyncpg.Pool, Settings, Wakeup], Worker]
-
-
-def worker_factories() -> dict[str, tuple[str, WorkerFactory]]:
-    """name -> (the setting that switches it on, how to build it). Imports stay lazy so
-    `paygate worker outbox` does not load the others."""
-
-    def outbox(pool: asyncpg.Pool, settings: Settings, wake: Wakeup) -> Worker:
-        from workers.outbox import OutboxRelay
-
-        return OutboxRelay(pool, settings, wake)
-
-    def staging(pool: asyncpg.Pool, settings: Settings, wake: Wakeup) -> Worker:
-        from workers.staging import StagingWorker
-
-        return StagingWorker(pool, settings, wake)
-
-    def partitions(pool: asyncpg.Pool, settings: Settings, wake: Wakeup) -> Worker:
-        from workers.partitions import PartitionWorker
-
-        return PartitionWorker(pool, settings)
-
-    def reconcile(pool: asyncpg.Pool, settings: Settings, wake: Wakeup) -> Worker:
-        from workers.status_poller import StatusPoller
-
-        return StatusPoller(pool, settings, wake)
-
-    return {
-        "outbox": ("enable_outbox_relay", outbox),
-        "staging": ("enable_staging_processor", staging),
-        "partitions": ("enable_partition_maintenance", partitions),
-        "reconcile": ("enable_status_poller", reconcile),
-    }
-
-
-def available_workers() -> list[str]:
-    return list(worker_factories())
-
-
-def build_workers(
-    pool: asyncpg.Pool, settings: Settings, wake: Wakeup, only: list[str] | None = None
-) -> list[Worker]:
-    built = []
-    for name, (switch, factory) in worker_factories().items():
-        if only is not None and name not in only:
-            continue
-        if only is None and not getattr(settings, switch):
-            continue
-        built.append(factory(pool, settings, wake))
-    return built
-
-
-def attach_workers(app: web.Application, only: list[str] | None = None) -> None:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        settings = app[appkeys.SETTINGS]
-        workers = build_workers(app[appkeys.POOL], settings, app[appkeys.OUTBOX_WAKE], only)
-        for w in workers:
-            await w.start()
-            log.info("worker %s started", w.name)
-        yield
-        for w in reversed(workers):
-            await w.stop(grace=settings.shutdown_timeout_seconds)
-
-    app.cleanup_ctx.append(ctx)
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -136,8 +73,6 @@ def tune_gc() -> None:
 def _spawn_siblings(settings: Settings) -> list[subprocess.Popen[bytes]]:
     """WEB_CONCURRENCY > 1: extra `paygate serve` processes on the same port
     (SO_REUSEPORT: the kernel spreads connections). They run no background workers."""
-    from workers.cli.main import CHILD_ENV
-
     if settings.web_concurrency <= 1 or os.environ.get(CHILD_ENV):
         return []
     env = dict(os.environ, **{CHILD_ENV: "1"})
@@ -173,13 +108,10 @@ async def serve(
     """Serve until SIGINT/SIGTERM, then shut down in order: stop listening, finish the
     requests in flight (up to SHUTDOWN_TIMEOUT_SECONDS), stop workers, writer, pool."""
     from gateway.app import create_app
-    from workers.cli.main import CHILD_ENV
 
-    app = create_app(settings)
-    if os.environ.get(CHILD_ENV):
-        app[appkeys.DATABASE_GAUGES] = False  # the first process of the host counts
-    if with_workers:
-        attach_workers(app)
+    companions = [_workers_companion(settings)] if with_workers else []
+    # The first process of the host counts the database-derived gauges for all of them.
+    app = create_app(settings, companions=companions, database_gauges=not os.environ.get(CHILD_ENV))
     runner = web.AppRunner(
         app,
         access_log=None,
@@ -215,18 +147,26 @@ async def serve(
     log.info("stopped")
 
 
-async def run_workers(settings: Settings, names: list[str]) -> None:
-    """`paygate worker NAME`: workers alone, with their own small pool."""
-    from gateway.db.pool import create_pool
+def _workers_companion(settings: Settings) -> Companion:
+    from workers.registry import running_workers
 
-    pool = await create_pool(settings, min_size=1, max_size=max(2, settings.db_pool_max // 2))
-    workers = build_workers(pool, settings, Wakeup(), only=names)
-    try:
-        for w in workers:
-            await w.start()
-        log.info("workers running: %s", ", ".join(w.name for w in workers))
-        await wait_for_stop_signal()
-    finally:
-        for w in reversed(workers):
-            await w.stop(grace=settings.shutdown_timeout_seconds)
-        await pool.close()
+    def companion(pool: asyncpg.Pool, wake: Wakeup) -> AbstractAsyncContextManager[object]:
+        return running_workers(pool, settings, wake)
+
+    return companion
+
+
+async def _serve_command(args: argparse.Namespace, settings: Settings) -> int:
+    settings.require_database()
+    await serve(settings, with_workers=False)
+    return 0
+
+
+async def _run_command(args: argparse.Namespace, settings: Settings) -> int:
+    settings.require_database()
+    await serve(settings, with_workers=True)
+    return 0
+
+
+SERVE = Command("serve", "the HTTP server alone", _serve_command)
+RUN = Command("run", "server + workers against the configured URLs", _run_command)

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import getpass
-from typing import Any
 
 from gateway.config import Settings
 from gateway.errors import ConfigError
 from gateway.security.auth import ROLES, mint_token
-from workers.cli import main as cli
+from workers.cli.command import Command
 
 MAX_TTL_SECONDS = 30 * 24 * 3600
 
@@ -25,21 +24,19 @@ def _ttl(raw: str) -> int:
     return value
 
 
-def _parser(sub: argparse._SubParsersAction[Any]) -> None:
-    p = sub.add_parser("token", help="mint an ops API bearer token (needs ADMIN_JWT_SECRET)")
+def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--role", action="append", choices=ROLES, required=True,
                    help="ops:read or ops:write (repeatable)")  # fmt: skip
     p.add_argument("--subject", default=None, help="who the token is for (default: $USER)")
     p.add_argument("--ttl", type=_ttl, default=3600, help="lifetime in seconds (default 3600)")
 
 
-cli._EXTRA_PARSERS.append(_parser)
-
-
-@cli.command("token")
-async def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+async def run(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.admin_jwt_secret:
         raise ConfigError("ADMIN_JWT_SECRET is not set")
     subject = args.subject or getpass.getuser()
     print(mint_token(settings.admin_jwt_secret, subject, args.role, ttl=args.ttl))
     return 0
+
+
+COMMAND = Command("token", "mint an ops API bearer token (needs ADMIN_JWT_SECRET)", run, _arguments)

@@ -1,5 +1,5 @@
-"""The webhook writer's outbox events are built by Postgres (gateway/events_sql.py):
-they must be exactly what `gateway.domain.events.payment_recorded` builds in Python."""
+"""The webhook writer's outbox events are built by Postgres (gateway/db/events_sql.py):
+they must be exactly what `tests.oracles.payment_recorded` builds in Python."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import orjson
 from gateway.db.payments import Candidate, record_batch
 from gateway.domain import events
 from gateway.domain.model import AMOUNT_MAX, Payment
+from tests.oracles import payment_recorded
 
 DAY = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(days=2)
 ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z")
@@ -29,7 +30,7 @@ def assert_same_recorded_event(stored: Mapping[str, Any], expected: events.Outbo
     for event in (got, want):
         del event["event_id"], event["timestamp"]
     assert got == want, expected.key
-    assert (stored["event_type"], stored["key"]) == (events.RECORDED, expected.key)
+    assert (stored["event_type"], stored["key"]) == (events.PAYMENT_RECORDED, expected.key)
 
 
 def payment(ref: str, **changes: object) -> Payment:
@@ -67,7 +68,7 @@ async def test_webhook_events_match_the_python_builder(db: asyncpg.Pool) -> None
             p.reference_number,
         )
         assert stored is not None, p.reference_number
-        expected = events.payment_recorded(
+        expected = payment_recorded(
             payment_id=cand.payment_id,
             reference_number=p.reference_number,
             loan_account_number=p.loan_account_number,

@@ -16,7 +16,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.db.payments import Candidate, record_batch
-from gateway.db.reconciliation import (
+from gateway.domain.model import Payment
+from gateway.domain.statements import (
     StatementError,
     StatementOptions,
     StatementParser,
@@ -24,7 +25,6 @@ from gateway.db.reconciliation import (
     parse_delimiter,
     parse_mapping,
 )
-from gateway.domain.model import Payment
 from gateway.security.auth import mint_token
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -241,7 +241,7 @@ async def test_cli_reconciles_a_file_and_prints_the_summary(
 ) -> None:
     from tests.conftest import make_settings
     from workers.cli import main as cli
-    from workers.cli.reconcile import cmd_reconcile
+    from workers.cli.reconcile import run as cmd_reconcile
 
     await _seed(
         db,

@@ -22,9 +22,9 @@ from gateway.domain.validation import (
     parse_event_time,
     parse_timestamp,
     validate_payment,
-    validate_staging_row,
 )
 from gateway.errors import ValidationError
+from tests.oracles import validate_staging_row
 
 NOW = datetime(2026, 3, 15, 12, 0, 0)
 WINDOW = date_window(NOW, 12, 31)  # 2025-03-01 00:00 .. 2026-04-15 12:00

@@ -228,7 +228,7 @@ async def test_redis_answers_duplicates_another_instance_recorded(
         from gateway import appkeys
 
         cache = a.server.app[appkeys.REDIS]
-        return (await cache.get_many([doc["reference_number"]]))[0] is not None
+        return (await cache.exchange([doc["reference_number"]], {}))[0] is not None
 
     await wait_for(redis_has_it, timeout=5)
     status, body, _ = await post_webhook(b, doc)

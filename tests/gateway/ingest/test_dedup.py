@@ -11,9 +11,9 @@ import orjson
 
 from gateway.clients.redis import CircuitBreaker
 from gateway.config import Settings
-from gateway.domain.events import payment_recorded
 from gateway.domain.ids import uuid7
 from gateway.ingest.dedup import Deduplicator, Known
+from tests.oracles import payment_recorded
 
 
 def test_known_round_trips_and_garbage_is_a_miss() -> None:

@@ -17,10 +17,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.db.payments import Candidate, record_batch
+from gateway.db.status import StatusEvent, apply_status
 from gateway.domain.model import Payment
 from gateway.errors import ValidationError
 from gateway.ingest.signatures import decode_secret, sign
-from gateway.ingest.status_updates import apply_status, is_status_only, parse_status_update
+from gateway.ingest.status_updates import is_status_only, parse_status_update
 from gateway.observability import metrics
 from tests.conftest import TEST_SECRET
 
@@ -193,9 +194,8 @@ async def test_concurrent_updates_of_one_payment_lose_nothing(db: asyncpg.Pool) 
 
     async def one(status: str, at: datetime) -> str:
         async with db.acquire() as conn:
-            result = await apply_status(
-                conn, ref, status, at, cause="test", actor="test", topic="t"
-            )
+            event = StatusEvent(ref, status, at, cause="test", actor="test")
+            result = await apply_status(conn, event, topic="t")
             return result.outcome
 
     outcomes = await asyncio.gather(*(one(s, t) for s, t in plan))

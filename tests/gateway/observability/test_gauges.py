@@ -19,8 +19,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import appkeys
-from gateway.observability import gauges as observability
-from gateway.observability.gauges import DailyBaseline, midnight_utc, webhook_stats
+from gateway.db import counts
+from gateway.observability import exposition, gauges, stats
+from gateway.observability.stats import DailyBaseline, midnight_utc, webhook_stats
 from tests.conftest import wait_for
 from tests.webhooks import payment_doc, post_webhook, signed_headers
 
@@ -55,8 +56,8 @@ def ops_headers(client: Any) -> dict[str, str]:
 
 @pytest.fixture
 def fast_refresh(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(observability, "REFRESH_SECONDS", 0.1)
-    monkeypatch.setattr(observability, "STATS_CACHE_SECONDS", 0.0)
+    monkeypatch.setattr(gauges, "REFRESH_SECONDS", 0.1)
+    monkeypatch.setattr(stats, "STATS_CACHE_SECONDS", 0.0)
 
 
 # ---------------------------------------------------------------- /metrics
@@ -207,7 +208,7 @@ async def test_outbox_pending_gauge_stops_counting_at_the_cap(
     """A backlog past the cap reads as the cap: each refresh counts at most that many rows
     (a Kafka outage must not turn the gauge into a growing scan every few seconds)."""
     client = await make_client()
-    cap = observability.PENDING_COUNT_MAX
+    cap = counts.PENDING_COUNT_MAX
     await _fill_outbox(db, cap + 5)
 
     async def capped() -> bool:
@@ -307,7 +308,7 @@ async def test_health_reports_dead_letters_in_a_sibling_process(
     await db.execute("DELETE FROM payment_service.outbox")
     assert (await post_webhook(client, payment_doc()))[0] == 201
     await db.execute("UPDATE payment_service.outbox SET dead_lettered_at = now()")
-    sibling = await make_client(app_keys={appkeys.DATABASE_GAUGES: False})
+    sibling = await make_client(database_gauges=False)
     resp = await sibling.get("/health")
     warnings = (await resp.json())["checks"]["warnings"]
     assert any("1 outbox events dead-lettered" in w for w in warnings), warnings
@@ -410,12 +411,12 @@ def test_prepare_multiprocess_dir_wipes_old_files(tmp_path: Path) -> None:
     (target / "counter_123.db").write_bytes(b"stale")
     script = (
         "import os, sys\n"
-        "from gateway.observability.gauges import prepare_multiprocess_dir\n"
+        "from gateway.observability.exposition import prepare_multiprocess_dir\n"
         f"d = prepare_multiprocess_dir({str(target)!r})\n"
         "assert list(d.iterdir()) == [], list(d.iterdir())\n"
         "assert os.environ['PROMETHEUS_MULTIPROC_DIR'] == str(d)\n"
         "from gateway.observability import metrics\n"
-        "from gateway.observability.gauges import render_metrics\n"
+        "from gateway.observability.exposition import render_metrics\n"
         "metrics.dedup_hits.labels('memory').inc(3)\n"
         "body, ctype = render_metrics('')\n"
         "assert b'paygate_dedup_hits_total{layer=\"memory\"} 3.0' in body, body\n"
@@ -433,7 +434,7 @@ def test_multiprocess_scrape_adds_up_every_process(tmp_path: Path) -> None:
     the stats figures read through the same registry see both."""
     target = tmp_path / "metrics"
     first = (
-        "from gateway.observability.gauges import prepare_multiprocess_dir\n"
+        "from gateway.observability.exposition import prepare_multiprocess_dir\n"
         f"prepare_multiprocess_dir({str(target)!r})\n"
         "from gateway.observability import metrics\n"
         "metrics.dedup_hits.labels('memory').inc(2)\n"
@@ -441,7 +442,7 @@ def test_multiprocess_scrape_adds_up_every_process(tmp_path: Path) -> None:
     )
     second = (
         "from gateway.observability import metrics\n"
-        "from gateway.observability.gauges import (\n"
+        "from gateway.observability.exposition import (\n"
         "    counter_totals, metrics_registry, render_metrics)\n"
         "metrics.dedup_hits.labels('redis').inc(3)\n"
         "metrics.dedup_hits.labels('database').inc(4)\n"
@@ -467,5 +468,5 @@ def test_multiprocess_scrape_adds_up_every_process(tmp_path: Path) -> None:
 
 def test_prepare_multiprocess_dir_refuses_once_prometheus_is_loaded(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
-        observability.prepare_multiprocess_dir(tmp_path / "m")
+        exposition.prepare_multiprocess_dir(tmp_path / "m")
     assert not (tmp_path / "m").exists()

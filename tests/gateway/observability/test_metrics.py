@@ -81,9 +81,9 @@ async def test_held_counts_reach_the_registry_without_a_scrape(client: Any, db: 
 async def test_held_counts_are_flushed_at_shutdown(
     make_client: Any, db: Any, monkeypatch: Any
 ) -> None:
-    from gateway.observability import gauges as observability
+    from gateway.observability import gauges
 
-    monkeypatch.setattr(observability, "PENDING_FLUSH_SECONDS", 3600.0)  # no periodic flush
+    monkeypatch.setattr(gauges, "HELD_FLUSH_SECONDS", 3600.0)  # no periodic flush
     client = await make_client()
     metrics.flush_pending()
     before = _created_requests()
@@ -94,6 +94,6 @@ async def test_held_counts_are_flushed_at_shutdown(
 
 
 def metrics_flush_seconds() -> float:
-    from gateway.observability import gauges as observability
+    from gateway.observability import gauges
 
-    return observability.PENDING_FLUSH_SECONDS
+    return gauges.HELD_FLUSH_SECONDS

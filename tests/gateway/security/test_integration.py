@@ -16,8 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import appkeys
 from gateway.app import create_app
-from gateway.http.context import add_get, add_post
-from gateway.security import INFLIGHT
+from gateway.http.context import add_route
 from gateway.security.auth import PRINCIPAL, READ, WRITE, mint_token
 from gateway.security.reload import reload_channels
 from tests import stack as stack_mod
@@ -106,7 +105,7 @@ async def test_in_flight_bound_sheds_load_with_503(
     held = asyncio.ensure_future(
         client.post("/api/v1/payments/webhook", data=slow_body(), headers={"webhook-id": "m"})
     )
-    bound = client.server.app[INFLIGHT]
+    bound = client.server.app[appkeys.INFLIGHT]
     try:
         await wait_for(lambda: _true(bound.current == 1))
         body = orjson.dumps(payment_doc())
@@ -148,8 +147,10 @@ async def _probe(request: web.Request) -> web.Response:
 
 async def ops_client(stack: stack_mod.TestStack, **overrides: Any) -> TestClient[Any, Any]:
     app = create_app(make_settings(stack, **overrides))
-    add_get(app, "/api/v1/_probe", _probe)  # in the request context, as every route must be
-    add_post(app, "/api/v1/_probe", _probe)
+    add_route(
+        app, "GET", "/api/v1/_probe", _probe
+    )  # in the request context, as every route must be
+    add_route(app, "POST", "/api/v1/_probe", _probe)
     client = TestClient(TestServer(app))
     await client.start_server()
     return client
@@ -223,7 +224,7 @@ async def test_reload_swaps_channels_and_keeps_them_on_a_bad_file(
 
     Path(path).write_text(f'[channels.partner]\nsecrets = ["{ROTATED}", "{TEST_SECRET}"]\n')
     with caplog.at_level("INFO", logger="paygate.security.reload"):
-        assert reload_channels(app)
+        assert reload_channels(app[appkeys.CHANNELS], app[appkeys.SETTINGS])
     assert "partner (keys=2)" in caplog.text
     assert ROTATED not in caplog.text and TEST_SECRET not in caplog.text
     for key in (new_key, old_key):
@@ -235,7 +236,7 @@ async def test_reload_swaps_channels_and_keeps_them_on_a_bad_file(
     caplog.clear()
     Path(path).write_text(f'[channels.partner]\nsecrets = ["{ROTATED}"]\nallow_cidrs = ["nope"]\n')
     with caplog.at_level("ERROR", logger="paygate.security.reload"):
-        assert not reload_channels(app)
+        assert not reload_channels(app[appkeys.CHANNELS], app[appkeys.SETTINGS])
     assert "keeping the previous configuration" in caplog.text
     assert ROTATED not in caplog.text
     assert len(app[appkeys.CHANNELS].get("partner").keys) == 2  # type: ignore[union-attr]

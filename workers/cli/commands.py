@@ -1,0 +1,18 @@
+"""The command table: every `paygate` command, imported by name (no discovery)."""
+
+from __future__ import annotations
+
+from workers.cli import dev, dlq, migrate, partitions, reconcile, serve, token, worker
+from workers.cli.command import Command
+
+COMMANDS: tuple[Command, ...] = (
+    dev.COMMAND,
+    serve.RUN,
+    serve.SERVE,
+    worker.COMMAND,
+    migrate.COMMAND,
+    partitions.COMMAND,
+    dlq.COMMAND,
+    reconcile.COMMAND,
+    token.COMMAND,
+)

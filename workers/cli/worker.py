@@ -1,0 +1,46 @@
+"""`paygate worker NAME...`: background workers alone, with their own small pool."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from gateway.config import Settings
+from gateway.errors import ConfigError
+from workers.cli.command import Command
+
+log = logging.getLogger("paygate")
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("names", nargs="+", metavar="NAME")
+
+
+async def run_workers(settings: Settings, names: list[str]) -> None:
+    from gateway.db.pool import create_pool
+    from gateway.notify import Wakeup
+    from workers.cli.serve import wait_for_stop_signal
+    from workers.registry import running_workers
+
+    pool = await create_pool(settings, min_size=1, max_size=max(2, settings.db_pool_max // 2))
+    try:
+        async with running_workers(pool, settings, Wakeup(), only=names) as workers:
+            log.info("workers running: %s", ", ".join(w.name for w in workers))
+            await wait_for_stop_signal()
+    finally:
+        await pool.close()
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.registry import resolve
+
+    settings.require_database()
+    try:
+        names = resolve(args.names)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    await run_workers(settings, names)
+    return 0
+
+
+COMMAND = Command("worker", "background workers alone", run, _arguments)
