@@ -3,7 +3,7 @@
 No Docker engine is needed: the files are parsed and checked against the code they
 describe (metric names from gateway.observability.metrics, variables from gateway.config). promtool
 validates the rules, the dashboard's queries and the /metrics exposition; it is optional
-on a developer's machine but required in CI (tools/install-promtool.sh installs it).
+on a developer's machine but required in CI (tools/install-system-packages.sh installs it).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def promtool() -> str:
     if path:
         return path
     if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
-        pytest.fail("promtool is required in CI: run tools/install-promtool.sh first")
-    pytest.skip("promtool is not installed (tools/install-promtool.sh installs it)")
+        pytest.fail("promtool is required in CI: run tools/install-system-packages.sh first")
+    pytest.skip("promtool is not installed (tools/install-system-packages.sh installs it)")
 
 
 def run_promtool(*args: str, stdin: bytes | None = None) -> None:
