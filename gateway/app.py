@@ -31,6 +31,7 @@ from gateway.http.metrics import metrics_handler
 from gateway.http.routes import add_routes
 from gateway.ingest.channels import load_channels
 from gateway.ingest.dedup import Deduplicator
+from gateway.ingest.pipeline import Pipeline
 from gateway.ingest.status_updates import StatusService
 from gateway.ingest.writer import GroupCommitWriter
 from gateway.notify import Wakeup
@@ -101,6 +102,9 @@ def create_app(
             after_commit=[statuses.parked_hook()],
         )
         app[appkeys.WRITER] = writer
+        app[appkeys.PIPELINE] = Pipeline(
+            settings, app[appkeys.DEDUP], writer, statuses, app[appkeys.REPLAY_GUARD]
+        )
         await writer.start()
         yield
         await writer.stop(timeout=settings.shutdown_timeout_seconds)

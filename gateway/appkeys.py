@@ -1,5 +1,5 @@
-"""Every piece of application state, as typed keys (one place to see what the app holds),
-and the protocols of the request-path parts the webhook handler calls through them.
+"""Every piece of application state, as typed keys (one place to see what the app holds).
+The request-path parts are typed by their protocols (gateway.ingest.protocols).
 
 Only `gateway/app.py` (which fills the keys) and `gateway/http/` (which reads them in
 handlers) touch `app[...]`; every other module gets what it needs as arguments. The
@@ -10,51 +10,24 @@ one, so no import circle runs through here.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from aiohttp import web
 
 from gateway.config import Settings
+from gateway.ingest.protocols import ReplayGuard, SourceGuard, StatusApplier
 from gateway.notify import Wakeup
 
 if TYPE_CHECKING:
     from gateway.clients.redis import RedisCache
-    from gateway.domain.model import Payment
-    from gateway.ingest.channels import Channel, ChannelRegistry
+    from gateway.ingest.channels import ChannelRegistry
     from gateway.ingest.dedup import Deduplicator
+    from gateway.ingest.pipeline import Pipeline
     from gateway.ingest.writer import GroupCommitWriter
     from gateway.observability.probes import HealthProbes
     from gateway.observability.stats import StatsService
     from gateway.security.inflight import InFlight
-
-
-class SourceGuard(Protocol):
-    def check(self, request: web.Request, channel: Channel) -> None:
-        """Raise Forbidden (allowlist) or TooManyRequests (rate limit), before the body is read."""
-
-
-class ReplayGuard(Protocol):
-    def seen(self, channel: str, delivery_id: str) -> str | None:
-        """The payment id answered for this delivery before, if it was seen recently."""
-
-    def remember(self, channel: str, delivery_id: str, payment_id: str) -> None:
-        """Record an answered delivery (fire and forget)."""
-
-
-class StatusApplier(Protocol):
-    def is_status_only(self, fields: Any) -> bool:
-        """True for a delivery that only reports a status change (no payment fields)."""
-
-    async def apply_update(
-        self, fields: Any, *, channel: str, delivery_id: str | None, body: bytes
-    ) -> tuple[dict[str, Any], str]:
-        """Apply (or park, if the payment is unknown) a status-only delivery."""
-
-    async def apply_payment(
-        self, payment: Payment, *, channel: str, delivery_id: str | None, body: bytes
-    ) -> tuple[dict[str, Any], str]:
-        """A known payment re-sent with another status: run it through the state machine."""
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -63,6 +36,8 @@ OUTBOX_WAKE = web.AppKey("outbox_wake", Wakeup)
 REDIS: web.AppKey[RedisCache | None] = web.AppKey("redis")
 DEDUP: web.AppKey[Deduplicator] = web.AppKey("dedup")
 WRITER: web.AppKey[GroupCommitWriter] = web.AppKey("writer")
+# What a verified delivery goes through (parse, validate, dedup, writer), once they exist.
+PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline")
 CHANNELS: web.AppKey[ChannelRegistry] = web.AppKey("channels")
 PROBES: web.AppKey[HealthProbes] = web.AppKey("probes")
 STATS: web.AppKey[StatsService] = web.AppKey("stats")

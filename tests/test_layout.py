@@ -3,7 +3,8 @@
 - `gateway/` never imports `workers/`;
 - no import circles between project modules (every import counts: module level,
   TYPE_CHECKING blocks and imports inside functions);
-- only `gateway/app.py` and `gateway/http/` touch the app's state (`gateway.appkeys`);
+- only `gateway/app.py` and `gateway/http/` touch the app's state (the keys in
+  `gateway.appkeys`; its protocols are types anyone may use);
 - `gateway/observability/` registers no routes, and its `__init__` imports neither
   prometheus_client nor `metrics` (the multiprocess directory comes first);
 - every folder with modules is in the map at the top of docs/architecture.md, and the
@@ -118,13 +119,25 @@ def _reads_app_state(name: str) -> bool:
     return name == "gateway.app" or name.startswith("gateway.http")
 
 
+def app_state_uses(path: Path) -> Iterator[int]:
+    """Lines that reach for the app's state: the `appkeys` module itself or one of its keys
+    (UPPER_CASE names). Its protocols (CamelCase) are types anyone may use."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0:
+            if node.module == "gateway" and any(a.name == "appkeys" for a in node.names):
+                yield node.lineno
+            if node.module == "gateway.appkeys" and any(a.name.isupper() for a in node.names):
+                yield node.lineno
+        elif isinstance(node, ast.Import) and any(a.name == "gateway.appkeys" for a in node.names):
+            yield node.lineno
+
+
 def test_only_app_and_http_touch_the_app_state() -> None:
     offenders = [
         f"{path.relative_to(ROOT)}:{line}"
         for name, path in modules().items()
         if name != "gateway.appkeys" and not _reads_app_state(name)
-        for target, line in imported(path)
-        if target == "gateway.appkeys"
+        for line in app_state_uses(path)
     ]
     assert offenders == []
 

@@ -1,0 +1,170 @@
+"""One verified delivery's way to an answer: parse, map, validate, deduplicate, record.
+
+The webhook handler runs this after the signature check passed on the raw bytes; so
+can anything that re-processes bytes that were verified when they arrived (a replay of
+a stored delivery). Only a committed write earns a 2xx: the writer's future resolves
+after the commit, and every refusal is a PaygateError the caller renders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from gateway.config import Settings
+from gateway.db.payments import Candidate
+from gateway.domain.model import IDENTITY_FIELDS, Payment
+from gateway.domain.validation import DateWindow, date_window, validate_payment
+from gateway.errors import BadRequest, Conflict, ValidationError
+from gateway.ingest.channels import Channel
+from gateway.ingest.dedup import Deduplicator
+from gateway.ingest.protocols import ReplayGuard, StatusApplier
+from gateway.ingest.writer import CONFLICT, CREATED, DUPLICATE, GroupCommitWriter, WriteResult
+from gateway.observability import metrics
+
+# Provider delivery ids that are not part of the signature scheme, by header.
+DELIVERY_ID_HEADERS = ("Idempotency-Key", "X-GitHub-Delivery", "X-Shopify-Webhook-Id")
+DELIVERY_ID_MAX = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int  # HTTP status
+    body: dict[str, Any]
+    outcome: str  # what the metrics and logs call it
+
+
+class _WindowCache:
+    """The accepted payment_date range moves slowly: recompute it once a minute."""
+
+    def __init__(self) -> None:
+        self.minute = -1
+        self.window: DateWindow | None = None
+
+    def get(self, retention_months: int, future_days: int) -> DateWindow:
+        minute = int(time.time() // 60)
+        if minute != self.minute or self.window is None:
+            self.window = date_window(datetime.now(UTC), retention_months, future_days)
+            self.minute = minute
+        return self.window
+
+
+_dedup_hits = metrics.Children(metrics.dedup_hits)
+
+
+@dataclass(eq=False)
+class Pipeline:
+    """The parts a delivery passes through, built once the app's resources exist."""
+
+    settings: Settings
+    dedup: Deduplicator
+    writer: GroupCommitWriter
+    statuses: StatusApplier
+    replay: ReplayGuard
+    _windows: _WindowCache = dataclasses.field(default_factory=_WindowCache)
+
+    def seen(self, channel: Channel, delivery_id: str) -> Answer | None:
+        """A retry of a delivery answered recently, known from its id alone: answered
+        without parsing the body again (the common case of a provider retry)."""
+        payment_id = self.replay.seen(channel.name, delivery_id)
+        return None if payment_id is None else duplicate(payment_id, "delivery")
+
+    async def process(
+        self,
+        channel: Channel,
+        body: bytes,
+        *,
+        signed_id: str | None,
+        headers: Mapping[str, str],
+    ) -> Answer:
+        """Everything after the signature: `signed_id` is the delivery id the scheme
+        signed (already looked up with `seen`), `headers` the request's."""
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise BadRequest("body is not valid JSON", code="invalid_json") from None
+        fields = channel.extract(doc)
+        if isinstance(fields, dict) and "ignored_event_type" in fields:
+            event_type = str(fields["ignored_event_type"])[:100]
+            return Answer(200, {"status": "ignored", "event_type": event_type}, "ignored")
+
+        delivery_id = signed_id or delivery_id_of(headers, fields)
+        if delivery_id and not signed_id:  # ids from other headers or the body
+            seen = self.seen(channel, delivery_id)
+            if seen is not None:
+                return seen
+
+        if self.statuses.is_status_only(fields):
+            out, outcome = await self.statuses.apply_update(
+                fields, channel=channel.name, delivery_id=delivery_id, body=body
+            )
+            return Answer(202 if outcome == "deferred" else 200, out, outcome)
+
+        settings = self.settings
+        window = self._windows.get(
+            settings.partition_retention_months, settings.payment_date_max_future_days
+        )
+        payment = validate_payment(fields, window=window)
+        if channel.identity_fields != IDENTITY_FIELDS:
+            payment = dataclasses.replace(payment, identity=channel.identity_fields)
+        known = self.dedup.lookup_local(payment.reference_number)
+        if (
+            known is not None
+            and known.payload_hash == payment.payload_hash
+            and known.status == payment.status
+        ):
+            return duplicate(known.payment_id, "memory")
+
+        # The writer fails the future with 503 write_timeout after WEBHOOK_TIMEOUT_MS.
+        result = await self.writer.submit(Candidate(payment, channel.name, delivery_id, body))
+        if delivery_id and result.outcome in (CREATED, DUPLICATE):
+            self.replay.remember(channel.name, delivery_id, result.payment_id)
+        return await self._answer(channel, payment, result, delivery_id, body)
+
+    async def _answer(
+        self,
+        channel: Channel,
+        payment: Payment,
+        result: WriteResult,
+        delivery_id: str | None,
+        body: bytes,
+    ) -> Answer:
+        if result.outcome == CREATED:
+            return Answer(201, {"status": "created", "payment_id": result.payment_id}, "created")
+        if result.outcome == CONFLICT:
+            raise Conflict(
+                "this reference was recorded with different amount, account, cif or payment date",
+                code="reference_conflict",
+                payment_id=result.payment_id,
+            )
+        if result.outcome == DUPLICATE:
+            if result.status is not None and result.status != payment.status:
+                out, outcome = await self.statuses.apply_payment(
+                    payment, channel=channel.name, delivery_id=delivery_id, body=body
+                )
+                return Answer(202 if outcome == "deferred" else 200, out, outcome)
+            return duplicate(result.payment_id, result.layer)
+        raise ValidationError("body", "the payment was refused by the database")
+
+
+def duplicate(payment_id: str, layer: str) -> Answer:
+    """The 200 for a delivery already recorded, counted by the layer that knew it."""
+    _dedup_hits(layer).inc()
+    return Answer(200, {"status": "duplicate", "payment_id": payment_id}, "duplicate")
+
+
+def delivery_id_of(headers: Mapping[str, str], fields: Any) -> str | None:
+    """Provider delivery ids that are not part of the signature scheme."""
+    for header in DELIVERY_ID_HEADERS:
+        value = headers.get(header)
+        if value:
+            return value[:DELIVERY_ID_MAX]
+    if isinstance(fields, dict) and isinstance(fields.get("event_id"), str):
+        return str(fields["event_id"])[:DELIVERY_ID_MAX]
+    return None
