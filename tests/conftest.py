@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +18,7 @@ from gateway.clients.kafka import ensure_topic
 from gateway.config import Settings
 from gateway.db.migrations import migrate
 from gateway.db.pool import create_pool
-from tests.stack import TestStack
+from tests.stack import MissingServers, TestStack
 
 TEST_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXBheWdhdGUtdGVzdHMtMDE="  # base64 of a test key
 
@@ -29,14 +30,49 @@ TABLES = (
 )  # fmt: skip
 
 
+_started: list[TestStack] = []  # the session's servers, named in the terminal summary
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs a server is marked `servers`: `make test` runs those again on
+    the other server set (PAYGATE_TEST_SERVERS=debian)."""
+    for item in items:
+        if "stack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.servers)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for s in _started:
+        terminalreporter.write_line(f"servers: {s.describe()}")
+
+
 @pytest.fixture(scope="session")
 async def stack() -> AsyncIterator[TestStack]:
-    s = await TestStack.start()
+    try:
+        s = await TestStack.start()
+    except MissingServers as exc:
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"CI needs every server set: {exc}")
+        pytest.skip(str(exc))
+    _started.append(s)
     await migrate(s.database_url)
     try:
         yield s
     finally:
         await s.stop()
+
+
+@pytest.fixture(autouse=True)
+def _postgres_version_marker(request: pytest.FixtureRequest) -> None:
+    """`@pytest.mark.postgres(min=16)` / `(max=15)`: a test of one end of the range runs
+    only on the servers it is about."""
+    marker = request.node.get_closest_marker("postgres")
+    if marker is None:
+        return
+    major = request.getfixturevalue("stack").postgres_major
+    low, high = marker.kwargs.get("min", 0), marker.kwargs.get("max", 99)
+    if not low <= major <= high:
+        pytest.skip(f"needs PostgreSQL {low}..{high}, this session runs {major}")
 
 
 def make_settings(stack: TestStack, **overrides: Any) -> Settings:

@@ -49,7 +49,10 @@ with at most ERROR_DETAILS_MAX items. To find and re-queue them after fixing the
      WHERE result = 'error' AND id = ANY(...);
 
 Payment ids are UUID v7 from Postgres 18's `uuidv7()`; on an older server they fall
-back to `gen_random_uuid()` (v4: correct, only less index-friendly).
+back to `gen_random_uuid()` (v4: correct, only less index-friendly). That and the JSON
+check are the version-dependent parts, chosen once from the server (gateway.db.server).
+A batch that fails is logged with its SQLSTATE, the server's message and hint
+(gateway.db.errors), never row values.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ import asyncpg
 import orjson
 
 from gateway.config import Settings
+from gateway.db.errors import describe, describe_text
+from gateway.db.server import ServerFunctions, server_version
 from gateway.domain.validation import date_window
 from gateway.notify import Wakeup
 from gateway.observability import metrics
@@ -155,7 +160,6 @@ RETRY_CAP_SECONDS = 5.0
 class StagingWorker(Worker):
     name = "staging"
     retry_base_delay = 0.2  # seconds; doubled per retry, jittered
-    rules: tuple[Rule, ...] | None = None  # None: staging_sql.default_rules()
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings, wakeup: Wakeup | None = None):
         # Its own signal to sleep on; `wakeup` is the outbox relay's, rung after a commit
@@ -180,7 +184,7 @@ class StagingWorker(Worker):
                 failure = exc
                 log.warning(
                     "staging batch attempt %d/%d failed: %s",
-                    attempt, attempts, _describe(exc.cause),
+                    attempt, attempts, describe_text(exc.cause),
                 )  # fmt: skip
                 if attempt < attempts:
                     await asyncio.sleep(
@@ -245,6 +249,7 @@ class StagingWorker(Worker):
                 async with conn.transaction():
                     done.merge(await self._record_rows(conn, sql, group_ids))
             except _REFUSED as exc:
+                log.warning("staging rows refused by the database: %s", describe_text(exc))
                 problem = f"rejected by the database ({exc.sqlstate})"
                 await conn.execute(staging_sql.REFUSE, group_ids, f"row: {problem}")
                 items = [
@@ -269,12 +274,15 @@ class StagingWorker(Worker):
             row["recorded"], row["errors"], row["error_items"], row["rest_ids"], row["rest_fresh"]
         )
 
+    def rules(self, server: ServerFunctions) -> tuple[Rule, ...]:
+        """The validation rules the batch statement applies (tests narrow them)."""
+        return staging_sql.default_rules(server)
+
     async def _sql(self, conn: asyncpg.Connection) -> str:
+        """The batch statement for this server, built once (gateway.db.server)."""
         if self._record_sql is None:
-            version = int(await conn.fetchval("SHOW server_version_num"))
-            new_id = "uuidv7()" if version >= 180000 else "gen_random_uuid()"
-            rules = self.rules if self.rules is not None else staging_sql.default_rules()
-            self._record_sql = staging_sql.record_sql(rules, new_id=new_id)
+            server = ServerFunctions(await server_version(conn))
+            self._record_sql = staging_sql.record_sql(self.rules(server), server=server)
         return self._record_sql
 
     async def _after(self, report: BatchReport) -> None:
@@ -292,12 +300,9 @@ class StagingWorker(Worker):
         ids = failure.ids
         log.error(
             "staging batch failed after %d attempts (%s); its rows stay queued",
-            attempts, _describe(failure.cause),
+            attempts, describe_text(failure.cause),
         )  # fmt: skip
-        details: dict[str, Any] = {
-            "error": type(failure.cause).__name__,
-            "sqlstate": _sqlstate(failure.cause),
-        }
+        details: dict[str, Any] = describe(failure.cause)
         try:
             await self.pool.execute(
                 _LOG_FAILED,
@@ -305,14 +310,4 @@ class StagingWorker(Worker):
                 attempts, (time.perf_counter() - started) * 1000, details,
             )  # fmt: skip
         except Exception as exc:
-            log.warning("could not log the failed staging batch: %s", _describe(exc))
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    return getattr(exc, "sqlstate", None)
-
-
-def _describe(exc: BaseException) -> str:
-    """The error's class and SQLSTATE: never its message, which may quote row data."""
-    state = _sqlstate(exc)
-    return f"{type(exc).__name__}({state})" if state else type(exc).__name__
+            log.warning("could not log the failed staging batch: %s", describe_text(exc))

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from gateway.db.events_sql import iso_micro_sql, sql_literal
 from gateway.db.recording_sql import record_ctes
+from gateway.db.server import NEWEST, ServerFunctions
 from gateway.domain.model import (
     ACCOUNT_MAX,
     AMOUNT_MAX,
@@ -122,7 +123,7 @@ def _optional(field: str, col: str, width: int) -> list[Rule]:
     ]
 
 
-def default_rules() -> tuple[Rule, ...]:
+def default_rules(server: ServerFunctions = NEWEST) -> tuple[Rule, ...]:
     """`gateway.domain.validation._build` for a typed staging row, as SQL.
 
     $2/$3 are the DateWindow bounds, $4 the "too old" detail (it names the date).
@@ -143,8 +144,8 @@ def default_rules() -> tuple[Rule, ...]:
         # is handed for a jsonb column (so '"{}"' is an object and '"x"' is not JSON).
         Rule(
             "metadata",
-            "jsonb_typeof(raw_metadata) = 'string' AND NOT pg_input_is_valid("
-            "raw_metadata #>> '{}', 'jsonb')",
+            "jsonb_typeof(raw_metadata) = 'string' AND NOT "
+            + server.is_valid_jsonb("raw_metadata #>> '{}'"),
             _lit("is not valid JSON"),
         ),
         Rule(
@@ -208,14 +209,14 @@ WHERE id = ANY($1::bigint[])
 """
 
 
-def classify_sql(rules: Sequence[Rule]) -> str:
+def classify_sql(rules: Sequence[Rule], server: ServerFunctions = NEWEST) -> str:
     """The claimed rows with their problem; parameters $1..$4 as in `record_sql`."""
     return f"""
 SELECT id, ref, account, cif, amount, payment_date, channel,
        NULLIF(meta, 'null'::jsonb) AS metadata, {problem_sql(rules)} AS problem
 FROM (
     SELECT s.*, CASE WHEN jsonb_typeof(raw_metadata) = 'string'
-                      AND pg_input_is_valid(raw_metadata #>> '{{}}', 'jsonb')
+                      AND {server.is_valid_jsonb("raw_metadata #>> '{}'")}
                      THEN (raw_metadata #>> '{{}}')::jsonb ELSE raw_metadata END AS meta
     FROM (
         SELECT s.id, s.reference_number AS ref, s.loan_account_number AS account, s.cif,
@@ -238,7 +239,7 @@ def _batch_ids_sql(new_id: str, n: str) -> str:
     return f"(left(replace({base}, '-', ''), 16) || overlay({low} placing '8' from 1))::uuid"
 
 
-def record_sql(rules: Sequence[Rule], *, new_id: str = "uuidv7()") -> str:
+def record_sql(rules: Sequence[Rule], *, server: ServerFunctions = NEWEST) -> str:
     """Record a claimed batch. Parameters: $1 ids, $2 earliest and $3 latest payment
     date, $4 the too-old detail, $5 the outbox topic. One row back: recorded, errors,
     error_items (JSON text, first ERROR_DETAILS_MAX by id), rest_ids, rest_fresh."""
@@ -248,9 +249,9 @@ def record_sql(rules: Sequence[Rule], *, new_id: str = "uuidv7()") -> str:
         actor=_lit(SOURCE),
     )  # fmt: skip
     return f"""
-WITH batch AS MATERIALIZED ({classify_sql(rules)}
+WITH batch AS MATERIALIZED ({classify_sql(rules, server)}
 ), input AS MATERIALIZED (
-    SELECT {_batch_ids_sql(new_id, "row_number() OVER ()")} AS payment_id, l.*,
+    SELECT {_batch_ids_sql(server.new_uuid, "row_number() OVER ()")} AS payment_id, l.*,
            {hashed} AS hash
     FROM (SELECT DISTINCT ON (ref) * FROM batch WHERE problem IS NULL ORDER BY ref, id) l
 ), {chain}, marked AS (

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import asyncpg
 
+from gateway.db.server import check_supported, server_version
+
 log = logging.getLogger(__name__)
 
 MIGRATION_LOCK_KEY = 0x7061_7967_6D69  # "paygmi": fixed, so every instance contends on one lock
@@ -60,11 +62,16 @@ def discover(directory: Path | None = None) -> list[Migration]:
 
 
 async def migrate(
-    dsn_or_conn: str | asyncpg.Connection, directory: Path | None = None
+    dsn_or_conn: str | asyncpg.Connection,
+    directory: Path | None = None,
+    *,
+    minimum_server_version: int | None = None,
 ) -> list[str]:
-    """Apply every migration not yet recorded; return the versions applied now."""
+    """Apply every migration not yet recorded; return the versions applied now. A server
+    older than paygate supports is refused first (UnsupportedServer)."""
     conn = await asyncpg.connect(dsn_or_conn) if isinstance(dsn_or_conn, str) else dsn_or_conn
     try:
+        check_supported(await server_version(conn), minimum_server_version)
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
         try:
             return await _apply_pending(conn, discover(directory))

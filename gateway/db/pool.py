@@ -6,6 +6,7 @@ import asyncpg
 import orjson
 
 from gateway.config import Settings
+from gateway.db.server import check_supported, server_version
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -20,8 +21,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    settings: Settings, *, min_size: int | None = None, max_size: int | None = None
+    settings: Settings,
+    *,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    minimum_server_version: int | None = None,
 ) -> asyncpg.Pool:
+    """The pool, after checking the server is one paygate supports (UnsupportedServer,
+    a ConfigError naming both versions, otherwise)."""
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=min_size if min_size is not None else settings.db_pool_min,
@@ -34,4 +41,10 @@ async def create_pool(
         server_settings={"application_name": "paygate", "timezone": "UTC"},
     )
     assert pool is not None
+    try:
+        async with pool.acquire() as conn:
+            check_supported(await server_version(conn), minimum_server_version)
+    except BaseException:
+        await pool.close()
+        raise
     return pool

@@ -20,6 +20,7 @@ a wrong period or mapping), and the items table already is the work list.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -30,6 +31,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from gateway.db.errors import describe_text
 from gateway.domain.statements import (
     CATEGORIES,
     EXCEPTIONS,
@@ -293,7 +295,9 @@ async def _completed_event(
 async def _fail(
     pool: asyncpg.Pool, run_id: uuid.UUID, parser: StatementParser, exc: BaseException
 ) -> None:
-    reason = str(exc) if isinstance(exc, StatementError) else f"{type(exc).__name__}"
+    reason = str(exc) if isinstance(exc, StatementError) else describe_text(exc)
+    if not isinstance(exc, StatementError | asyncio.CancelledError):
+        log.warning("reconciliation run %s failed: %s", run_id, reason)
     try:
         await pool.execute(
             _FINISH, run_id, "failed", {"status": "failed", "error": reason[:500]},

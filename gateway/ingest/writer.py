@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from gateway.config import Settings
+from gateway.db.errors import describe_text
 from gateway.db.payments import Candidate, Existing, Loser, record_batch, record_losers
 from gateway.errors import PaygateError, ServiceUnavailable, ValidationError
 from gateway.ingest.dedup import Deduplicator, Known
@@ -321,11 +322,12 @@ class GroupCommitWriter:
                     raise ServiceUnavailable("database busy", code="database_busy") from None
             except CONNECTION_ERRORS as exc:
                 self.db_down_since = time.monotonic()
-                log.warning("group commit could not reach the database: %s", type(exc).__name__)
+                log.warning("group commit could not reach the database: %s", describe_text(exc))
                 raise ServiceUnavailable(
                     "database unavailable", code="database_unavailable"
                 ) from None
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                log.warning("the database refused a batch of %d: %s", len(todo), describe_text(exc))
                 if len(todo) == 1:
                     raise ValidationError(
                         "body", f"rejected by the database ({exc.sqlstate})"

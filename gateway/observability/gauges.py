@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from gateway.db import counts
+from gateway.db.errors import describe_text
 from gateway.observability import metrics
 
 log = logging.getLogger("paygate.observability")
@@ -90,7 +91,7 @@ class GaugeRefresher:
                 except Exception as exc:
                     # Skip the round (database down, usually): gauges keep their last values.
                     if not self._failing:
-                        log.warning("gauge refresh skipped: %s", type(exc).__name__)
+                        log.warning("gauge refresh skipped: %s", describe_text(exc))
                     self._failing = True
             if on_round is not None:
                 on_round()

@@ -10,10 +10,14 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+import traceback
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import orjson
+
+from gateway.db.errors import describe_text
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
@@ -40,6 +44,32 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(out, default=str).decode()
+
+    def formatException(self, ei: Any) -> str:
+        """Tracebacks as Python prints them, except that a database error (anywhere in the
+        chain) is shown described: its own text carries DETAIL, which quotes row values."""
+        return "".join(_format_chain(ei[1]))
+
+
+def _format_chain(exc: BaseException, seen: set[int] | None = None) -> list[str]:
+    seen = seen if seen is not None else set()
+    seen.add(id(exc))
+    lines: list[str] = []
+    earlier = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    if earlier is not None and id(earlier) not in seen:
+        lines += _format_chain(earlier, seen)
+        lines.append(
+            "\nThe above exception was the direct cause of the following exception:\n\n"
+            if exc.__cause__ is not None
+            else "\nDuring handling of the above exception, another exception occurred:\n\n"
+        )
+    lines.append("Traceback (most recent call last):\n")
+    lines += traceback.format_tb(exc.__traceback__)
+    if isinstance(exc, asyncpg.PostgresError):
+        lines.append(describe_text(exc) + "\n")
+    else:
+        lines += traceback.format_exception_only(type(exc), exc)
+    return lines
 
 
 def configure(level: str = "INFO") -> None:

@@ -15,15 +15,18 @@ from unittest.mock import ANY
 
 import asyncpg
 import orjson
+import pytest
 from prometheus_client import REGISTRY
 
 from gateway.config import Settings
 from gateway.db import counts
+from gateway.db.server import ServerFunctions
 from gateway.notify import Wakeup
 from tests.conftest import make_settings
 from tests.webhooks import payment_doc, post_webhook
 from workers import staging_sql
 from workers.staging import BatchFailed, BatchReport, Recorded, StagingWorker
+from workers.staging_sql import Rule
 
 COLUMNS = (
     "reference_number", "loan_account_number", "cif", "amount", "payment_date",
@@ -386,10 +389,43 @@ async def test_a_batch_failing_past_its_retries_is_logged_and_left_queued(
     log = await db.fetchrow("SELECT * FROM payment_service.staging_process_log")
     assert (log["status"], log["attempt"], log["total_records"]) == ("failed", 3, 5)
     assert (log["batch_start_id"], log["batch_end_id"]) == (ids[0], ids[-1])
-    assert log["error_details"] == {"error": "DeadlockDetectedError", "sqlstate": "40P01"}
+    assert log["error_details"] == {
+        "error": "DeadlockDetectedError",
+        "sqlstate": "40P01",
+        "message": "deadlock detected (injected)",
+    }
 
     await StagingWorker(db, settings, Wakeup()).burst()  # the next run picks them up
     assert await db.fetchval("SELECT count(*) FROM payment_service.payments") == 5
+
+
+class MissingFunction(StagingWorker):
+    """What a server without a function the batch uses does (PostgreSQL 15 had no
+    pg_input_is_valid): every attempt fails with 42883."""
+
+    retry_base_delay = 0.01
+
+    def rules(self, server: ServerFunctions) -> tuple[Rule, ...]:
+        missing = Rule("cif", "no_such_function(cif, 42) IS NULL", "'never'")
+        return (*super().rules(server), missing)
+
+
+async def test_a_failed_batch_says_which_function_is_missing(
+    db: asyncpg.Pool, stack: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    await load(db, [row("NOFN-1", cif="CIF-SECRET-VALUE")])
+    worker = MissingFunction(db, staging_settings(stack, staging_max_retries=1), Wakeup())
+    assert await worker.run_once() is False
+    log = await db.fetchrow("SELECT * FROM payment_service.staging_process_log")
+    details = log["error_details"]
+    assert (log["status"], details["error"], details["sqlstate"]) == (
+        "failed", "UndefinedFunctionError", "42883"
+    )  # fmt: skip
+    assert details["message"].startswith("function no_such_function(")
+    assert details["message"].endswith("does not exist")
+    assert "argument types" in details["hint"]
+    assert "no_such_function(" in caplog.text and "42883" in caplog.text
+    assert "CIF-SECRET-VALUE" not in caplog.text + str(details)
 
 
 class CorruptOne(StagingWorker):
@@ -397,7 +433,8 @@ class CorruptOne(StagingWorker):
     amount passes classification and Postgres refuses it (payments' CHECK), as a row
     the rules let through would be; it must not sink its batch."""
 
-    rules = tuple(r for r in staging_sql.default_rules() if "amount <= 0" not in r.condition)
+    def rules(self, server: ServerFunctions) -> tuple[Rule, ...]:
+        return tuple(r for r in super().rules(server) if "amount <= 0" not in r.condition)
 
 
 async def test_a_row_the_database_refuses_becomes_an_error_and_the_rest_is_recorded(

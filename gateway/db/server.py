@@ -1,0 +1,66 @@
+"""Which PostgreSQL paygate is talking to: refused below the supported minimum, and the
+version-dependent SQL chosen once from its version.
+
+PostgreSQL 15 is the oldest supported server (Debian 12's, supported upstream until
+November 2027). Newer servers have better functions for two things paygate does:
+`uuidv7()` (18) for time-ordered payment ids in the staging batch, and
+`pg_input_is_valid()` (16) to test text for JSON without an exception block. On older
+servers the portable variant is used: `gen_random_uuid()` and
+`payment_service.is_valid_jsonb()` (sql/050), correct and only slower.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from gateway.errors import ConfigError
+
+MINIMUM_SERVER_VERSION = 150000  # server_version_num of PostgreSQL 15.0
+
+
+class UnsupportedServer(ConfigError):
+    """The server is older than paygate supports; the message names both versions."""
+
+
+def version_name(version_num: int) -> str:
+    """`150012` -> `15.12`."""
+    return f"{version_num // 10000}.{version_num % 10000}"
+
+
+def check_supported(version_num: int, minimum: int | None = None) -> None:
+    """Raise UnsupportedServer below `minimum` (default MINIMUM_SERVER_VERSION, read at
+    call time)."""
+    minimum = MINIMUM_SERVER_VERSION if minimum is None else minimum
+    if version_num < minimum:
+        raise UnsupportedServer(
+            f"PostgreSQL {version_name(version_num)} found; paygate needs PostgreSQL "
+            f"{minimum // 10000} or newer"
+        )
+
+
+async def server_version(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SHOW server_version_num"))
+
+
+@dataclass(frozen=True)
+class ServerFunctions:
+    """The SQL that differs by server version, decided once per process."""
+
+    version_num: int
+
+    @property
+    def new_uuid(self) -> str:
+        """An expression for a fresh payment id: time-ordered (v7) where the server can."""
+        return "uuidv7()" if self.version_num >= 180000 else "gen_random_uuid()"
+
+    def is_valid_jsonb(self, text: str) -> str:
+        """An expression: is the SQL text expression `text` valid JSON (NULL for NULL)?"""
+        if self.version_num >= 160000:
+            return f"pg_input_is_valid({text}, 'jsonb')"
+        return f"payment_service.is_valid_jsonb({text})"
+
+
+# What the pure SQL builders default to when no server was asked (the newest behaviour).
+NEWEST = ServerFunctions(180000)
