@@ -5,8 +5,9 @@ PostgreSQL 15 is the oldest supported server (Debian 12's, supported upstream un
 November 2027). Newer servers have better functions for two things paygate does:
 `uuidv7()` (18) for time-ordered payment ids in the staging batch, and
 `pg_input_is_valid()` (16) to test text for JSON without an exception block. On older
-servers the portable variant is used: `gen_random_uuid()` and
-`payment_service.is_valid_jsonb()` (sql/050), correct and only slower.
+servers the portable variant is used: a v7 id assembled from the clock and
+`gen_random_uuid()`'s random bits, and `payment_service.is_valid_jsonb()` (sql/050),
+correct and only slower.
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ import asyncpg
 from gateway.errors import ConfigError
 
 MINIMUM_SERVER_VERSION = 150000  # server_version_num of PostgreSQL 15.0
+
+# A UUID v7 before 18: the Unix time in milliseconds (48 bits), the version nibble, then
+# gen_random_uuid()'s hex from its 14th digit on (random bits, its RFC 4122 variant kept).
+PORTABLE_UUIDV7 = (
+    "(lpad(to_hex(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')"
+    " || '7' || substr(replace(gen_random_uuid()::text, '-', ''), 14))::uuid"
+)
 
 
 class UnsupportedServer(ConfigError):
@@ -52,8 +60,8 @@ class ServerFunctions:
 
     @property
     def new_uuid(self) -> str:
-        """An expression for a fresh payment id: time-ordered (v7) where the server can."""
-        return "uuidv7()" if self.version_num >= 180000 else "gen_random_uuid()"
+        """An expression for a fresh time-ordered (v7) payment id."""
+        return "uuidv7()" if self.version_num >= 180000 else PORTABLE_UUIDV7
 
     def is_valid_jsonb(self, text: str) -> str:
         """An expression: is the SQL text expression `text` valid JSON (NULL for NULL)?"""

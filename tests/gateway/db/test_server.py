@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 import sys
+import time
+import uuid
 from typing import Any
 
 import asyncpg
@@ -16,6 +18,7 @@ from gateway.db.migrations import migrate
 from gateway.db.pool import create_pool
 from gateway.db.server import (
     MINIMUM_SERVER_VERSION,
+    PORTABLE_UUIDV7,
     ServerFunctions,
     UnsupportedServer,
     check_supported,
@@ -43,9 +46,9 @@ def test_version_names() -> None:
 @pytest.mark.parametrize(
     ("version", "new_uuid", "json_check"),
     [
-        (150000, "gen_random_uuid()", "payment_service.is_valid_jsonb(x)"),
-        (160004, "gen_random_uuid()", "pg_input_is_valid(x, 'jsonb')"),
-        (170000, "gen_random_uuid()", "pg_input_is_valid(x, 'jsonb')"),
+        (150000, PORTABLE_UUIDV7, "payment_service.is_valid_jsonb(x)"),
+        (160004, PORTABLE_UUIDV7, "pg_input_is_valid(x, 'jsonb')"),
+        (170000, PORTABLE_UUIDV7, "pg_input_is_valid(x, 'jsonb')"),
         (180000, "uuidv7()", "pg_input_is_valid(x, 'jsonb')"),
     ],
 )
@@ -120,3 +123,16 @@ async def test_the_chosen_variant_runs_on_this_server(db: asyncpg.Pool) -> None:
         server = ServerFunctions(await server_version(conn))
         assert await conn.fetchval(f"SELECT {server.is_valid_jsonb(repr('{}'))}") is True
         assert await conn.fetchval(f"SELECT ({server.new_uuid}) IS NOT NULL") is True
+
+
+async def test_the_portable_uuidv7_is_a_v7_of_now(db: asyncpg.Pool) -> None:
+    before_ms = int(time.time() * 1000)
+    ids = [
+        uuid.UUID(str(r[0]))
+        for r in await db.fetch(f"SELECT {PORTABLE_UUIDV7} FROM generate_series(1, 200)")
+    ]
+    after_ms = int(time.time() * 1000)
+    assert len(set(ids)) == 200
+    assert {i.version for i in ids} == {7} and {i.variant for i in ids} == {uuid.RFC_4122}
+    stamps = {int.from_bytes(i.bytes[:6], "big") for i in ids}
+    assert before_ms - 5 <= min(stamps) and max(stamps) <= after_ms + 5
