@@ -204,3 +204,40 @@ def test_each_mapped_folder_says_who_may_import_it(folder: str) -> None:
     doc = (ROOT / "docs" / "architecture.md").read_text()
     section = doc[doc.index("## The map") :].split("```", 2)[2]
     assert f"`{folder}/`" in section, f"docs/architecture.md does not describe {folder}/"
+
+
+DOC_IMPORT = re.compile(r"^\s*from ((?:gateway|workers|bench)(?:\.\w+)+) import ([\w, ]+)$", re.M)
+DOC_RUN = re.compile(r"python -m ((?:gateway|workers|bench)(?:\.\w+)*)")
+
+
+def doc_references(text: str) -> Iterator[tuple[str, str | None]]:
+    """(module, name) for each `from M import a, b` and (module, None) for `python -m M`."""
+    for m in DOC_IMPORT.finditer(text):
+        for name in m.group(2).split(","):
+            yield m.group(1), name.strip()
+    for m in DOC_RUN.finditer(text):
+        yield m.group(1), None
+
+
+def test_doc_references_are_read_from_code_and_commands() -> None:
+    text = "x\nfrom gateway.ingest.signatures import decode_secret, sign\nrun python -m bench.e2e\n"
+    assert list(doc_references(text)) == [
+        ("gateway.ingest.signatures", "decode_secret"),
+        ("gateway.ingest.signatures", "sign"),
+        ("bench.e2e", None),
+    ]
+
+
+def test_the_docs_name_only_modules_that_exist() -> None:
+    """A move that misses a snippet in the README would hand a new user an ImportError."""
+    import importlib
+    import importlib.util
+
+    missing = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for module, name in doc_references(doc.read_text()):
+            if importlib.util.find_spec(module) is None:
+                missing.append(f"{doc.name}: {module}")
+            elif name is not None and not hasattr(importlib.import_module(module), name):
+                missing.append(f"{doc.name}: {module}.{name}")
+    assert missing == []

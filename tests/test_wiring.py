@@ -20,7 +20,18 @@ OPS_ROUTES = (
     ("GET", "/api/v1/reconciliation/runs/00000000-0000-0000-0000-000000000000"),
 )
 WORKERS = {"outbox", "staging", "partitions", "status_poller"}
-COMMANDS = {"dev", "run", "serve", "worker", "migrate", "dlq", "partitions", "reconcile", "token"}
+COMMANDS = {
+    "dev",
+    "run",
+    "serve",
+    "worker",
+    "migrate",
+    "dlq",
+    "events",
+    "partitions",
+    "reconcile",
+    "token",
+}
 
 
 def _settings() -> Settings:

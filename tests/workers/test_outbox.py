@@ -45,15 +45,6 @@ def relay_settings(stack: stack_module.TestStack, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-async def relays(db: asyncpg.Pool) -> AsyncIterator[list[OutboxRelay]]:
-    """Relays a test starts; all stopped at the end, whatever happened."""
-    made: list[OutboxRelay] = []
-    yield made
-    for r in made:
-        await r.stop(grace=5)
-
-
-@pytest.fixture
 async def broker(stack: stack_module.TestStack) -> AsyncIterator[stack_module.TestStack]:
     """For tests that stop the broker: it is running again afterwards, whatever happened."""
     try:

@@ -6,6 +6,8 @@
     paygate worker NAME...       background workers alone (outbox, staging, partitions,
                                  status_poller)
     paygate migrate              apply pending migrations and create the monthly partitions
+    paygate events tail          the events topic as JSON lines (--from-beginning, --follow,
+                                 --max N, --key REF)
     paygate partitions | dlq | reconcile | token   (see each module)
 
 Settings come from the environment (see the README); a bad value stops start-up with
