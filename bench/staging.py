@@ -1,6 +1,7 @@
 """Staging ingestion bench: end-to-end StagingWorker throughput against a raw COPY.
 
     python -m bench.staging --rows 1000000 [--batch-size 5000] [--workers 2]
+                            [--postgres embedded|debian|both]
 
 Starts its own embedded Postgres in a temp dir (or uses DATABASE_URL: it truncates the
 payment tables there, so never point it at data you care about), migrates, creates the
@@ -12,6 +13,9 @@ partitions, and COPYs N staging rows (payment dates spread over the last 3 month
 (b) End to end: `--workers` StagingWorkers (each its own connection, SKIP LOCKED
     shares the backlog) run `burst()` until the staging table is drained: validation,
     dedup against payment_references, payments + outbox + audit, marking rows, logs.
+
+`--postgres both` measures on the embedded PostgreSQL 18 and then on Debian's 15, each a
+fresh server, and adds a table of the two side by side.
 
 Prints a Markdown block for bench/RESULTS.md: both rates, their ratio, and this
 process's RSS at start, middle and end of (b). Writes nothing else.
@@ -40,7 +44,7 @@ from gateway.config import Settings
 from gateway.db.migrations import migrate
 from gateway.db.pool import create_pool
 from gateway.notify import Wakeup
-from workers.cli.devstack import EmbeddedPostgres
+from workers.cli.devstack import DEBIAN_POSTGRES_15, EmbeddedPostgres
 from workers.partitions import ensure_partitions
 from workers.staging import StagingWorker
 
@@ -189,14 +193,19 @@ async def ingest(
         await pool.close()
 
 
-async def run(args: argparse.Namespace) -> int:
+SERVERS = {"embedded": None, "debian": DEBIAN_POSTGRES_15}
+
+
+async def measure(args: argparse.Namespace, bin_dir: Path | None) -> dict[str, Any]:
+    """One full measurement on a fresh server (`bin_dir`: whose binaries; None = the
+    embedded wheel's) or on DATABASE_URL."""
     scratch = Path(tempfile.mkdtemp(prefix="paygate-bench-staging-"))
     scratch.chmod(0o755)
     server: EmbeddedPostgres | None = None
     url = os.environ.get("DATABASE_URL", "")
     try:
         if not url:
-            server = EmbeddedPostgres(scratch / "postgres")
+            server = EmbeddedPostgres(scratch / "postgres", bin_dir=bin_dir)
             await server.start()
             url = server.url
         await migrate(url)
@@ -220,7 +229,7 @@ async def run(args: argparse.Namespace) -> int:
         await pool.close()
 
         n = args.rows
-        print(f"loading {n:,} staging rows...", file=sys.stderr)
+        print(f"PostgreSQL {version}: loading {n:,} staging rows...", file=sys.stderr)
         load_s = await load_staging(url, n)
         print("raw COPY into payments...", file=sys.stderr)
         copied, copy_s = await raw_copy(url, scratch)
@@ -234,38 +243,78 @@ async def run(args: argparse.Namespace) -> int:
         if server is not None:
             await server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
-
     ok = result["payments"] == result["refs"] == result["outbox"] == result["marked"] == n
-    ok = ok and result["failed"] == 0
-    copy_rate = n / copy_s
-    e2e_rate = n / result["seconds"]
-    rss = result["rss"]
-    print(
-        f"""
-### Staging ingestion, {n:,} rows ({datetime.now(UTC):%Y-%m-%d})
+    return {
+        **result,
+        "ok": ok and result["failed"] == 0,
+        "version": version,
+        "load_rate": n / load_s,
+        "copy_s": copy_s,
+        "copy_rate": n / copy_s,
+        "e2e_rate": n / result["seconds"],
+        "load_before": load_before,
+        "load_after": load_after,
+    }
 
-`python -m bench.staging --rows {n} --batch-size {args.batch_size} --workers {args.workers}`
-on {os.cpu_count()} CPUs, Postgres {version} (embedded unless DATABASE_URL), fsync and
-synchronous_commit on. Staging load: {n / load_s:,.0f} rows/s (COPY, not measured below).
+
+def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
+    n = args.rows
+    rss = r["rss"]
+    cpus = os.cpu_count() or 1
+    return f"""
+### Staging ingestion, {n:,} rows, PostgreSQL {r["version"]} ({datetime.now(UTC):%Y-%m-%d})
+
+`python -m bench.staging --rows {n} --batch-size {args.batch_size} --workers {args.workers} --postgres {args.postgres}`
+on {cpus} CPUs (embedded or Debian server unless DATABASE_URL), fsync and
+synchronous_commit on. Staging load: {r["load_rate"]:,.0f} rows/s (COPY, not measured below).
 
 | step | rows | seconds | rows/s |
 |---|---:|---:|---:|
-| (a) raw COPY into `payments` (binary, no dedup/outbox) | {n:,} | {copy_s:.1f} | {copy_rate:,.0f} |
-| (b) StagingWorker end to end (validate, dedup, payments + outbox + audit, mark, log) | {n:,} | {result["seconds"]:.1f} | {e2e_rate:,.0f} |
+| (a) raw COPY into `payments` (binary, no dedup/outbox) | {n:,} | {r["copy_s"]:.1f} | {r["copy_rate"]:,.0f} |
+| (b) StagingWorker end to end (validate, dedup, payments + outbox + audit, mark, log) | {n:,} | {r["seconds"]:.1f} | {r["e2e_rate"]:,.0f} |
 
-- (b) / (a) = **{e2e_rate / copy_rate:.0%}** (target >= 40%); (b) target >= 30,000 rows/s.
-- Batches: {result["batches"]} completed, {result["failed"]} failed; batch size {args.batch_size}, {args.workers} worker(s).
-- Check: payments {result["payments"]:,}, distinct references {result["refs"]:,},
-  outbox {result["outbox"]:,}, staging rows marked recorded {result["marked"]:,}: {"OK" if ok else "MISMATCH"}.
-- Machine load average (1 min) before / after (b): {load_before:.1f} / {load_after:.1f}
+- (b) / (a) = **{r["e2e_rate"] / r["copy_rate"]:.0%}** (target >= 40%); (b) target >= 30,000 rows/s.
+- Batches: {r["batches"]} completed, {r["failed"]} failed; batch size {args.batch_size}, {args.workers} worker(s).
+- Check: payments {r["payments"]:,}, distinct references {r["refs"]:,},
+  outbox {r["outbox"]:,}, staging rows marked recorded {r["marked"]:,}: {"OK" if r["ok"] else "MISMATCH"}.
+- Machine load average (1 min) before / after (b): {r["load_before"]:.1f} / {r["load_after"]:.1f}
   (2 cores shared with everything else running: above ~1 the figures are pessimistic).
-- CPU per row in (b): Python {result["python_us"]:.1f} us, Postgres {result["postgres_us"]:.1f} us
-  (Postgres n/a with DATABASE_URL); {os.cpu_count()} idle cores would allow about
-  {(os.cpu_count() or 1) * 1e6 / (result["python_us"] + result["postgres_us"]):,.0f} rows/s at that cost.
+- CPU per row in (b): Python {r["python_us"]:.1f} us, Postgres {r["postgres_us"]:.1f} us
+  (Postgres n/a with DATABASE_URL); {cpus} idle cores would allow about
+  {cpus * 1e6 / (r["python_us"] + r["postgres_us"]):,.0f} rows/s at that cost.
 - Bench process RSS: start {rss[0]:.0f} MiB, middle {rss[len(rss) // 2]:.0f} MiB, end {rss[-1]:.0f} MiB (max {max(rss):.0f} MiB).
 """
-    )
-    return 0 if ok else 1
+
+
+def comparison(runs: list[tuple[str, dict[str, Any]]]) -> str:
+    """Servers side by side, each rate as a ratio to the first server's (its baseline)."""
+    base = runs[0][1]
+    lines = [
+        "",
+        f"### Staging on each server, one run (baseline: {runs[0][0]}, PostgreSQL {base['version']})",
+        "",
+        "| server | PostgreSQL | raw COPY rows/s | staging rows/s | staging / its COPY | staging / baseline's | Postgres us/row |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in runs:
+        lines.append(
+            f"| {name} | {r['version']} | {r['copy_rate']:,.0f} | {r['e2e_rate']:,.0f} "
+            f"| {r['e2e_rate'] / r['copy_rate']:.2f} | {r['e2e_rate'] / base['e2e_rate']:.2f} "
+            f"| {r['postgres_us']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+async def run(args: argparse.Namespace) -> int:
+    names = list(SERVERS) if args.postgres == "both" else [args.postgres]
+    runs: list[tuple[str, dict[str, Any]]] = []
+    for name in names:
+        result = await measure(args, SERVERS[name])
+        print(report(args, result))
+        runs.append((name, result))
+    if len(runs) > 1:
+        print(comparison(runs))
+    return 0 if all(r["ok"] for _, r in runs) else 1
 
 
 def main() -> int:
@@ -273,6 +322,12 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--postgres",
+        choices=[*SERVERS, "both"],
+        default="embedded",
+        help="the embedded wheel's server, Debian's PostgreSQL 15, or both in one run",
+    )
     args = parser.parse_args()
     try:
         import uvloop
