@@ -21,10 +21,12 @@ run: $(STAMP)
 	exec $(BIN)/paygate dev
 
 # The whole suite on the embedded servers (PostgreSQL 18, Redis 6.2), then every test that
-# needs a server again on Debian's PostgreSQL 15 and Redis 7: both ends of what we support.
+# needs a server again on Debian's PostgreSQL 15 and Redis 7 (both ends of what we
+# support) and on PostgreSQL 16 (the first server with pg_input_is_valid but no uuidv7).
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 	PAYGATE_TEST_SERVERS=debian $(BIN)/pytest -m servers $(PYTEST_ARGS)
+	PAYGATE_TEST_SERVERS=pg16 $(BIN)/pytest -m servers $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

