@@ -1,7 +1,7 @@
 """Staging ingestion bench: end-to-end StagingWorker throughput against a raw COPY.
 
     python -m bench.staging --rows 1000000 [--batch-size 5000] [--workers 2]
-                            [--postgres embedded|debian|both]
+                            [--postgres embedded|debian|both|debian,embedded]
 
 Starts its own embedded Postgres in a temp dir (or uses DATABASE_URL: it truncates the
 payment tables there, so never point it at data you care about), migrates, creates the
@@ -306,7 +306,9 @@ def comparison(runs: list[tuple[str, dict[str, Any]]]) -> str:
 
 
 async def run(args: argparse.Namespace) -> int:
-    names = list(SERVERS) if args.postgres == "both" else [args.postgres]
+    names = list(SERVERS) if args.postgres == "both" else args.postgres.split(",")
+    if unknown := set(names) - set(SERVERS):
+        raise SystemExit(f"--postgres: unknown server {', '.join(sorted(unknown))}")
     runs: list[tuple[str, dict[str, Any]]] = []
     for name in names:
         result = await measure(args, SERVERS[name])
@@ -324,9 +326,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
         "--postgres",
-        choices=[*SERVERS, "both"],
         default="embedded",
-        help="the embedded wheel's server, Debian's PostgreSQL 15, or both in one run",
+        help="embedded (the wheel's 18), debian (Debian's 15), a comma list of them in the"
+        " order to run, or both (= embedded,debian)",
     )
     args = parser.parse_args()
     try:
