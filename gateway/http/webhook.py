@@ -22,7 +22,7 @@ from gateway.http.body import read_body
 from gateway.http.context import json_response
 from gateway.ingest.channels import Channel
 from gateway.ingest.pipeline import DELIVERY_ID_MAX
-from gateway.ingest.signatures import SignatureError
+from gateway.ingest.signatures import KeyFetchRequired, SignatureError
 from gateway.observability import metrics
 
 log = logging.getLogger("paygate.webhook")
@@ -89,7 +89,10 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
     app[appkeys.SOURCE_GUARD].check(request, channel)  # allowlist and rate limit, before the body
     body = await read_body(request, app[appkeys.SETTINGS].client_timeout_seconds)
     try:
-        verified = channel.verify(request.headers, body, now=time.time())
+        try:
+            verified = channel.verify(request.headers, body, now=time.time())
+        except KeyFetchRequired as need:  # a key to fetch first (PayPal's certificate)
+            verified = await channel.verify_after(need, request.headers, body, now=time.time())
     except SignatureError as exc:
         metrics.signature_failures.labels(channel.name, exc.reason).inc()
         raise
@@ -98,4 +101,6 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
     answer = pipeline.seen(channel, signed_id) if signed_id else None
     if answer is None:
         answer = await pipeline.process(channel, body, signed_id=signed_id, headers=request.headers)
+    if channel.accept_body is not None and answer.status < 300:  # Adyen wants "[accepted]"
+        return web.Response(text=channel.accept_body, status=answer.status), answer.outcome
     return json_response(answer.body, answer.status), answer.outcome

@@ -53,8 +53,9 @@ key                               meaning
 ================================  ==========================================================
 preset                            start from a shipped preset (`stripe`); own keys override,
                                   own tables are merged key by key over the preset's
-scheme                            standard | stripe | github | shopify (default standard;
-                                  for `generic`: WEBHOOK_SCHEME)
+scheme                            standard | stripe | github | shopify | adyen | square |
+                                  razorpay | paddle | checkout | paypal | gocardless
+                                  (default standard; for `generic`: WEBHOOK_SCHEME)
 secrets / secrets_env             list of secrets, or the name of an env var holding them
                                   space-separated; several are active at once (rotation)
 tolerance_seconds                 allowed clock distance of the signed timestamp, both ways
@@ -100,8 +101,10 @@ from typing import Any
 
 from gateway.config import Settings
 from gateway.domain.model import IDENTITY_FIELDS, STATUSES
-from gateway.errors import ConfigError, ValidationError
-from gateway.ingest.signatures import Scheme, Verified, decode_secret, get_scheme
+from gateway.errors import ConfigError, ServiceUnavailable, ValidationError
+from gateway.ingest.schemes.registry import build_scheme, decode_key
+from gateway.ingest.schemes.registry import spec as scheme_spec_of
+from gateway.ingest.signatures import KeyFetchRequired, Scheme, Verified
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -150,9 +153,15 @@ _SCALAR_KEYS = frozenset(
         "event_id_path",
         "event_time_path",
         "identity_fields",
+        "event_qualifier_paths",
+        "status_only_events",
+        "event_id_parts",
+        "batch_path",
+        "batch_item_path",
+        "accept_body",
     }
 )
-_TABLE_KEYS = frozenset({"fields", "constants", "status_map", "status_api"})
+_TABLE_KEYS = frozenset({"fields", "constants", "status_map", "status_api", "verify"})
 _MAPPING_KEYS = (
     "amount_minor_units",
     "currency_path",
@@ -161,19 +170,46 @@ _MAPPING_KEYS = (
     "event_type_path",
     "event_id_path",
     "event_time_path",
+    "event_qualifier_paths",
+    "status_only_events",
+    "event_id_parts",
+    "batch_path",
+    "batch_item_path",
 )
+_SEGMENT = re.compile(r"'([^']+)'|([^.']+)")
 
 Path = tuple[tuple[str, ...], ...]  # alternatives, each a tuple of segments
 
 
+def _segments(alternative: str) -> tuple[str, ...]:
+    """Dot-separated keys; a key in single quotes may hold dots (Adyen's
+    `additionalData.'metadata.cif'` is one key named `metadata.cif`)."""
+    segments: list[str] = []
+    pos = 0
+    while True:
+        match = _SEGMENT.match(alternative, pos)
+        if match is None:
+            raise ValueError(f"bad path {alternative!r}")
+        segments.append(match.group(1) or match.group(2))
+        pos = match.end()
+        if pos == len(alternative):
+            return tuple(segments)
+        if alternative[pos] != ".":
+            raise ValueError(f"bad path {alternative!r}")
+        pos += 1
+
+
 def _compile_path(spec: str) -> Path:
-    alternatives = []
-    for alternative in spec.split("|"):
-        segments = tuple(alternative.strip().split("."))
-        if not all(segments):
-            raise ValueError(f"bad path {spec!r}")
-        alternatives.append(segments)
-    return tuple(alternatives)
+    return tuple(_segments(alternative.strip()) for alternative in spec.split("|"))
+
+
+def _part(value: Any) -> str:
+    """A value as one part of a composed key (event type qualifier, delivery id)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _lookup(doc: Any, path: Path) -> Any:
@@ -223,16 +259,35 @@ class Channel:
     currency_path: str | None = None
     constants: dict[str, Any] = field(default_factory=dict)
     identity_fields: tuple[str, ...] = IDENTITY_FIELDS
+    # Paths whose values qualify the event type ("AUTHORISATION" + success "true" is
+    # looked up as "AUTHORISATION:true", then "AUTHORISATION").
+    event_qualifier_paths: tuple[str, ...] = ()
+    # status_map keys whose events only move the status of the payment they name.
+    status_only_events: frozenset[str] = frozenset()
+    event_id_parts: tuple[str, ...] = ()  # delivery id = these values joined by ":"
+    batch_path: str | None = None  # where a multi-event delivery lists its events
+    batch_item_path: str | None = None  # where each listed entry holds its event
+    accept_body: str | None = None  # the provider's expected text for a 2xx (Adyen)
+    verify_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    scheme_impl: Scheme | None = field(default=None, repr=False, compare=False)
     _scheme: Scheme = field(init=False, repr=False, compare=False)
     _paths: dict[str, Path] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_scheme", get_scheme(self.scheme))
+        impl = self.scheme_impl or build_scheme(self.scheme, self.verify_options)
+        object.__setattr__(self, "_scheme", impl)
         paths = {name: _compile_path(spec) for name, spec in (self.fields or {}).items()}
-        for attr in ("event_type_path", "event_id_path", "event_time_path", "currency_path"):
+        for attr in (
+            "event_type_path", "event_id_path", "event_time_path", "currency_path",
+            "batch_path", "batch_item_path",
+        ):  # fmt: skip
             spec = getattr(self, attr)
             if spec is not None:
                 paths["@" + attr] = _compile_path(spec)
+        for index, spec in enumerate(self.event_qualifier_paths):
+            paths[f"@qualifier{index}"] = _compile_path(spec)
+        for index, spec in enumerate(self.event_id_parts):
+            paths[f"@id{index}"] = _compile_path(spec)
         object.__setattr__(self, "_paths", paths)
 
     def verify(self, headers: Mapping[str, str], body: bytes, *, now: float) -> Verified:
@@ -240,6 +295,41 @@ class Channel:
         return self._scheme.verify(
             headers, body, self.keys, now=now, tolerance=self.tolerance_seconds
         )
+
+    async def verify_after(
+        self, need: KeyFetchRequired, headers: Mapping[str, str], body: bytes, *, now: float
+    ) -> Verified:
+        """Fetch the key a verification asked for, then verify again (once)."""
+        await need.fetch()
+        try:
+            return self.verify(headers, body, now=now)
+        except KeyFetchRequired:
+            raise ServiceUnavailable(
+                "the verification key is not available", code="key_unavailable", retry_after=30
+            ) from None
+
+    def split(self, doc: Any) -> list[Any] | None:
+        """The events of a multi-event delivery (None for a channel without batches).
+
+        A document without the list is one event on its own: what a stored event of a
+        batch looks like when it is processed again.
+        """
+        if self.batch_path is None:
+            return None
+        listed = _lookup(doc, self._paths["@batch_path"]) if isinstance(doc, dict) else None
+        if listed is None:
+            return [doc]
+        if not isinstance(listed, list):
+            raise ValidationError(self.batch_path, "expected a list of events")
+        if self.batch_item_path is None:
+            return listed
+        items = []
+        for entry in listed:
+            item = _lookup(entry, self._paths["@batch_item_path"])
+            if not isinstance(item, dict):
+                raise ValidationError(self.batch_item_path, "an entry holds no event")
+            items.append(item)
+        return items
 
     def extract(self, doc: Any) -> Any:
         """Map a provider document into the generic payload dict.
@@ -257,6 +347,10 @@ class Channel:
         paths = self._paths
         out: dict[str, Any] = {}
         event_id = _lookup(doc, paths["@event_id_path"]) if self.event_id_path else None
+        if self.event_id_parts:
+            parts = [_lookup(doc, paths[f"@id{i}"]) for i in range(len(self.event_id_parts))]
+            if any(p is not None for p in parts):
+                event_id = ":".join(_part(p) for p in parts)
         if event_id is not None:
             out["event_id"] = event_id
         if self.event_time_path:
@@ -283,13 +377,18 @@ class Channel:
         else:
             source = out.get("status")
         if source is not None and self.status_map:
-            status = self.status_map.get(source) if isinstance(source, str) else None
+            status, key = self._status_of(doc, source)
             if status is None:
                 ignored = {
                     k: out[k] for k in ("reference_number", "event_id", "event_time") if k in out
                 }
-                return {**ignored, "status": None, "ignored_event_type": source}
+                return {**ignored, "status": None, "ignored_event_type": key}
             out["status"] = status
+            if key in self.status_only_events:
+                kept = {
+                    k: out[k] for k in ("reference_number", "event_id", "event_time") if k in out
+                }
+                return {**kept, "status": status}
 
         currency = _lookup(doc, paths["@currency_path"]) if self.currency_path else None
         if currency is not None:
@@ -305,6 +404,25 @@ class Channel:
             if name in out:
                 out[name] = _unix_to_iso(out[name], name)
         return out
+
+    def _status_of(self, doc: Any, source: Any) -> tuple[str | None, Any]:
+        """The mapped status and the key it was found under (or the full key, unmapped)."""
+        if not isinstance(source, str):
+            return None, source
+        if not self.event_qualifier_paths:
+            return self.status_map.get(source), source
+        qualifiers = [
+            _part(_lookup(doc, self._paths[f"@qualifier{i}"]))
+            for i in range(len(self.event_qualifier_paths))
+        ]
+        for count in range(len(qualifiers), -1, -1):
+            key = ":".join([source, *qualifiers[:count]])
+            status = self.status_map.get(key)
+            if status is not None:
+                return status, key
+        while qualifiers and not qualifiers[-1]:
+            qualifiers.pop()
+        return None, ":".join([source, *qualifiers])
 
     def _major_units(self, amount: Any, currency: Any) -> Decimal:
         if isinstance(amount, str) and _INTEGER.fullmatch(amount):
@@ -381,7 +499,7 @@ def _decode_all(scheme: str, secrets: Sequence[str], where: str) -> tuple[bytes,
     keys = []
     for index, secret in enumerate(secrets, 1):
         try:
-            keys.append(decode_secret(scheme, secret))
+            keys.append(decode_key(scheme, secret))
         except ConfigError as exc:
             raise ConfigError(f"{where}: secret #{index}: {exc}") from None
     return tuple(keys)
@@ -469,10 +587,16 @@ def _build(
     if not isinstance(scheme, str):
         raise fail("scheme", "expected a scheme name")
     try:
-        get_scheme(scheme)
+        scheme_spec = scheme_spec_of(scheme)
     except ConfigError as exc:
         raise fail("scheme", str(exc)) from None
+    verify_options = _verify_options(cfg.get("verify", {}), environ, fail)
+    scheme_impl = build_scheme(scheme, verify_options, fail)
 
+    if not scheme_spec.uses_secrets:
+        for key in ("secrets", "secrets_env"):
+            if key in raw:
+                raise fail(key, f"scheme {scheme!r} uses no shared secret")
     keys = _channel_keys(name, raw, scheme, settings, environ, fail)
     tolerance = cfg.get("tolerance_seconds", settings.signature_tolerance_seconds)
     if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 1:
@@ -549,6 +673,32 @@ def _build(
     if not isinstance(identity, list) or any(f not in IDENTITY_FIELDS for f in identity):
         raise fail("identity_fields", f"expected a list drawn from {', '.join(IDENTITY_FIELDS)}")
 
+    lists: dict[str, list[str]] = {}
+    for key in ("event_qualifier_paths", "event_id_parts", "status_only_events"):
+        value = cfg.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise fail(key, "expected a list of strings")
+        if key != "status_only_events" and not all(_valid_path(v) for v in value):
+            raise fail(key, "expected a list of dotted paths")
+        lists[key] = value
+    for event in lists["status_only_events"]:
+        if event not in status_map:
+            raise fail("status_only_events", f"{event!r} is not a key of [status_map]")
+    if lists["event_qualifier_paths"] and not paths["event_type_path"]:
+        raise fail("event_qualifier_paths", "needs event_type_path")
+    if lists["event_id_parts"] and paths["event_id_path"]:
+        raise fail("event_id_parts", "set event_id_path or event_id_parts, not both")
+    for key in ("batch_path", "batch_item_path"):
+        value = cfg.get(key)
+        if value is not None and not (isinstance(value, str) and _valid_path(value)):
+            raise fail(key, "expected a dotted path")
+        paths[key] = value
+    if paths["batch_item_path"] and not paths["batch_path"]:
+        raise fail("batch_item_path", "needs batch_path")
+    accept_body = cfg.get("accept_body")
+    if accept_body is not None and not (isinstance(accept_body, str) and accept_body):
+        raise fail("accept_body", "expected a non-empty string")
+
     return Channel(
         name=name,
         scheme=scheme,
@@ -567,7 +717,37 @@ def _build(
         currency_path=paths["currency_path"],
         constants=dict(constants),
         identity_fields=tuple(f for f in IDENTITY_FIELDS if f in identity),
+        event_qualifier_paths=tuple(lists["event_qualifier_paths"]),
+        status_only_events=frozenset(lists["status_only_events"]),
+        event_id_parts=tuple(lists["event_id_parts"]),
+        batch_path=paths["batch_path"],
+        batch_item_path=paths["batch_item_path"],
+        accept_body=accept_body,
+        verify_options=verify_options,
+        scheme_impl=scheme_impl,
     )
+
+
+def _verify_options(raw: Any, environ: Mapping[str, str], fail: Any) -> dict[str, Any]:
+    """The scheme's `[verify]` options; `<option>_env = "VAR"` reads the option from VAR
+    (for values that are secrets, such as Checkout.com's authorization key)."""
+    if not isinstance(raw, dict):
+        raise fail("verify", "expected a table")
+    options: dict[str, Any] = {}
+    for key, value in raw.items():
+        if not key.endswith("_env"):
+            options.setdefault(key, value)
+            continue
+        option = key.removesuffix("_env")
+        if option in raw:
+            raise fail(f"verify.{key}", f"set {option} or {key}, not both")
+        if not isinstance(value, str) or not value:
+            raise fail(f"verify.{key}", "expected an environment variable name")
+        text = environ.get(value, "")
+        if not text.strip():
+            raise fail(f"verify.{key}", f"environment variable {value} is not set")
+        options[option] = text.strip()
+    return options
 
 
 def _channel_keys(

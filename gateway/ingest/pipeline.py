@@ -8,6 +8,7 @@ after the commit, and every refusal is a PaygateError the caller renders.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ from gateway.config import Settings
 from gateway.db.payments import Candidate
 from gateway.domain.model import IDENTITY_FIELDS, Payment
 from gateway.domain.validation import DateWindow, date_window, validate_payment
-from gateway.errors import BadRequest, Conflict, ValidationError
+from gateway.errors import BadRequest, Conflict, PaygateError, ValidationError
 from gateway.ingest.channels import Channel
 from gateway.ingest.dedup import Deduplicator
 from gateway.ingest.protocols import ReplayGuard, StatusApplier
@@ -31,6 +32,11 @@ from gateway.observability import metrics
 # Provider delivery ids that are not part of the signature scheme, by header.
 DELIVERY_ID_HEADERS = ("Idempotency-Key", "X-GitHub-Delivery", "X-Shopify-Webhook-Id")
 DELIVERY_ID_MAX = 255
+# Events of one multi-event delivery processed at once (each status update holds a
+# pool connection while it runs; payments share the writer's batches).
+BATCH_CONCURRENCY = 8
+# A batch is counted under the most consequential outcome among its events.
+_BATCH_OUTCOMES = ("created", "updated", "deferred", "stale", "duplicate", "ignored")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +90,30 @@ class Pipeline:
         headers: Mapping[str, str],
     ) -> Answer:
         """Everything after the signature: `signed_id` is the delivery id the scheme
-        signed (already looked up with `seen`), `headers` the request's."""
+        signed (already looked up with `seen`), `headers` the request's. A channel whose
+        deliveries carry several events (Adyen, GoCardless) has each one recorded on its
+        own (`_process_batch`)."""
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise BadRequest("body is not valid JSON", code="invalid_json") from None
-        fields = channel.extract(doc)
+        events = channel.split(doc)
+        if events is not None:
+            return await self._process_batch(channel, events, body, headers)
+        return await self.process_fields(
+            channel, channel.extract(doc), body, signed_id=signed_id, headers=headers
+        )
+
+    async def process_fields(
+        self,
+        channel: Channel,
+        fields: Any,
+        body: bytes,
+        *,
+        signed_id: str | None,
+        headers: Mapping[str, str],
+    ) -> Answer:
+        """One mapped event (`channel.extract`'s output) on its way to an answer."""
         if isinstance(fields, dict) and "ignored_event_type" in fields:
             event_type = str(fields["ignored_event_type"])[:100]
             return Answer(200, {"status": "ignored", "event_type": event_type}, "ignored")
@@ -126,6 +150,68 @@ class Pipeline:
         if delivery_id and result.outcome in (CREATED, DUPLICATE):
             self.replay.remember(channel.name, delivery_id, result.payment_id)
         return await self._answer(channel, payment, result, delivery_id, body)
+
+    async def _process_batch(
+        self, channel: Channel, events: list[Any], body: bytes, headers: Mapping[str, str]
+    ) -> Answer:
+        """Each event of a multi-event delivery recorded on its own; a 2xx only when every
+        one of them is committed (or ignored), else the first error is raised, naming the
+        event, with a retriable one first. A retry then records nothing twice: events
+        already committed answer `duplicate` (replay guard, reference table, state machine).
+
+        Events naming the same reference run in the order the provider listed them,
+        different references concurrently. Each event's raw body in webhook_events is the
+        delivery itself when it holds one event, else that event's own JSON (a stored event
+        is processed again as a delivery of one, see `Channel.split`).
+        """
+        results: list[Answer | PaygateError | None] = [None] * len(events)
+        prepared: dict[int, tuple[Any, bytes]] = {}
+        chains: dict[str, list[int]] = {}
+        for index, event in enumerate(events):
+            try:
+                fields = channel.extract(event)
+            except PaygateError as exc:
+                results[index] = exc
+                continue
+            prepared[index] = (fields, body if len(events) == 1 else orjson.dumps(event))
+            ref = fields.get("reference_number") if isinstance(fields, dict) else None
+            chains.setdefault(ref if isinstance(ref, str) else f"#{index}", []).append(index)
+
+        gate = asyncio.Semaphore(BATCH_CONCURRENCY)
+
+        async def run(indexes: list[int]) -> None:
+            async with gate:
+                for index in indexes:
+                    fields, event_body = prepared[index]
+                    results[index] = await self._event(channel, fields, event_body, headers)
+
+        await asyncio.gather(*(run(indexes) for indexes in chains.values()))
+        failures = [(i, r) for i, r in enumerate(results) if isinstance(r, PaygateError)]
+        if failures:
+            index, error = next(((i, e) for i, e in failures if e.retriable), failures[0])
+            error.extra.setdefault("event_index", index)
+            raise error
+        answers = [r for r in results if isinstance(r, Answer)]
+        outcomes = {a.outcome for a in answers}
+        outcome = next((o for o in _BATCH_OUTCOMES if o in outcomes), "ignored")
+        return Answer(200, {"status": "accepted", "events": [a.body for a in answers]}, outcome)
+
+    async def _event(
+        self, channel: Channel, fields: Any, body: bytes, headers: Mapping[str, str]
+    ) -> Answer | PaygateError:
+        """One event of a batch; its id is covered by the delivery's signature."""
+        event_id = fields.get("event_id") if isinstance(fields, dict) else None
+        delivery_id = str(event_id)[:DELIVERY_ID_MAX] if event_id else None
+        try:
+            if delivery_id:
+                seen = self.seen(channel, delivery_id)
+                if seen is not None:
+                    return seen
+            return await self.process_fields(
+                channel, fields, body, signed_id=delivery_id, headers=headers
+            )
+        except PaygateError as exc:
+            return exc
 
     async def _answer(
         self,

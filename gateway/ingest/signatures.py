@@ -32,7 +32,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,6 +60,8 @@ REASONS = frozenset(
         "timestamp_out_of_tolerance",
         "unsupported_version",
         "no_secret_configured",
+        "untrusted_certificate",
+        "authorization_mismatch",
     }
 )
 
@@ -419,3 +421,12 @@ def sign(
     """Headers that make `body` verify under `scheme` with `key` (tests, bench, docs)."""
     get_scheme(scheme)
     return _IMPLS[scheme].sign(key, body, now=int(now), delivery_id=delivery_id)
+
+
+class KeyFetchRequired(Exception):
+    """Raised by a scheme's verify() when the key it needs must be fetched first (PayPal's
+    certificate): the caller awaits `fetch()` and verifies again. Never a pass."""
+
+    def __init__(self, fetch: Callable[[], Awaitable[None]]) -> None:
+        super().__init__("a verification key must be fetched")
+        self.fetch = fetch
