@@ -27,6 +27,8 @@ Channel configuration (CHANNELS_FILE)::
     token_env = "ACME_API_TOKEN"           # sent as `Authorization: Bearer <token>`
     auth_header = "Authorization"          # optional: another header name
     auth_scheme = "Bearer"                 # optional: "" sends the bare token
+    [channels.acme.status_api.headers]     # optional: fixed headers (an API version)
+    Acme-Version = "2024-01-01"
     [channels.acme.status_api.status_map]  # provider status -> ours (else: ours verbatim)
     paid = "succeeded"
 """
@@ -154,7 +156,12 @@ class StatusApi:
             if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
                 raise fail(key, f"expected a number >= {low}")
             numbers[key] = value
-        headers: dict[str, str] = {}
+        extra = cfg.get("headers", {})
+        if not isinstance(extra, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in extra.items()
+        ):
+            raise fail("headers", "expected a table of header = value strings")
+        headers: dict[str, str] = dict(extra)
         token_env = cfg.get("token_env")
         if token_env is not None:
             token = environ.get(str(token_env), "")
