@@ -59,10 +59,13 @@ INSERT INTO payment_service.webhook_events
 VALUES ($1, $2, $3, $4, $5, $6)
 """
 
+# A retried delivery (same channel and delivery id) parks nothing twice (sql/090).
 _PARK = """
 INSERT INTO payment_service.pending_status_updates
-    (reference_number, status, provider_event_at, channel)
-VALUES ($1, $2, $3, $4)
+    (reference_number, status, provider_event_at, channel, delivery_id)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (channel, delivery_id) WHERE delivery_id IS NOT NULL DO NOTHING
+RETURNING id
 """
 
 _CLAIM_PARKED = """
@@ -131,10 +134,12 @@ async def apply_status(
         if row is None:
             if not park:
                 return StatusResult("missing", "unknown_reference", reference)
-            await conn.execute(
-                _PARK, reference, event.status, _aware(event.event_at), event.channel
-            )
-            result = StatusResult(DEFERRED, "unknown_reference", reference, new_status=event.status)
+            parked = await conn.fetchval(
+                _PARK, reference, event.status, _aware(event.event_at), event.channel,
+                event.delivery_id,
+            )  # fmt: skip
+            reason = "unknown_reference" if parked is not None else "already_parked"
+            result = StatusResult(DEFERRED, reason, reference, new_status=event.status)
         else:
             decision = decide(row["status"], row["provider_event_at"], event.status, event.event_at)
             pid = str(row["id"])
@@ -145,7 +150,7 @@ async def apply_status(
             )  # fmt: skip
             if decision.outcome == Outcome.UPDATED:
                 await _write_change(conn, row, result, event, topic)
-        if event.body is not None and event.channel is not None:
+        if event.body is not None and event.channel is not None:  # every delivery is logged
             await conn.execute(
                 _RAW, event.channel, event.delivery_id, reference,
                 row["id"] if row is not None else None, result.outcome, event.body,

@@ -281,7 +281,7 @@ def test_schemes_take_only_their_own_options() -> None:
     for name in ("adyen", "paddle", "stripe", "standard"):
         with pytest.raises(ConfigError, match="takes no options"):
             build_scheme(name, {"notification_url": SQUARE_URL})
-    with pytest.raises(ConfigError, match="no shared secret|certificate"):
+    with pytest.raises(ConfigError, match="certificate"):
         decode_key("paypal", "anything")
 
 
