@@ -291,7 +291,12 @@ def test_repr_hides_secrets(tmp_path: Path) -> None:
         ('[channels.x]\nsecrets_env = "MISSING_VAR"\n', "channels.x.secrets_env"),
         ('[channels.x]\nsecrets = ["a"]\nsecrets_env = "V"\n', "channels.x.secrets"),
         ('[channels.x]\nsecrets = ["whsec_%%bad%%"]\n', "channels.x.secrets"),
-        ('[channels.x]\npreset = "paypal"\n', "channels.x.preset"),
+        ('[channels.x]\npreset = "nosuchprovider"\n', "channels.x.preset"),
+        ('[channels.x]\npreset = "paypal"\n', "channels.x.verify.webhook_id"),
+        (
+            '[channels.x]\npreset = "square"\nsecrets = ["k"]\n',
+            "channels.x.verify.notification_url",
+        ),
         ('[channels.x]\n[channels.x.fields]\nreference = "id"\n', "channels.x.fields.reference"),
         ('[channels.x]\n[channels.x.fields]\namount = "a..b"\n', "channels.x.fields.amount"),
         (
