@@ -27,11 +27,13 @@ from gateway import appkeys, security
 from gateway.clients.redis import RedisCache
 from gateway.config import Settings
 from gateway.db.pool import create_pool
+from gateway.http.console.session import console_gate
 from gateway.http.metrics import metrics_handler
 from gateway.http.routes import add_routes
 from gateway.ingest.channels import load_channels
 from gateway.ingest.dedup import Deduplicator
 from gateway.ingest.pipeline import Pipeline
+from gateway.ingest.refusals import RefusalRecorder
 from gateway.ingest.status_updates import StatusService
 from gateway.ingest.writer import GroupCommitWriter
 from gateway.notify import Wakeup
@@ -63,7 +65,7 @@ def create_app(
     app[appkeys.SOURCE_GUARD] = guard.source_guard
     app[appkeys.REPLAY_GUARD] = guard.replay_guard
     app[appkeys.INFLIGHT] = guard.inflight
-    app[appkeys.REQUEST_GATES] = [guard.ops_gate]
+    app[appkeys.REQUEST_GATES] = [guard.ops_gate, console_gate(settings.admin_jwt_secret)]
     statuses = StatusService(
         settings,
         lambda: app[appkeys.POOL],
@@ -72,6 +74,7 @@ def create_app(
     )
     app[appkeys.STATUS_APPLIER] = statuses
     app[appkeys.STATS] = StatsService()
+    app[appkeys.REFUSALS] = RefusalRecorder(lambda: app[appkeys.POOL])
 
     async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.POOL] = await create_pool(settings)
@@ -106,8 +109,10 @@ def create_app(
             settings, app[appkeys.DEDUP], writer, statuses, app[appkeys.REPLAY_GUARD]
         )
         await writer.start()
+        app[appkeys.REFUSALS].start()
         yield
         await writer.stop(timeout=settings.shutdown_timeout_seconds)
+        await app[appkeys.REFUSALS].stop()
 
     async def gauges_ctx(app: web.Application) -> AsyncIterator[None]:
         refresher = gauges.GaugeRefresher(app[appkeys.POOL], app[appkeys.PROBES].pool_gauges)

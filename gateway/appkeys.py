@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from gateway.ingest.channels import ChannelRegistry
     from gateway.ingest.dedup import Deduplicator
     from gateway.ingest.pipeline import Pipeline
+    from gateway.ingest.refusals import RefusalRecorder
     from gateway.ingest.writer import GroupCommitWriter
     from gateway.observability.probes import HealthProbes
     from gateway.observability.stats import StatsService
@@ -39,6 +40,8 @@ WRITER: web.AppKey[GroupCommitWriter] = web.AppKey("writer")
 # What a verified delivery goes through (parse, validate, dedup, writer), once they exist.
 PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline")
 CHANNELS: web.AppKey[ChannelRegistry] = web.AppKey("channels")
+# Keeps the deliveries refused after verification (422, invalid JSON, ignored types).
+REFUSALS: web.AppKey[RefusalRecorder] = web.AppKey("refusals")
 PROBES: web.AppKey[HealthProbes] = web.AppKey("probes")
 STATS: web.AppKey[StatsService] = web.AppKey("stats")
 

@@ -26,7 +26,8 @@ TEST_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXBheWdhdGUtdGVzdHMtMDE="  # base6
 TABLES = (
     "payments", "payment_references", "webhook_events", "outbox", "payment_staging",
     "staging_process_log", "audit_log", "pending_status_updates", "reconciliation_items",
-    "reconciliation_runs", "payment_reviews", "status_poll_state",
+    "reconciliation_runs", "payment_reviews", "status_poll_state", "delivery_replays",
+    "exception_comments",
 )  # fmt: skip
 
 

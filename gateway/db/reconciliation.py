@@ -341,3 +341,21 @@ async def run_items(
 ) -> list[asyncpg.Record]:
     """A page of a run's items in id order, after the item id `after` (a cursor)."""
     return await pool.fetch(_ITEMS, run_id, category, after, limit)
+
+
+# -- the list of runs, newest first (idx_recon_runs_started) -------------------------------
+
+_RUNS = """
+SELECT id, kind, source, actor, status, period_start, period_end, total_lines,
+       malformed_lines, summary, started_at, completed_at
+FROM payment_service.reconciliation_runs
+WHERE $1::timestamptz IS NULL OR (started_at, id) < ($1, $2::uuid)
+ORDER BY started_at DESC, id DESC LIMIT $3
+"""
+
+
+async def list_runs(
+    pool: asyncpg.Pool, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> list[asyncpg.Record]:
+    at, last = after if after is not None else (None, None)
+    return await pool.fetch(_RUNS, at, last, limit)

@@ -14,14 +14,17 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.errors import (
+    BadRequest,
     NotFound,
     PaygateError,
     ServiceUnavailable,
+    ValidationError,
 )
 from gateway.http.body import read_body
 from gateway.http.context import json_response
 from gateway.ingest.channels import Channel
-from gateway.ingest.pipeline import DELIVERY_ID_MAX
+from gateway.ingest.pipeline import DELIVERY_ID_MAX, delivery_id_of
+from gateway.ingest.refusals import refusal, refused_outcome
 from gateway.ingest.signatures import KeyFetchRequired, SignatureError
 from gateway.observability import metrics
 
@@ -100,7 +103,32 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
     signed_id = (verified.delivery_id or "")[:DELIVERY_ID_MAX] or None
     answer = pipeline.seen(channel, signed_id) if signed_id else None
     if answer is None:
-        answer = await pipeline.process(channel, body, signed_id=signed_id, headers=request.headers)
+        try:
+            answer = await pipeline.process(
+                channel, body, signed_id=signed_id, headers=request.headers
+            )
+        except (ValidationError, BadRequest) as exc:
+            await _keep_refusal(request, channel, body, signed_id, exc)
+            raise
+        if answer.outcome == "ignored":  # a 200, but nothing was recorded: kept for replay
+            await app[appkeys.REFUSALS].record(
+                refusal(channel, body, signed_id or delivery_id_of(request.headers, None),
+                        "ignored", answer.body)
+            )  # fmt: skip
     if channel.accept_body is not None and answer.status < 300:  # Adyen wants "[accepted]"
         return web.Response(text=channel.accept_body, status=answer.status), answer.outcome
     return json_response(answer.body, answer.status), answer.outcome
+
+
+async def _keep_refusal(
+    request: web.Request, channel: Channel, body: bytes, signed_id: str | None, exc: PaygateError
+) -> None:
+    """A verified delivery refused by the pipeline is committed before it is answered
+    (gateway.ingest.refusals): if it cannot be, the 503 replaces the 4xx."""
+    outcome = refused_outcome(exc)
+    if outcome is None:
+        return
+    delivery_id = signed_id or delivery_id_of(request.headers, None)
+    await request.app[appkeys.REFUSALS].record(
+        refusal(channel, body, delivery_id, outcome, exc.body())
+    )

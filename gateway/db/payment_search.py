@@ -1,0 +1,97 @@
+"""Finding payments for operators: filters, newest first, keyset pages.
+
+Every query is written so that an index serves it (tests/gateway/db/test_ops_plans.py
+shows the plans; bench/ops.py measures them at 1,000,000 payments):
+
+- a reference, cif or loan account narrows through its own index (idx_payments_reference,
+  idx_payments_cif, idx_payments_loan_account) to one customer's rows, which are sorted;
+- a status other than succeeded walks the partial idx_payments_uncommon_status;
+- everything else walks idx_payments_created_at backwards, newest first, and stops at the
+  page size. Filters without an index of their own (source, channel) are applied to the
+  rows that walk reads, so a rare value costs a longer walk: give from/to to bound it.
+
+Pages are keyset pages on (created_at, id): the cursor is the last row's key and the
+next page starts strictly after it (never OFFSET).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from gateway.domain.model import STATUSES
+
+COLUMNS = (
+    "id, reference_number, loan_account_number, cif, amount, payment_date, payment_channel, "
+    "source, status, status_updated_at, provider_event_at, version, created_at"
+)
+SOURCES = ("webhook", "staging")
+
+
+@dataclass(frozen=True)
+class PaymentFilter:
+    reference_number: str | None = None
+    cif: str | None = None
+    loan_account_number: str | None = None
+    status: str | None = None
+    source: str | None = None
+    channel: str | None = None  # payment_channel
+    since: datetime | None = None  # created_at >= since
+    until: datetime | None = None  # created_at < until
+
+
+def search_sql(
+    f: PaymentFilter, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> tuple[str, list[Any]]:
+    """The query for one page and its arguments."""
+    where: list[str] = []
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    for column in ("reference_number", "cif", "loan_account_number"):
+        value = getattr(f, column)
+        if value is not None:
+            where.append(f"{column} = {arg(value)}")
+    if f.status is not None:
+        if f.status not in STATUSES:
+            raise ValueError(f"unknown status {f.status!r}")
+        # A literal from the closed set, not a parameter: the planner can then prove the
+        # partial index's predicate (status <> 'succeeded') from it, in every plan.
+        where.append(f"status = '{f.status}'")
+        if f.status != "succeeded":
+            where.append("status <> 'succeeded'")
+    if f.source is not None:
+        if f.source not in SOURCES:
+            raise ValueError(f"unknown source {f.source!r}")
+        where.append(f"source = '{f.source}'")
+    if f.channel is not None:
+        where.append(f"payment_channel = {arg(f.channel)}")
+    if f.since is not None:
+        where.append(f"created_at >= {arg(f.since)}")
+    if f.until is not None:
+        where.append(f"created_at < {arg(f.until)}")
+    if after is not None:
+        at, last = arg(after[0]), arg(after[1])
+        # Spelled out rather than (created_at, id) < (...): the index is on created_at
+        # alone, and only this form gives its scan a starting point.
+        where.append(f"created_at <= {at} AND (created_at < {at} OR id < {last})")
+    sql = (
+        f"SELECT {COLUMNS} FROM payment_service.payments"
+        f" WHERE {' AND '.join(where) or 'TRUE'}"
+        f" ORDER BY created_at DESC, id DESC LIMIT {arg(limit)}"
+    )
+    return sql, args
+
+
+async def search(
+    pool: asyncpg.Pool, f: PaymentFilter, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> list[asyncpg.Record]:
+    sql, args = search_sql(f, after, limit)
+    return await pool.fetch(sql, *args)
