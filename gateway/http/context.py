@@ -87,7 +87,7 @@ def with_request_context(handler: Handler) -> Handler:
                     gate(request)
                 response = await handler(request)
             except PaygateError as exc:
-                response = error_response(exc)
+                response = _render_error(request, exc)
             except web.HTTPException as exc:
                 if exc.status < 400:
                     raise
@@ -105,6 +105,17 @@ def with_request_context(handler: Handler) -> Handler:
 
     _in_context.add(in_request_context)
     return in_request_context
+
+
+def _render_error(request: web.Request, exc: PaygateError) -> web.Response:
+    """JSON everywhere, but a page for the console's browser (imported only then)."""
+    if request.path == "/console" or request.path.startswith("/console/"):
+        from gateway.http.console.render import error_page
+
+        response = error_page(request, exc)
+        response.headers.update(exc.headers())
+        return response
+    return error_response(exc)
 
 
 def _http_error_response(exc: web.HTTPException) -> web.Response:

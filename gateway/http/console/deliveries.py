@@ -1,0 +1,92 @@
+"""Console: stored deliveries, a delivery's raw body, and replay (after a confirmation)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway import appkeys
+from gateway.db import deliveries
+from gateway.db.deliveries import OUTCOMES, DeliveryFilter
+from gateway.domain import cursors
+from gateway.errors import NotFound, ValidationError
+from gateway.http.console.forms import action_form, back
+from gateway.http.console.render import render
+from gateway.http.console.session import SESSION
+from gateway.ingest import replay as replaying
+
+PAGE = 50
+
+
+def _id(request: web.Request) -> int:
+    raw = request.match_info["delivery_id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise NotFound("no such delivery", code="delivery_not_found")
+    return int(raw)
+
+
+async def list_page(request: web.Request) -> web.Response:
+    q = request.query
+    values = {k: q.get(k, "") for k in ("channel", "outcome", "reference_number")}
+    error, rows, next_cursor = None, [], None
+    try:
+        outcome = values["outcome"] or None
+        if outcome is not None and outcome not in OUTCOMES:
+            raise ValidationError("outcome", "unknown outcome")
+        f = DeliveryFilter(channel=values["channel"][:100] or None, outcome=outcome,
+                           reference_number=values["reference_number"][:255] or None)  # fmt: skip
+        after = cursors.decode(q["cursor"], (datetime, int)) if q.get("cursor") else None
+        rows = await deliveries.list_deliveries(
+            request.app[appkeys.POOL], f, (after[0], after[1]) if after else None, PAGE
+        )
+        if len(rows) == PAGE:
+            next_cursor = cursors.encode(rows[-1]["received_at"], rows[-1]["id"])
+    except ValidationError as exc:
+        error = exc.detail
+    query = "&".join(f"{k}={v}" for k, v in values.items() if v)
+    return render(request, "deliveries.html", rows=rows, values=values, outcomes=OUTCOMES,
+                  error=error, next_cursor=next_cursor, query=query)  # fmt: skip
+
+
+def pretty(body: bytes) -> str:
+    try:
+        return orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2).decode()
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", errors="replace")
+
+
+async def _row(request: web.Request) -> Any:
+    row = await deliveries.get_delivery(request.app[appkeys.POOL], _id(request))
+    if row is None:
+        raise NotFound("no such delivery", code="delivery_not_found")
+    return row
+
+
+async def detail_page(request: web.Request) -> web.Response:
+    row = await _row(request)
+    replays = await deliveries.replays_of(request.app[appkeys.POOL], row["id"])
+    return render(request, "delivery.html", d=row, body=pretty(bytes(row["body"])),
+                  replays=replays, error_json=orjson.dumps(row["error"]).decode()
+                  if row["error"] else None)  # fmt: skip
+
+
+async def confirm_page(request: web.Request) -> web.Response:
+    row = await _row(request)
+    return render(request, "replay_confirm.html", d=row)
+
+
+async def replay(request: web.Request) -> web.StreamResponse:
+    await action_form(request)
+    app = request.app
+    delivery_id = _id(request)
+    result = await replaying.replay(
+        app[appkeys.POOL], app[appkeys.PIPELINE], app[appkeys.CHANNELS], delivery_id,
+        actor=request[SESSION].principal.subject,
+    )  # fmt: skip
+    what = result.body.get("status") or result.body.get("error") or result.outcome
+    pid = result.body.get("payment_id")
+    notice = f"replayed: {result.status} {what}" + (f", payment {pid}" if pid else "")
+    raise back(f"/console/deliveries/{delivery_id}", notice)

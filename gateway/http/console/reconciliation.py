@@ -1,0 +1,299 @@
+"""Console: upload a statement, the runs, a run's items by category, the exception queue,
+one exception with its comments and trail, the workflow's actions, and the CSV export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from collections.abc import AsyncIterator
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from gateway import appkeys
+from gateway.db import exceptions as workflow_db
+from gateway.db import reconciliation as recon_db
+from gateway.db.exceptions import ExceptionFilter, Target
+from gateway.domain import cursors
+from gateway.domain import exception_workflow as wf
+from gateway.domain.statements import (
+    CATEGORIES,
+    StatementError,
+    StatementOptions,
+    parse_delimiter,
+    parse_mapping,
+)
+from gateway.errors import Conflict, NotFound, ValidationError
+from gateway.http.console.forms import action_form, back, field
+from gateway.http.console.render import render
+from gateway.http.console.session import CSRF_FIELD, SESSION, check_csrf
+
+PAGE = 50
+_CHUNK = 256 * 1024
+
+
+def _actor(request: web.Request) -> str:
+    return request[SESSION].principal.subject
+
+
+async def runs_page(request: web.Request) -> web.Response:
+    runs = await recon_db.list_runs(request.app[appkeys.POOL], None, PAGE)
+    return render(request, "reconciliation.html", runs=runs, error=None)
+
+
+def _options(values: dict[str, str]) -> StatementOptions:
+    def dec(name: str) -> Decimal:
+        raw = values.get(name) or "0"
+        try:
+            value = Decimal(raw)
+        except InvalidOperation:
+            raise ValidationError(name, "must be a decimal number") from None
+        if not value.is_finite() or value < 0:
+            raise ValidationError(name, "must be a number >= 0")
+        return value
+
+    def day(name: str) -> date | None:
+        raw = values.get(name)
+        if not raw:
+            return None
+        try:
+            return date.fromisoformat(raw)
+        except ValueError:
+            raise ValidationError(name, "must be a date YYYY-MM-DD") from None
+
+    try:
+        delimiter = parse_delimiter(values.get("delimiter") or ",")
+        mapping = parse_mapping(values.get("map", ""))
+    except ValueError as exc:
+        raise ValidationError("delimiter/map", str(exc)) from None
+    start, end = day("period_start"), day("period_end")
+    if (start is None) != (end is None) or (start and end and start > end):
+        raise ValidationError("period_start", "give both period_start and period_end, in order")
+    return StatementOptions(
+        delimiter=delimiter, mapping=mapping, date_format=values.get("date_format") or None,
+        period_start=start, period_end=end, tolerance=dec("tolerance"),
+        fee_percent=dec("fee_percent"), fee_fixed=dec("fee_fixed"),
+        keep_matched=values.get("keep_matched") == "1",
+        source=(values.get("source") or "console upload")[:500],
+    )  # fmt: skip
+
+
+async def upload(request: web.Request) -> web.StreamResponse:
+    """A multipart form: the CSRF token first, the options, then the file (streamed)."""
+    reader = await request.multipart()
+    values: dict[str, str] = {}
+    secret = request.app[appkeys.SETTINGS].admin_jwt_secret
+    checked = False
+    while True:
+        part = await reader.next()
+        if part is None:
+            raise back("/console/reconciliation", "choose a statement file")
+        if not isinstance(part, BodyPartReader) or part.name is None:
+            continue
+        if part.name == CSRF_FIELD:
+            check_csrf(request, secret, (await part.text())[:200])
+            checked = True
+            continue
+        if not checked:
+            check_csrf(request, secret, None)  # the token must come before anything else
+        if part.name == "statement":
+            break
+        values[part.name] = (await part.text())[:1000].strip()
+    statement = part
+    try:
+        options = _options(values)
+    except ValidationError as exc:
+        raise back("/console/reconciliation", f"{exc.field}: {exc.detail}") from None
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while True:
+            chunk = await statement.read_chunk(_CHUNK)
+            if not chunk:
+                return
+            yield chunk
+
+    try:
+        summary = await recon_db.reconcile_statement(
+            request.app[appkeys.POOL], chunks(), options,
+            topic=request.app[appkeys.SETTINGS].kafka_topic, actor=_actor(request),
+        )  # fmt: skip
+    except StatementError as exc:
+        raise back("/console/reconciliation", f"statement refused: {exc}") from None
+    request.app[appkeys.OUTBOX_WAKE].ring()
+    raise back(f"/console/reconciliation/runs/{summary['run_id']}",
+               f"imported: {summary['exceptions']} exception(s)")  # fmt: skip
+
+
+async def run_page(request: web.Request) -> web.Response:
+    try:
+        run_id = uuid.UUID(request.match_info["run_id"])
+    except ValueError:
+        raise NotFound("no such run", code="run_not_found") from None
+    pool = request.app[appkeys.POOL]
+    run = await recon_db.get_run(pool, run_id)
+    if run is None:
+        raise NotFound("no such run", code="run_not_found")
+    category = request.query.get("category") or None
+    if category is not None and category not in CATEGORIES:
+        category = None
+    items = await recon_db.run_items(pool, run_id, category, 0, 200)
+    return render(request, "run.html", run=run, items=items, category=category,
+                  categories=CATEGORIES)  # fmt: skip
+
+
+def _filter(q: Any) -> ExceptionFilter:
+    state = q.get("state") or wf.UNRESOLVED
+    if state not in wf.STATE_FILTERS:
+        raise ValidationError("state", "unknown state")
+    kind = q.get("kind") or None
+    if kind is not None and kind not in wf.KINDS:
+        raise ValidationError("kind", "unknown kind")
+    run_id = None
+    if q.get("run_id"):
+        try:
+            run_id = uuid.UUID(q["run_id"])
+        except ValueError:
+            raise ValidationError("run_id", "must be a run id") from None
+    return ExceptionFilter(state=state, kind=kind, category=(q.get("category") or None),
+                           run_id=run_id, assignee=(q.get("assignee") or None))  # fmt: skip
+
+
+async def queue_page(request: web.Request) -> web.Response:
+    q = request.query
+    values = {k: q.get(k, "") for k in ("state", "kind", "category", "run_id", "assignee")}
+    error, rows, next_cursor = None, [], None
+    try:
+        f = _filter(q)
+        after = None
+        if q.get("cursor"):
+            at, kind, last = cursors.decode(q["cursor"], (datetime, str, int))
+            after = (at, kind, last)
+        rows = await workflow_db.list_exceptions(request.app[appkeys.POOL], f, after, PAGE)
+        if len(rows) == PAGE:
+            last_row = rows[-1]
+            next_cursor = cursors.encode(last_row["created_at"], last_row["kind"], last_row["id"])
+    except ValidationError as exc:
+        error = exc.detail
+    query = "&".join(f"{k}={v}" for k, v in values.items() if v)
+    return render(request, "exceptions.html", rows=rows, values=values, error=error,
+                  next_cursor=next_cursor, query=query, states=wf.STATE_FILTERS,
+                  resolutions=wf.RESOLUTIONS)  # fmt: skip
+
+
+def _target(request: web.Request) -> tuple[str, int]:
+    kind, raw = request.match_info["kind"], request.match_info["item_id"]
+    if kind not in wf.KINDS or not raw.isdigit() or len(raw) > 18:
+        raise NotFound("no such exception", code="exception_not_found")
+    return kind, int(raw)
+
+
+async def exception_page(request: web.Request) -> web.Response:
+    kind, item_id = _target(request)
+    found = await workflow_db.get_exception(request.app[appkeys.POOL], kind, item_id)
+    if found is None:
+        raise NotFound("no such exception", code="exception_not_found")
+    return render(request, "exception.html", x=found["exception"], comments=found["comments"],
+                  trail=found["audit"], resolutions=wf.RESOLUTIONS)  # fmt: skip
+
+
+async def act(request: web.Request) -> web.StreamResponse:
+    form = await action_form(request)
+    kind, item_id = _target(request)
+    action = request.match_info["action"]
+    pool, who = request.app[appkeys.POOL], _actor(request)
+    here = f"/console/exceptions/{kind}/{item_id}"
+    try:
+        if action == "assign":
+            await workflow_db.assign(pool, kind, item_id, wf.assignee(field(form, "assignee")),
+                                     actor=who)  # fmt: skip
+            notice = "assigned"
+        elif action == "resolve":
+            resolution = wf.resolution(field(form, "resolution"), field(form, "note") or None,
+                                       field(form, "payment_id") or None)  # fmt: skip
+            await workflow_db.resolve(pool, kind, item_id, resolution, actor=who)
+            notice = f"resolved: {resolution.code}"
+        elif action == "comment":
+            await workflow_db.add_comment(pool, kind, item_id, wf.comment(field(form, "body")),
+                                          actor=who)  # fmt: skip
+            notice = "comment added"
+        else:
+            raise NotFound("no such action")
+    except (ValidationError, Conflict) as exc:
+        raise back(here, f"refused: {exc.detail}") from None
+    raise back(here, notice)
+
+
+async def bulk(request: web.Request) -> web.StreamResponse:
+    form = await action_form(request)
+    targets = []
+    for raw in form.getall("item", []):
+        kind, _, num = str(raw).partition(":")
+        if kind in wf.KINDS and num.isdigit() and len(num) < 19:
+            targets.append(Target(kind, int(num)))
+    if not targets:
+        raise back("/console/exceptions", "choose exceptions first")
+    action = field(form, "action")
+    try:
+        if action == "assign":
+            results = await workflow_db.bulk(request.app[appkeys.POOL], targets, "assign",
+                                             actor=_actor(request),
+                                             name=wf.assignee(field(form, "assignee")))  # fmt: skip
+        elif action == "resolve":
+            resolution = wf.resolution(field(form, "resolution"), field(form, "note") or None)
+            results = await workflow_db.bulk(
+                request.app[appkeys.POOL], targets, "resolve", actor=_actor(request),
+                resolution=resolution,
+            )  # fmt: skip
+        else:
+            raise ValidationError("action", "choose assign or resolve")
+    except ValidationError as exc:
+        raise back("/console/exceptions", f"refused: {exc.detail}") from None
+    done = sum(1 for r in results if r["ok"])
+    raise back("/console/exceptions", f"{action}: {done} done, {len(results) - done} refused")
+
+
+async def export(request: web.Request) -> web.StreamResponse:
+    try:
+        f = _filter(request.query)
+    except ValidationError as exc:
+        raise back("/console/exceptions", exc.detail) from None
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/csv; charset=utf-8",
+        "Content-Disposition": 'attachment; filename="exceptions.csv"',
+    })  # fmt: skip
+    await response.prepare(request)
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow(workflow_db.EXPORT_COLUMNS)
+    after = None
+    while True:
+        rows = await workflow_db.list_exceptions(request.app[appkeys.POOL], f, after, 2000)
+        for r in rows:
+            out.writerow(["" if r[c] is None else _cell(r[c]) for c in workflow_db.EXPORT_COLUMNS])
+        await response.write(buf.getvalue().encode())
+        buf.seek(0)
+        buf.truncate()
+        if len(rows) < 2000:
+            break
+        after = (rows[-1]["created_at"], rows[-1]["kind"], rows[-1]["id"])
+    await response.write_eof()
+    return response
+
+
+def _cell(value: Any) -> str:
+    text = value.isoformat() if isinstance(value, datetime) else str(value)
+    # A cell a spreadsheet would run as a formula is quoted (CSV injection).
+    if text[:1] in ("=", "+", "@") or (text[:1] == "-" and not _numeric(text)):
+        return "'" + text
+    return text
+
+
+def _numeric(text: str) -> bool:
+    try:
+        Decimal(text)
+    except InvalidOperation:
+        return False
+    return True
