@@ -4,9 +4,10 @@
 
 -- Why a verified delivery was refused (the 4xx body), when it was.
 ALTER TABLE payment_service.webhook_events ADD COLUMN error JSONB;
--- Refused and ignored deliveries by time. Partial: an accepted delivery (created,
--- duplicate, status outcomes) pays the predicate, never an index entry.
-CREATE INDEX idx_webhook_events_refused ON payment_service.webhook_events (received_at, id)
+-- Refused and ignored deliveries by outcome, newest first. Partial: an accepted delivery
+-- (created, duplicate, status outcomes) pays the predicate, never an index entry.
+CREATE INDEX idx_webhook_events_refused
+    ON payment_service.webhook_events (outcome, received_at, id)
     WHERE outcome IN ('invalid', 'invalid_json', 'ignored', 'conflict');
 
 -- Every replay of a stored delivery: who, when, and what the pipeline answered.
@@ -57,6 +58,11 @@ CREATE INDEX idx_payment_reviews_queue ON payment_service.payment_reviews (creat
     WHERE resolved_at IS NULL;
 CREATE INDEX idx_payment_reviews_age ON payment_service.payment_reviews (created_at, id);
 CREATE INDEX idx_payment_reviews_reference ON payment_service.payment_reviews (reference_number);
+-- "Assigned to me": only assigned rows have an entry.
+CREATE INDEX idx_recon_items_assignee ON payment_service.reconciliation_items (assignee, created_at, id)
+    WHERE assignee IS NOT NULL;
+CREATE INDEX idx_payment_reviews_assignee ON payment_service.payment_reviews (assignee, created_at, id)
+    WHERE assignee IS NOT NULL;
 
 CREATE TABLE payment_service.exception_comments (
     id         BIGSERIAL    PRIMARY KEY,

@@ -82,8 +82,8 @@ def list_sql(f: ExceptionFilter, after: Cursor | None, limit: int) -> tuple[str,
             where.append(f"{'category' if kind == wf.ITEM else 'reason'} = {arg(f.category)}")
         if f.reference_number is not None:
             where.append(f"reference_number = {arg(f.reference_number)}")
-        if f.assignee is not None:
-            where.append(f"assignee = {arg(f.assignee)}")
+        if f.assignee is not None:  # IS NOT NULL: the partial index's predicate, spelled out
+            where.append(f"assignee = {arg(f.assignee)} AND assignee IS NOT NULL")
         if f.created_before is not None:
             where.append(f"created_at <= {arg(f.created_before)}")
         if kind == wf.ITEM:
