@@ -33,16 +33,13 @@ def series(
 
 
 def _nice(peak: int) -> int:
-    for step in (1, 2, 5):
-        scale = 1
-        while True:
-            top = step * scale
-            if top >= peak:
-                return top
-            scale *= 10
-            if scale > 10**12:
-                break
-    return peak
+    """The smallest 1, 2 or 5 times a power of ten at or above the peak."""
+    scale = 1
+    while True:
+        for step in (1, 2, 5):
+            if step * scale >= peak:
+                return step * scale
+        scale *= 10
 
 
 def svg(data: dict[str, list[int]], end: datetime, minutes: int = MINUTES) -> str:
@@ -61,13 +58,14 @@ def svg(data: dict[str, list[int]], end: datetime, minutes: int = MINUTES) -> st
         parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" '
                      f'stroke="#e0e0e0"/>')  # fmt: skip
         parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" '
-                     f'font-size="11">{int(top * frac)}</text>')  # fmt: skip
+                     f'font-size="11">{top * frac:g}</text>')  # fmt: skip
     first = end.replace(second=0, microsecond=0) - timedelta(minutes=minutes - 1)
     for hour in range(0, minutes // 60 + 1, 3):
         slot = min(hour * 60, minutes - 1)
         x = LEFT + plot_w * slot / (minutes - 1)
         label = (first + timedelta(minutes=slot)).strftime("%H:%M")
-        parts.append(f'<text x="{x:.1f}" y="{HEIGHT - 8}" text-anchor="middle" '
+        anchor = "end" if slot == minutes - 1 else "start" if slot == 0 else "middle"
+        parts.append(f'<text x="{x:.1f}" y="{HEIGHT - 8}" text-anchor="{anchor}" '
                      f'font-size="11">{label}</text>')  # fmt: skip
     for outcome, values in data.items():
         colour = COLOURS.get(outcome, "#000")

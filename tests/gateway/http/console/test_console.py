@@ -58,9 +58,27 @@ async def test_sign_in_and_a_token_without_a_role_is_refused(
     cookies = [c["name"] for c in await page.context.cookies()]
     assert "paygate_session" not in cookies
 
+    # A day of traffic for the chart: a daily wave of created deliveries, duplicates at a
+    # fifth of them, and a burst of refusals (as a broken mapping makes) in one hour.
+    await db.execute(
+        """INSERT INTO payment_service.webhook_events (received_at, channel, outcome, body)
+           SELECT now() - make_interval(mins => m), 'generic', o, '{}'
+           FROM generate_series(1, 1430) m,
+                LATERAL (VALUES ('created', 12 + (9 * sin(m / 229.0))::int + m % 5),
+                                ('duplicate', (3 + 2 * sin(m / 229.0))::int),
+                                ('invalid', CASE WHEN m BETWEEN 300 AND 360 THEN 6 ELSE 0 END)
+                        ) v(o, n),
+                LATERAL generate_series(1, v.n) k"""
+    )
+    by_outcome = "SELECT outcome, count(*) AS n FROM payment_service.webhook_events GROUP BY 1"
+    totals = {r["outcome"]: r["n"] for r in await db.fetch(by_outcome)}
     await sign_in(page, client, [READ])
     assert page.url.endswith("/console")
     assert await page.inner_text("h1") == "Overview"
+    assert await page.locator("svg.chart polyline").count() == 3  # one line per outcome
+    legend = await page.inner_text("figcaption")
+    for outcome, n in totals.items():
+        assert f"{outcome} ({n})" in legend
     session = next(c for c in await page.context.cookies() if c["name"] == "paygate_session")
     assert session["httpOnly"] and session["sameSite"] == "Strict"
     assert "olga (read only)" in await page.inner_text("header")
