@@ -1,5 +1,6 @@
 """docs/openapi.yaml describes exactly the routes the app registers, except the console's
-HTML pages under /console (not an API: the browser tests in tests/console cover them)."""
+HTML pages under /console (not an API: the browser tests in tests/gateway/http/console/
+cover them)."""
 
 from __future__ import annotations
 
