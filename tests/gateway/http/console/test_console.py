@@ -128,6 +128,7 @@ async def test_search_then_the_payment_page_and_its_timeline(
     for entry in ("created", "duplicate", "status_change", "payment.recorded",
                   "payment.status_changed", "pending"):  # fmt: skip
         assert entry in timeline, (entry, timeline)
+    assert "created by generic" in timeline and "status_change by webhook" in timeline
     assert "succeeded" in await page.inner_text("dl.facts")
     await screenshot(page, "payment")
 
