@@ -117,6 +117,8 @@ def create_app(
     async def gauges_ctx(app: web.Application) -> AsyncIterator[None]:
         refresher = gauges.GaugeRefresher(app[appkeys.POOL], app[appkeys.PROBES].pool_gauges)
         app[appkeys.HEALTH_EXTRAS] = gauges.health_extras(refresher)
+        if database_gauges:
+            await refresher.report_replication()  # before listening: synchronous or not
         # Each round also looks at the counters, so the daily baseline turns over on time.
         rounds = refresher.run(
             gauges.REFRESH_SECONDS,

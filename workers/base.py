@@ -8,6 +8,8 @@ import asyncio
 import logging
 from contextlib import suppress
 
+from gateway.db import primary
+from gateway.db.errors import describe_text
 from gateway.notify import Wakeup
 from workers.backoff import backoff_ceiling
 
@@ -50,12 +52,20 @@ class Worker:
                 self.consecutive_failures = 0
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 self.consecutive_failures += 1
                 # Capped at the poll interval (and 32 s): a failing round retries no
                 # later than a healthy idle worker would look again.
                 delay = backoff_ceiling(self.consecutive_failures, 1.0, min(self.interval, 32.0))
-                log.exception("%s round failed; retrying in %.1fs", self.name, delay)
+                if primary.unavailable(exc):
+                    # Down or failing over: the pool has dropped what pointed at the old
+                    # server, and the next round connects to whichever host takes writes.
+                    log.warning(
+                        "%s round failed, database unavailable (%s); retrying in %.1fs",
+                        self.name, describe_text(exc), delay,
+                    )  # fmt: skip
+                else:
+                    log.exception("%s round failed; retrying in %.1fs", self.name, delay)
                 await asyncio.sleep(delay)
                 continue
             if not more and not self._stopping:

@@ -8,7 +8,9 @@ request through two more coroutine frames (the middleware and its own current-ap
 fix-up); on the bench machine that, with our per-request metrics, was a quarter of the
 server's CPU for a duplicate webhook. Unknown paths and methods reach `no_such_route`,
 registered last, so their 404/405 are rendered here too. Checks are added as gates
-rather than wrappers.
+rather than wrappers. A database that cannot take the work (down, failing over, read-only:
+`gateway.db.primary.unavailable`) is a 503 with `Retry-After`, not a 500, wherever in a
+handler it surfaces.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ import os
 import re
 import weakref
 
+import asyncpg
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import appkeys
-from gateway.errors import PaygateError
+from gateway.db import primary
+from gateway.db.errors import describe_text
+from gateway.errors import PaygateError, ServiceUnavailable
 from gateway.observability.logs import request_id_var
 
 log = logging.getLogger("paygate.http")
@@ -92,12 +97,20 @@ def with_request_context(handler: Handler) -> Handler:
                 if exc.status < 400:
                     raise
                 response = _http_error_response(exc)
-            except Exception:
-                log.exception("unhandled error on %s %s", request.method, request.path)
-                response = json_response(
-                    {"error": "internal_error", "detail": "unexpected error", "request_id": rid},
-                    500,
-                )
+            except Exception as exc:
+                if primary.unavailable(exc):
+                    log.warning(
+                        "unavailable on %s %s: %s",
+                        request.method, request.path, describe_text(exc),
+                    )  # fmt: skip
+                    response = _render_error(request, _unavailable(exc))
+                else:
+                    log.exception("unhandled error on %s %s", request.method, request.path)
+                    response = json_response(
+                        {"error": "internal_error", "detail": "unexpected error",
+                         "request_id": rid},
+                        500,
+                    )  # fmt: skip
             response.headers["X-Request-ID"] = rid
             return response
         finally:
@@ -116,6 +129,14 @@ def _render_error(request: web.Request, exc: PaygateError) -> web.Response:
         response.headers.update(exc.headers())
         return response
     return error_response(exc)
+
+
+def _unavailable(exc: Exception) -> ServiceUnavailable:
+    if isinstance(
+        exc, asyncpg.PostgresError | asyncpg.InterfaceError | asyncpg.InternalClientError
+    ):
+        return ServiceUnavailable("database unavailable", code="database_unavailable")
+    return ServiceUnavailable("a dependency is unavailable", code="unavailable")
 
 
 def _http_error_response(exc: web.HTTPException) -> web.Response:

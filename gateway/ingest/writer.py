@@ -25,6 +25,7 @@ import asyncpg
 
 from gateway.config import Settings
 from gateway.db.errors import describe_text
+from gateway.db import primary
 from gateway.db.payments import Candidate, Existing, Loser, record_batch, record_losers
 from gateway.errors import PaygateError, ServiceUnavailable, ValidationError
 from gateway.ingest.dedup import Deduplicator, Known
@@ -36,18 +37,6 @@ log = logging.getLogger(__name__)
 # What the writer decided for one payment; REJECTED: the database refused its data (422).
 CREATED, DUPLICATE, CONFLICT, REJECTED = "created", "duplicate", "conflict", "rejected"
 
-# Raised by asyncpg/OS when the database cannot be reached or the connection broke.
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,  # a connection broken mid-protocol (asyncpg cannot reset it)
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-)
 RETRY_ERRORS = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 
 # Run on the writer's connection after a batch committed, with the payments it created that
@@ -123,7 +112,7 @@ class GroupCommitWriter:
     async def start(self) -> None:
         # Open the writers' connections now, not under the first burst of traffic (a new
         # connection costs a handshake and the type-codec set-up: tens of milliseconds).
-        with suppress(*CONNECTION_ERRORS):
+        with suppress(*primary.UNAVAILABLE):
             for _ in range(self._keep - len(self._held)):
                 self._held.append(await self.pool.acquire(timeout=2))
         self._accepting = True
@@ -305,9 +294,13 @@ class GroupCommitWriter:
                     if waiting:
                         for hook in self.after_commit:
                             await hook(conn, waiting)
-                except CONNECTION_ERRORS:
-                    conn.terminate()  # broken or unreachable: never used again
+                except primary.UNAVAILABLE as exc:
+                    # Broken, unreachable or read-only: never used again (nor, when the
+                    # server is lost, any other connection to it).
+                    await primary.forget(self.pool, conn, exc)
                     await self._release(conn)
+                    if primary.lost_server(exc):
+                        await self._drop_held()
                     raise
                 except BaseException:
                     await self._release(conn)  # the pool resets it (aborts any transaction)
@@ -320,7 +313,9 @@ class GroupCommitWriter:
             except RETRY_ERRORS:
                 if attempt == 2:
                     raise ServiceUnavailable("database busy", code="database_busy") from None
-            except CONNECTION_ERRORS as exc:
+            except primary.UNAVAILABLE as exc:
+                # Whether a COMMIT in flight happened is unknown: 503, and the provider's
+                # retry lands once (as a duplicate with the same id if it did).
                 self.db_down_since = time.monotonic()
                 log.warning("group commit could not reach the database: %s", describe_text(exc))
                 raise ServiceUnavailable(
@@ -347,6 +342,14 @@ class GroupCommitWriter:
                 return conn
             await self._release(conn)
         return await self.pool.acquire(timeout=2)
+
+    async def _drop_held(self) -> None:
+        """The server went away or turned read-only: the connections kept between batches
+        were opened to it too."""
+        held, self._held = self._held, []
+        for conn in held:
+            conn.terminate()
+            await self._release(conn)
 
     async def _release(self, conn: asyncpg.Connection) -> None:
         with suppress(Exception):  # a closing pool or a dead connection: nothing to keep

@@ -18,6 +18,7 @@ import asyncpg
 
 from gateway.db import counts
 from gateway.db.errors import describe_text
+from gateway.db.replication import Replication, replication
 from gateway.observability import metrics
 
 log = logging.getLogger("paygate.observability")
@@ -44,6 +45,7 @@ class GaugeRefresher:
         self.pool = pool
         self.pool_gauges = pool_gauges
         self.last: Snapshot | None = None
+        self.replication: Replication | None = None
         self._failing = False
 
     async def health_counts(self, timeout: float = QUERY_TIMEOUT) -> tuple[dict[str, int], int]:
@@ -60,6 +62,7 @@ class GaugeRefresher:
         async with self.pool.acquire(timeout=QUERY_TIMEOUT) as conn:
             pending, oldest, backlog = await counts.outbox_and_backlog(conn, QUERY_TIMEOUT)
             default_rows, dead = await counts.health_counts(conn, QUERY_TIMEOUT)
+            self._replication(await replication(conn, QUERY_TIMEOUT))
         _set_default_gauges(default_rows)
         snap = Snapshot(pending, oldest, dead, backlog, default_rows)
         metrics.outbox_pending.set(snap.outbox_pending)
@@ -68,6 +71,30 @@ class GaugeRefresher:
         metrics.staging_backlog.set(snap.staging_backlog)
         self.last = snap
         return snap
+
+    async def report_replication(self) -> Replication | None:
+        """At start-up: log and gauge whether the primary replicates synchronously (None,
+        with a warning, when the database does not answer now; the rounds retry)."""
+        try:
+            async with self.pool.acquire(timeout=QUERY_TIMEOUT) as conn:
+                return self._replication(await replication(conn, QUERY_TIMEOUT))
+        except _DB_ERRORS as exc:
+            log.warning("could not ask the database about its replication: %s", describe_text(exc))
+            return None
+
+    def _replication(self, now: Replication) -> Replication:
+        """Set the gauges; log when it changed (a failover can change it: a promoted
+        standby usually has no standby of its own yet)."""
+        metrics.db_synchronous_replication.set(1 if now.synchronous else 0)
+        hidden = now.hidden
+        metrics.db_standbys.labels("sync").set(now.synchronous_standbys)
+        metrics.db_standbys.labels("async").set(now.standbys - now.synchronous_standbys - hidden)
+        metrics.db_standbys.labels("unknown").set(hidden)
+        if now != self.replication:
+            level = logging.INFO if now.synchronous or not now.standbys else logging.WARNING
+            log.log(level, "database replication: %s", now.describe())
+        self.replication = now
+        return now
 
     async def run(
         self,

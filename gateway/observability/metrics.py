@@ -195,6 +195,20 @@ db_pool_connections = Gauge(
     ["state"],
     multiprocess_mode="livesum",
 )
+db_synchronous_replication = Gauge(
+    "paygate_db_synchronous_replication",
+    "1 when COMMIT on the primary paygate writes to waits for a synchronous standby "
+    "(synchronous_standby_names set, synchronous_commit on, remote_write or remote_apply): "
+    "only then can a failover lose no acknowledged payment. 0 otherwise.",
+    multiprocess_mode="livemax",
+)
+db_standbys = Gauge(
+    "paygate_db_standbys",
+    "Standby connections streaming from the primary paygate writes to, by state "
+    "(sync, async, unknown: not visible to paygate's role).",
+    ["state"],
+    multiprocess_mode="livemax",
+)
 reconciliation_items = Counter(
     "paygate_reconciliation_items_total",
     "Reconciliation results by category.",
