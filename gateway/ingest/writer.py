@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from gateway.config import Settings
-from gateway.db.errors import describe_text
 from gateway.db import primary
+from gateway.db.errors import describe_text
 from gateway.db.payments import Candidate, Existing, Loser, record_batch, record_losers
 from gateway.errors import PaygateError, ServiceUnavailable, ValidationError
 from gateway.ingest.dedup import Deduplicator, Known

@@ -35,8 +35,10 @@ def test_synchronous_needs_a_named_standby_and_a_waiting_commit_level(
 def test_the_description_says_what_a_failover_would_cost() -> None:
     assert Replication("s1", "on", 1, 1, 0).describe().startswith("synchronous: a failover")
     assert "no synchronous standby is connected" in Replication("s1", "on", 0, 0, 0).describe()
-    assert Replication("", "on", 2, 0, 0).describe().startswith(
-        "asynchronous: a failover can lose acknowledged payments"
+    assert (
+        Replication("", "on", 2, 0, 0)
+        .describe()
+        .startswith("asynchronous: a failover can lose acknowledged payments")
     )
     assert Replication("", "on", 0, 0, 0).describe().startswith("no standby streams")
     assert "not visible to this role" in Replication("s1", "on", 1, 0, 1).describe()
