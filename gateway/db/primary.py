@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import suppress
 from types import TracebackType
 from typing import Any
 
@@ -68,17 +69,38 @@ def unavailable(exc: BaseException) -> bool:
     return isinstance(exc, UNAVAILABLE)
 
 
-async def forget(pool: asyncpg.Pool, conn: asyncpg.Connection | None, exc: BaseException) -> None:
-    """After `exc` on `conn`: terminate `conn` (its state is unknown) and, when the server
-    itself is lost, expire the pool so no connection to it is used again."""
-    if conn is not None:
+def terminate(conn: asyncpg.Connection) -> None:
+    """Close `conn` at once. A pool connection whose socket already died has been handed
+    back to its pool by asyncpg (the proxy is detached and refuses every call): nothing
+    is left to close then."""
+    with suppress(asyncpg.InterfaceError):
         conn.terminate()
-    if lost_server(exc):
+
+
+def usable(conn: asyncpg.Connection) -> bool:
+    """Open and still ours (not detached from the pool because its socket died)."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+
+
+async def forget(pool: asyncpg.Pool, conn: asyncpg.Connection | None, exc: BaseException) -> bool:
+    """After `exc` on `conn`: terminate `conn` (its state is unknown) and, when the server
+    itself is lost, expire the pool so no connection to it is used again; True then.
+
+    A connection asyncpg already detached (its socket died while it was held, so the
+    call failed with "released back to the pool") counts as a lost server too."""
+    lost = lost_server(exc) or (conn is not None and not usable(conn))
+    if conn is not None:
+        terminate(conn)
+    if lost:
         await pool.expire_connections()
         log.warning(
             "database connection lost (%s): reconnecting to whichever host takes writes",
             describe_text(exc),
         )
+    return lost
 
 
 class _Acquire:
@@ -107,7 +129,7 @@ class _Acquire:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is not None and lost_server(exc) and self._proxy is not None:
+        if exc is not None and self._proxy is not None and unavailable(exc):
             await forget(self._pool, self._proxy, exc)  # the release below finds it closed
         await self._inner.__aexit__(exc_type, exc, tb)
 

@@ -297,9 +297,9 @@ class GroupCommitWriter:
                 except primary.UNAVAILABLE as exc:
                     # Broken, unreachable or read-only: never used again (nor, when the
                     # server is lost, any other connection to it).
-                    await primary.forget(self.pool, conn, exc)
+                    lost = await primary.forget(self.pool, conn, exc)
                     await self._release(conn)
-                    if primary.lost_server(exc):
+                    if lost:
                         await self._drop_held()
                     raise
                 except BaseException:
@@ -338,7 +338,7 @@ class GroupCommitWriter:
     async def _take(self) -> asyncpg.Connection:
         while self._held:
             conn = self._held.pop()
-            if not conn.is_closed():
+            if primary.usable(conn):
                 return conn
             await self._release(conn)
         return await self.pool.acquire(timeout=2)
@@ -348,7 +348,7 @@ class GroupCommitWriter:
         were opened to it too."""
         held, self._held = self._held, []
         for conn in held:
-            conn.terminate()
+            primary.terminate(conn)
             await self._release(conn)
 
     async def _release(self, conn: asyncpg.Connection) -> None:

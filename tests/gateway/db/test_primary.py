@@ -107,6 +107,29 @@ async def test_pool_helpers_go_through_the_same_drop(own_pool: asyncpg.Pool) -> 
     assert pid not in {await _backend_pid(own_pool) for _ in range(2)}
 
 
+async def test_a_connection_whose_server_end_died_renews_the_pool(
+    own_pool: asyncpg.Pool, db: asyncpg.Pool
+) -> None:
+    """asyncpg hands a pool connection whose socket died back to the pool by itself (the
+    proxy then refuses every call): that too is a lost server, and dropping the proxy
+    again must not raise."""
+    async with own_pool.acquire() as idle:
+        idle_pid = await idle.fetchval("SELECT pg_backend_pid()")
+    with pytest.raises(asyncpg.InterfaceError):
+        async with own_pool.acquire() as conn:
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            await db.execute("SELECT pg_terminate_backend($1)", pid)  # what a dying server does
+
+            async def detached() -> bool:
+                return not primary.usable(conn)
+
+            await wait_for(detached, timeout=10, interval=0.01)
+            await conn.fetchval("SELECT 1")
+    lost = await primary.forget(own_pool, conn, asyncpg.ConnectionDoesNotExistError("gone"))
+    assert lost
+    assert not {pid, idle_pid} & {await _backend_pid(own_pool) for _ in range(2)}
+
+
 async def _set_server_read_only(stack: Stack, on: bool) -> None:
     conn = await asyncpg.connect(stack.database_url)
     try:
