@@ -224,6 +224,7 @@ class Ledger:
     finished: float = 0.0  # the last new delivery was scheduled
     drained: float = 0.0  # the last retry ended
     latencies: array[float] | None = None  # acknowledged attempts' seconds, when asked for
+    created_times: array[float] | None = None  # when each 201 arrived, when asked for
 
     def record(self, ref: str, outcome: Outcome, payment_id: str | None) -> None:
         self.requests += 1
@@ -231,6 +232,8 @@ class Ledger:
         self.max_seconds = max(self.max_seconds, outcome.seconds)
         if self.latencies is not None and outcome.status in ACKED:
             self.latencies.append(outcome.seconds)
+        if self.created_times is not None and outcome.status == 201:
+            self.created_times.append(outcome.sent_at + outcome.seconds)
         if outcome.status in ACKED and payment_id is None:
             self.ack_conflicts.append((ref, "", f"{outcome.status} without a payment_id"))
         if outcome.status not in ACKED or payment_id is None:
