@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
-from gateway.http.context import in_context
+from gateway.http.context import in_context, with_request_context
 from tests.conftest import make_settings
 
 
@@ -58,3 +59,29 @@ async def test_known_routes_are_still_served_beside_the_fallback(client: Any) ->
     resp = await client.post("/api/v1/payments/webhook/no-such-channel", data=b"{}")
     assert resp.status == 404
     assert (await resp.json())["error"] == "unknown_channel"
+
+
+@pytest.mark.parametrize(
+    "exc, status, code",
+    [
+        (asyncpg.ConnectionDoesNotExistError("closed mid-operation"), 503, "database_unavailable"),
+        (asyncpg.ReadOnlySQLTransactionError("read-only"), 503, "database_unavailable"),
+        (asyncpg.CannotConnectNowError("in recovery"), 503, "database_unavailable"),
+        (ConnectionRefusedError(), 503, "unavailable"),
+        (ValueError("a bug"), 500, "internal_error"),
+    ],
+)
+async def test_a_database_that_cannot_take_the_work_is_a_503_anywhere_in_a_handler(
+    exc: Exception, status: int, code: str
+) -> None:
+    async def failing(request: web.Request) -> web.Response:
+        raise exc
+
+    app = web.Application()
+    app.router.add_get("/fails", with_request_context(failing))
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/fails")
+        assert resp.status == status
+        assert (await resp.json())["error"] == code
+        if status == 503:
+            assert int(resp.headers["Retry-After"]) >= 1
