@@ -130,13 +130,24 @@ class ReplicatedPair:
         assert pid, "no WAL sender to stall"
         os.kill(pid, signal.SIGSTOP)
 
-    async def promote(self) -> None:
-        """What a failover tool does once the primary is gone: the standby takes writes."""
-        conn = await asyncpg.connect(self.standby.url)
-        try:
-            assert await conn.fetchval("SELECT pg_promote(wait => true, wait_seconds => 30)")
-        finally:
-            await conn.close()
+    async def promote(self, attempts: int = 5) -> int:
+        """What a failover tool does once the primary is gone: the standby takes writes.
+        Retried, as such a tool would, when the connection to the standby breaks; returns
+        the attempts it took (the standby's log tail is in the error if none worked)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                conn = await asyncpg.connect(self.standby.url, timeout=10)
+                try:
+                    if not await conn.fetchval("SELECT pg_is_in_recovery()"):
+                        return attempt  # an earlier attempt's promotion went through
+                    if await conn.fetchval("SELECT pg_promote(wait => true, wait_seconds => 30)"):
+                        return attempt
+                finally:
+                    await conn.close()
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError):
+                await asyncio.sleep(0.2)
+        log = (self.standby.data_dir / "postgres.log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"the standby was not promoted in {attempts} attempts:\n{log}")
 
     async def stop(self) -> None:
         await asyncio.gather(self.primary.stop(), self.standby.stop(), return_exceptions=True)

@@ -75,6 +75,7 @@ class FailoverRun:
     topic: TopicVerdict
     killed_at: float
     promoted_at: float
+    promote_attempts: int
     gauges: list[str]  # each gateway's paygate_db_synchronous_replication at start-up
 
     def first_failure(self) -> float | None:
@@ -101,6 +102,7 @@ class FailoverRun:
             "outage_s": round(end - start, 2) if start and end else None,
             "promotion_to_first_201_s": round(end - self.promoted_at, 2) if end else None,
             "kill_to_promotion_s": round(self.promoted_at - self.killed_at, 2),
+            "promote_attempts": self.promote_attempts,
             **summarize(self.ledger),
         }
 
@@ -165,14 +167,16 @@ async def _run(
         killed_at = time.monotonic()
         pair.primary.kill_host()
         await asyncio.sleep(PROMOTE_AFTER)
-        await pair.promote()
+        promote_attempts = await pair.promote()
         promoted_at = time.monotonic()
         await load
 
         verdict = await check_database(pair.standby.url, ledger)
         recorded = await recorded_payments(pair.standby.url)
         topic = await check_topic(stack.kafka_bootstrap, topic, recorded)
-        run = FailoverRun(synchronous, ledger, verdict, topic, killed_at, promoted_at, gauges)
+        run = FailoverRun(
+            synchronous, ledger, verdict, topic, killed_at, promoted_at, promote_attempts, gauges
+        )
         print("failover:", json.dumps(run.figures()))
         return run
     finally:
