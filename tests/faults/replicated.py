@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 
 from gateway.db.migrations import migrate
-from workers.cli.devstack import EmbeddedPostgres, _open_path_for
+from workers.cli.devstack import EmbeddedPostgres, _open_path_for, free_port
 
 STANDBY_NAME = "standby1"
 
@@ -70,6 +70,9 @@ class ReplicatedPair:
         await self.primary.start()
         await migrate(self.primary.url)
         await asyncio.to_thread(self._base_backup)
+        # A port picked at construction may have been taken since (seconds of base backup,
+        # other processes' ephemeral ports): pick the standby's when it starts.
+        self.standby.port = free_port()
         await self.standby.start()
         if self.synchronous:
             conn = await asyncpg.connect(self.primary.url)
