@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -48,8 +48,8 @@ def _actor(request: web.Request) -> str:
     return request[PRINCIPAL].subject if PRINCIPAL in request else "anonymous"
 
 
-def _decimal(request: web.Request, name: str) -> Decimal:
-    raw = request.query.get(name, "0")
+def _decimal(values: Mapping[str, str], name: str) -> Decimal:
+    raw = values.get(name, "0")
     try:
         value = Decimal(raw)
     except InvalidOperation:
@@ -59,8 +59,8 @@ def _decimal(request: web.Request, name: str) -> Decimal:
     return value
 
 
-def _day(request: web.Request, name: str) -> date | None:
-    raw = request.query.get(name)
+def _day(values: Mapping[str, str], name: str) -> date | None:
+    raw = values.get(name)
     if not raw:
         return None
     try:
@@ -69,40 +69,44 @@ def _day(request: web.Request, name: str) -> date | None:
         raise ValidationError(name, "must be a date YYYY-MM-DD") from None
 
 
-def statement_options(request: web.Request) -> StatementOptions:
-    q = request.query
+def statement_options(
+    values: Mapping[str, str], *, default_tolerance: Decimal, default_source: str = "upload"
+) -> StatementOptions:
+    """The options of a statement import (the CSV options of `paygate reconcile`), from the
+    API's query string or the console's form: one set of rules and messages for both."""
     try:
-        delimiter = parse_delimiter(q.get("delimiter", ","))
+        delimiter = parse_delimiter(values.get("delimiter", ","))
     except ValueError as exc:
         raise ValidationError("delimiter", str(exc)) from None
     try:
-        mapping = parse_mapping(q.get("map", ""))
+        mapping = parse_mapping(values.get("map", ""))
     except ValueError as exc:
         raise ValidationError("map", str(exc)) from None
-    keep = q.get("keep_matched", "true").lower()
+    keep = values.get("keep_matched", "true").lower()
     if keep not in ("true", "false", "1", "0"):
         raise ValidationError("keep_matched", "must be true or false")
-    start, end = _day(request, "period_start"), _day(request, "period_end")
+    start, end = _day(values, "period_start"), _day(values, "period_end")
     if (start is None) != (end is None) or (start and end and start > end):
         raise ValidationError("period_start", "give both period_start and period_end, in order")
     return StatementOptions(
         delimiter=delimiter,
         mapping=mapping,
-        date_format=q.get("date_format") or None,
+        date_format=values.get("date_format") or None,
         period_start=start,
         period_end=end,
-        tolerance=_decimal(request, "tolerance")
-        if "tolerance" in q
-        else request.app[appkeys.SETTINGS].reconcile_amount_tolerance,
-        fee_percent=_decimal(request, "fee_percent"),
-        fee_fixed=_decimal(request, "fee_fixed"),
+        tolerance=_decimal(values, "tolerance") if "tolerance" in values else default_tolerance,
+        fee_percent=_decimal(values, "fee_percent"),
+        fee_fixed=_decimal(values, "fee_fixed"),
         keep_matched=keep in ("true", "1"),
-        source=(q.get("source") or "upload")[:500],
+        source=(values.get("source") or default_source)[:500],
     )
 
 
 async def post_statement(request: web.Request) -> web.Response:
-    options = statement_options(request)
+    options = statement_options(
+        request.query,
+        default_tolerance=request.app[appkeys.SETTINGS].reconcile_amount_tolerance,
+    )
 
     async def chunks() -> AsyncIterator[bytes]:
         async for chunk in request.content.iter_chunked(_READ_CHUNK):

@@ -7,7 +7,7 @@ import csv
 import io
 import uuid
 from collections.abc import AsyncIterator
-from datetime import date, datetime
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -22,14 +22,12 @@ from gateway.domain import exception_workflow as wf
 from gateway.domain.statements import (
     CATEGORIES,
     StatementError,
-    StatementOptions,
-    parse_delimiter,
-    parse_mapping,
 )
 from gateway.errors import Conflict, NotFound, ValidationError
 from gateway.http.console.forms import action_form, back, field
 from gateway.http.console.render import render
 from gateway.http.console.session import CSRF_FIELD, SESSION, check_csrf
+from gateway.http.ops import statement_options
 
 PAGE = 50
 _CHUNK = 256 * 1024
@@ -42,43 +40,6 @@ def _actor(request: web.Request) -> str:
 async def runs_page(request: web.Request) -> web.Response:
     runs = await recon_db.list_runs(request.app[appkeys.POOL], None, PAGE)
     return render(request, "reconciliation.html", runs=runs, error=None)
-
-
-def _options(values: dict[str, str]) -> StatementOptions:
-    def dec(name: str) -> Decimal:
-        raw = values.get(name) or "0"
-        try:
-            value = Decimal(raw)
-        except InvalidOperation:
-            raise ValidationError(name, "must be a decimal number") from None
-        if not value.is_finite() or value < 0:
-            raise ValidationError(name, "must be a number >= 0")
-        return value
-
-    def day(name: str) -> date | None:
-        raw = values.get(name)
-        if not raw:
-            return None
-        try:
-            return date.fromisoformat(raw)
-        except ValueError:
-            raise ValidationError(name, "must be a date YYYY-MM-DD") from None
-
-    try:
-        delimiter = parse_delimiter(values.get("delimiter") or ",")
-        mapping = parse_mapping(values.get("map", ""))
-    except ValueError as exc:
-        raise ValidationError("delimiter/map", str(exc)) from None
-    start, end = day("period_start"), day("period_end")
-    if (start is None) != (end is None) or (start and end and start > end):
-        raise ValidationError("period_start", "give both period_start and period_end, in order")
-    return StatementOptions(
-        delimiter=delimiter, mapping=mapping, date_format=values.get("date_format") or None,
-        period_start=start, period_end=end, tolerance=dec("tolerance"),
-        fee_percent=dec("fee_percent"), fee_fixed=dec("fee_fixed"),
-        keep_matched=values.get("keep_matched") == "1",
-        source=(values.get("source") or "console upload")[:500],
-    )  # fmt: skip
 
 
 async def upload(request: web.Request) -> web.StreamResponse:
@@ -103,8 +64,15 @@ async def upload(request: web.Request) -> web.StreamResponse:
             break
         values[part.name] = (await part.text())[:1000].strip()
     statement = part
+    # A blank field means its default (the configured tolerance, say); an unticked
+    # checkbox is not sent at all.
+    filled = {"keep_matched": "0", **{k: v for k, v in values.items() if v}}
     try:
-        options = _options(values)
+        options = statement_options(
+            filled,
+            default_tolerance=request.app[appkeys.SETTINGS].reconcile_amount_tolerance,
+            default_source="console upload",
+        )
     except ValidationError as exc:
         raise back("/console/reconciliation", f"{exc.field}: {exc.detail}") from None
 
