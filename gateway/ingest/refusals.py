@@ -41,6 +41,19 @@ def refused_outcome(exc: PaygateError) -> str | None:
     return None
 
 
+def without_nul(value: object) -> object:
+    """`value` with every NUL character replaced: Postgres text and jsonb cannot hold one
+    (SQLSTATE 22021 / 22P05), and a refused body may well carry one into the reference,
+    the delivery id or the error's detail. Input must not turn a refusal into a 503."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_nul(v) for v in value]
+    return value
+
+
 def reference_of(fields: object) -> str | None:
     """The reference a refused body names, if it names one (for searching by it)."""
     if isinstance(fields, dict):
@@ -59,7 +72,14 @@ def refusal(
         reference = reference_of(channel.extract(orjson.loads(body)))
     except (PaygateError, orjson.JSONDecodeError, TypeError, ValueError):
         reference = None
-    return Refused(channel.name, delivery_id, reference, outcome, body, error)
+    return Refused(
+        channel.name,
+        None if delivery_id is None else str(without_nul(delivery_id)),
+        None if reference is None else str(without_nul(reference)),
+        outcome,
+        body,
+        without_nul(error),  # type: ignore[arg-type]
+    )
 
 
 class RefusalRecorder:

@@ -68,6 +68,24 @@ async def test_a_refused_delivery_is_stored_before_its_422(
     assert await count(db, "payments") == 0
 
 
+async def test_a_refusal_naming_a_nul_character_is_stored_and_still_a_422(
+    make_client: MakeClient, db: asyncpg.Pool
+) -> None:
+    # Postgres text and jsonb cannot hold NUL: the reference and the error's detail would
+    # fail the INSERT, and the refusal would become a 503 the provider retries forever.
+    client = await make_client()
+    doc = payment_doc("NUL\u0000REF", amount="not money \u0000")
+    status, data, _ = await post_webhook(client, doc)
+    assert status == 422, data
+    row = await db.fetchrow(
+        "SELECT outcome, reference_number, body FROM payment_service.webhook_events"
+    )
+    assert row is not None
+    assert row["outcome"] == "invalid"
+    assert row["reference_number"] == "NUL\ufffdREF"
+    assert orjson.loads(row["body"]) == doc  # the bytes are kept exactly
+
+
 async def test_invalid_json_and_ignored_event_types_are_stored_too(
     make_client: MakeClient, db: asyncpg.Pool, tmp_path: Path
 ) -> None:
