@@ -21,6 +21,8 @@ from typing import Any
 
 import asyncpg
 
+from gateway.db import keyset
+
 # Outcomes a stored delivery can have, from every path that stores one.
 REFUSED = ("invalid", "invalid_json", "ignored")
 OUTCOMES = ("created", "duplicate", "conflict", "updated", "stale", "deferred", *REFUSED)
@@ -106,12 +108,8 @@ def list_sql(
     columns: str = LIST_COLUMNS,
 ) -> tuple[str, list[Any]]:
     where: list[str] = []
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
+    params = keyset.Params()
+    arg = params.add
     if f.outcome is not None:
         if f.outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {f.outcome!r}")
@@ -128,16 +126,13 @@ def list_sql(
         where.append(f"received_at < {arg(f.until)}")
     if after is not None:
         at, last = arg(after[0]), arg(after[1])
-        if oldest_first:
-            where.append(f"received_at >= {at} AND (received_at > {at} OR id > {last})")
-        else:
-            where.append(f"received_at <= {at} AND (received_at < {at} OR id < {last})")
+        where.append(keyset.after("received_at", at, last, ascending=oldest_first))
     order = "received_at, id" if oldest_first else "received_at DESC, id DESC"
     sql = (
         f"SELECT {columns} FROM payment_service.webhook_events"
         f" WHERE {' AND '.join(where) or 'TRUE'} ORDER BY {order} LIMIT {arg(limit)}"
     )
-    return sql, args
+    return sql, params.values
 
 
 async def list_deliveries(

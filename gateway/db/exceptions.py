@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from gateway.db import keyset
 from gateway.domain import exception_workflow as wf
 from gateway.errors import Conflict, NotFound, ValidationError
 
@@ -66,12 +67,8 @@ Cursor = tuple[datetime, str, int]
 
 
 def list_sql(f: ExceptionFilter, after: Cursor | None, limit: int) -> tuple[str, list[Any]]:
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
+    params = keyset.Params()
+    arg = params.add
     branches = []
     kinds = [k for k in wf.KINDS if f.kind in (None, k)]
     if f.run_id is not None or f.min_amount is not None:
@@ -100,7 +97,7 @@ def list_sql(f: ExceptionFilter, after: Cursor | None, limit: int) -> tuple[str,
                 where.append(f"created_at > {arg(at)}")
             elif kind == after_kind:
                 a = arg(at)
-                where.append(f"created_at >= {a} AND (created_at > {a} OR id > {arg(after_id)})")
+                where.append(keyset.after("created_at", a, arg(after_id), ascending=True))
             else:
                 where.append(f"created_at >= {arg(at)}")
         columns = _ITEM_COLUMNS if kind == wf.ITEM else _REVIEW_COLUMNS
@@ -114,7 +111,7 @@ def list_sql(f: ExceptionFilter, after: Cursor | None, limit: int) -> tuple[str,
         "SELECT * FROM (" + " UNION ALL ".join(branches) + ") x"
         f" ORDER BY created_at, kind, id LIMIT {arg(limit)}"
     )
-    return sql, args
+    return sql, params.values
 
 
 def _state_where(kind: str, state: str) -> list[str]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import asyncpg
 
+from gateway.db import keyset
 from gateway.domain.model import STATUSES
 
 COLUMNS = (
@@ -49,12 +50,8 @@ def search_sql(
 ) -> tuple[str, list[Any]]:
     """The query for one page and its arguments."""
     where: list[str] = []
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
+    params = keyset.Params()
+    arg = params.add
     for column in ("reference_number", "cif", "loan_account_number"):
         value = getattr(f, column)
         if value is not None:
@@ -79,15 +76,13 @@ def search_sql(
         where.append(f"created_at < {arg(f.until)}")
     if after is not None:
         at, last = arg(after[0]), arg(after[1])
-        # Spelled out rather than (created_at, id) < (...): the index is on created_at
-        # alone, and only this form gives its scan a starting point.
-        where.append(f"created_at <= {at} AND (created_at < {at} OR id < {last})")
+        where.append(keyset.after("created_at", at, last, ascending=False))
     sql = (
         f"SELECT {COLUMNS} FROM payment_service.payments"
         f" WHERE {' AND '.join(where) or 'TRUE'}"
         f" ORDER BY created_at DESC, id DESC LIMIT {arg(limit)}"
     )
-    return sql, args
+    return sql, params.values
 
 
 async def search(
