@@ -199,6 +199,14 @@ def _ascii(text: str, what: str) -> bytes:
         raise SignatureError("malformed_signature", f"{what} is not encodable") from None
 
 
+def _signature_header(headers: Mapping[str, str], name: str, lower: str) -> str:
+    """The signature header as sent; missing_signature when it is absent or blank."""
+    value = _header(headers, name, lower)
+    if not value or not value.strip():
+        raise SignatureError("missing_signature", f"the {name} header is missing")
+    return value
+
+
 def _require_keys(keys: Sequence[bytes]) -> None:
     if not keys:
         raise SignatureError("no_secret_configured", "no webhook secret is configured")
@@ -219,9 +227,7 @@ class StandardScheme:
         tolerance: int,
     ) -> Verified:
         _require_keys(keys)
-        signature = _header(headers, "webhook-signature", "webhook-signature")
-        if not signature or not signature.strip():
-            raise SignatureError("missing_signature", "the webhook-signature header is missing")
+        signature = _signature_header(headers, "webhook-signature", "webhook-signature")
         msg_id = _header(headers, "webhook-id", "webhook-id")
         if not msg_id:
             raise SignatureError("missing_signature", "the webhook-id header is missing")
@@ -267,9 +273,7 @@ class StripeScheme:
         tolerance: int,
     ) -> Verified:
         _require_keys(keys)
-        header = _header(headers, "Stripe-Signature", "stripe-signature")
-        if not header or not header.strip():
-            raise SignatureError("missing_signature", "the Stripe-Signature header is missing")
+        header = _signature_header(headers, "Stripe-Signature", "stripe-signature")
 
         ts_field: str | None = None
         candidates: list[bytes] = []
@@ -318,9 +322,7 @@ class GitHubScheme:
         tolerance: int,
     ) -> Verified:
         _require_keys(keys)
-        header = _header(headers, "X-Hub-Signature-256", "x-hub-signature-256")
-        if not header or not header.strip():
-            raise SignatureError("missing_signature", "the X-Hub-Signature-256 header is missing")
+        header = _signature_header(headers, "X-Hub-Signature-256", "x-hub-signature-256")
         algorithm, sep, value = header.strip().partition("=")
         if not sep:
             raise SignatureError("malformed_signature", "expected sha256=<hex>")
@@ -354,9 +356,7 @@ class ShopifyScheme:
         tolerance: int,
     ) -> Verified:
         _require_keys(keys)
-        header = _header(headers, "X-Shopify-Hmac-Sha256", "x-shopify-hmac-sha256")
-        if not header or not header.strip():
-            raise SignatureError("missing_signature", "the X-Shopify-Hmac-Sha256 header is missing")
+        header = _signature_header(headers, "X-Shopify-Hmac-Sha256", "x-shopify-hmac-sha256")
         digest = _b64_digest(header.strip())
         if digest is None:
             raise SignatureError("malformed_signature", "expected the base64 of a SHA-256 HMAC")

@@ -32,6 +32,7 @@ from gateway.ingest.signatures import (
     _hex_digest,
     _mac,
     _require_keys,
+    _signature_header,
 )
 
 
@@ -59,9 +60,7 @@ class HexBodyScheme:
         tolerance: int,
     ) -> Verified:
         _require_keys(keys)
-        header = _header(headers, self.header, self.lower)
-        if not header or not header.strip():
-            raise SignatureError("missing_signature", f"the {self.header} header is missing")
+        header = _signature_header(headers, self.header, self.lower)
         digest = _hex_digest(header.strip())
         if digest is None:
             raise SignatureError("malformed_signature", f"expected 64 hex digits in {self.header}")

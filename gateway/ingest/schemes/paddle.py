@@ -16,10 +16,10 @@ from gateway.ingest.signatures import (
     Verified,
     _check_tolerance,
     _check_v1,
-    _header,
     _hex_digest,
     _mac,
     _require_keys,
+    _signature_header,
     _timestamp,
 )
 
@@ -39,9 +39,7 @@ class PaddleScheme:
         tolerance: int,
     ) -> Verified:
         _require_keys(keys)
-        header = _header(headers, HEADER, "paddle-signature")
-        if not header or not header.strip():
-            raise SignatureError("missing_signature", f"the {HEADER} header is missing")
+        header = _signature_header(headers, HEADER, "paddle-signature")
         ts_field: str | None = None
         candidates: list[bytes] = []
         seen_h1 = False

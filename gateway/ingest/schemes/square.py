@@ -22,9 +22,9 @@ from gateway.ingest.signatures import (
     Verified,
     _any_match,
     _b64_digest,
-    _header,
     _mac,
     _require_keys,
+    _signature_header,
 )
 
 HEADER = "x-square-hmacsha256-signature"
@@ -46,9 +46,7 @@ class SquareScheme:
         tolerance: int,
     ) -> Verified:
         _require_keys(keys)
-        header = _header(headers, HEADER, HEADER)
-        if not header or not header.strip():
-            raise SignatureError("missing_signature", f"the {HEADER} header is missing")
+        header = _signature_header(headers, HEADER, HEADER)
         digest = _b64_digest(header.strip())
         if digest is None:
             raise SignatureError("malformed_signature", "expected the base64 of a SHA-256 HMAC")
