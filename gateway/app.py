@@ -24,6 +24,7 @@ import asyncpg
 from aiohttp import web
 
 from gateway import appkeys, security
+from gateway.clients.rate_leases import lease_store
 from gateway.clients.redis import RedisCache
 from gateway.config import Settings
 from gateway.db.pool import create_pool
@@ -88,6 +89,17 @@ def create_app(
         if cache is not None:
             await cache.close()
 
+    async def rate_leases_ctx(app: web.Application) -> AsyncIterator[None]:
+        """Shared channel buckets: the lease store and its instance heartbeat."""
+        limiter = guard.shared_limiter
+        if limiter is None:
+            yield
+            return
+        async with lease_store(settings) as store:
+            limiter.attach(store)
+            yield
+            limiter.attach(None)
+
     async def dedup_ctx(app: web.Application) -> AsyncIterator[None]:
         dedup = Deduplicator(settings, app[appkeys.REDIS])
         await dedup.warm(app[appkeys.POOL], settings.cache_warm_count)
@@ -141,7 +153,16 @@ def create_app(
             yield
 
     app.cleanup_ctx.extend(
-        [pool_ctx, redis_ctx, dedup_ctx, writer_ctx, gauges_ctx, held_metrics_ctx, sighup_ctx]
+        [
+            pool_ctx,
+            redis_ctx,
+            rate_leases_ctx,
+            dedup_ctx,
+            writer_ctx,
+            gauges_ctx,
+            held_metrics_ctx,
+            sighup_ctx,
+        ]
     )
     if settings.enable_metrics and settings.metrics_port > 0:
         app.cleanup_ctx.append(_metrics_site_ctx)

@@ -52,6 +52,13 @@ def _float(low: float = 0.0) -> Parser:
     return parse
 
 
+def _fraction(raw: str) -> float:
+    value = float(raw.strip())
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
 def _decimal(raw: str) -> Decimal:
     try:
         value = Decimal(raw.strip())
@@ -127,6 +134,11 @@ class Settings:
     redis_timeout_ms: int = env("REDIS_TIMEOUT_MS", 50, _int(1, 60_000))
     redis_breaker_failures: int = env("REDIS_BREAKER_FAILURES", 3, _int(1))
     redis_breaker_reset_seconds: float = env("REDIS_BREAKER_RESET_SECONDS", 5.0, _float(0.01))
+
+    # Rate limits: `redis` shares each channel's bucket through Redis (per process when
+    # there is no REDIS_URL at all); `local` keeps one bucket per process
+    rate_limit_backend: str = env("RATE_LIMIT_BACKEND", "redis", _choice("redis", "local"))
+    rate_limit_fallback_floor: float = env("RATE_LIMIT_FALLBACK_FLOOR", 0.0, _fraction)
 
     # Kafka
     kafka_topic: str = env("KAFKA_TOPIC", "payment.events")
@@ -235,6 +247,13 @@ class Settings:
         ):
             if url and not url.startswith(schemes):
                 raise ConfigError(f"invalid value for {name}: expected a {schemes[0]} URL")
+
+    @property
+    def shared_rate_limits(self) -> bool:
+        """Channel buckets in Redis (shared by every process) rather than per process."""
+        if self.rate_limit_backend == "local":
+            return False
+        return bool(self.redis_url)
 
     def require_database(self) -> None:
         """Every command that talks to Postgres starts here: one message for a missing URL."""

@@ -89,7 +89,9 @@ async def handle_webhook(request: web.Request) -> web.Response:
 
 async def _process(request: web.Request, channel: Channel) -> tuple[web.Response, str]:
     app = request.app
-    app[appkeys.SOURCE_GUARD].check(request, channel)  # allowlist and rate limit, before the body
+    pending = app[appkeys.SOURCE_GUARD].check(request, channel)  # allowlist, rate: before the body
+    if pending is not None:
+        await pending  # the shared limiter is leasing this channel's next tokens
     body = await read_body(request, app[appkeys.SETTINGS].client_timeout_seconds)
     try:
         try:

@@ -5,6 +5,7 @@ state that holds them, so the pipeline can name them without an import circle.""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
@@ -15,8 +16,9 @@ if TYPE_CHECKING:
 
 
 class SourceGuard(Protocol):
-    def check(self, request: web.Request, channel: Channel) -> None:
-        """Raise Forbidden (allowlist) or TooManyRequests (rate limit), before the body is read."""
+    def check(self, request: web.Request, channel: Channel) -> Awaitable[None] | None:
+        """Raise Forbidden (allowlist) or TooManyRequests (rate limit), before the body is
+        read; an awaitable when the decision needs a lease from the shared limiter first."""
 
 
 class ReplayGuard(Protocol):

@@ -227,6 +227,20 @@ status_poll = Counter(
 rate_limited = Counter(
     "paygate_rate_limited_total", "Requests refused by a limit.", ["channel", "limit"]
 )
+rate_limit_fallback = Gauge(
+    "paygate_rate_limit_fallback",
+    "1 while this process decides shared rate limits on its own share (Redis unreachable).",
+    multiprocess_mode="livemax",
+)
+rate_limit_fallback_decisions = Counter(
+    "paygate_rate_limit_fallback_decisions_total",
+    "Rate-limit decisions made on the process's fallback share instead of the shared bucket.",
+)
+rate_limit_instances = Gauge(
+    "paygate_rate_limit_instances",
+    "Live gateway processes last counted by the rate-limit heartbeat (the fallback divides by it).",
+    multiprocess_mode="livemax",
+)
 gc_pause = Histogram(
     "paygate_gc_pause_seconds",
     "Time CPython's cyclic collector held this process, by generation.",

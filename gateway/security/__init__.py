@@ -24,8 +24,10 @@ from gateway.ingest.channels import ChannelRegistry
 from gateway.security.auth import ops_gate
 from gateway.security.guard import ChannelSourceGuard
 from gateway.security.inflight import InFlight
+from gateway.security.ratelimit import RateLimiter
 from gateway.security.reload import ReloadableChannels
 from gateway.security.replay import DeliveryReplayGuard
+from gateway.security.shared_ratelimit import SharedRateLimiter
 
 log = logging.getLogger("paygate.security")
 
@@ -34,6 +36,9 @@ log = logging.getLogger("paygate.security")
 class SourceSecurity:
     channels: ReloadableChannels
     source_guard: ChannelSourceGuard
+    # The shared limiter, when the channel buckets live in Redis: `gateway.app` attaches
+    # its lease store once Redis is open.
+    shared_limiter: SharedRateLimiter | None
     replay_guard: DeliveryReplayGuard
     inflight: InFlight
     ops_gate: Callable[[web.Request], None]
@@ -54,9 +59,20 @@ def build(settings: Settings, channels: ChannelRegistry) -> SourceSecurity:
             else settings.signature_tolerance_seconds
         )
 
+    shared = (
+        SharedRateLimiter(
+            None,
+            timeout=settings.redis_timeout_ms / 1000,
+            floor=settings.rate_limit_fallback_floor,
+            default_instances=settings.web_concurrency,
+        )
+        if settings.shared_rate_limits
+        else None
+    )
     return SourceSecurity(
         channels=registry,
-        source_guard=ChannelSourceGuard(settings.trusted_proxies),
+        source_guard=ChannelSourceGuard(settings.trusted_proxies, shared or RateLimiter()),
+        shared_limiter=shared,
         replay_guard=DeliveryReplayGuard(tolerance_of),
         inflight=InFlight(settings.max_in_flight_requests),
         ops_gate=ops_gate(settings.admin_jwt_secret),
