@@ -488,6 +488,15 @@ def test_alerts_fire_on_trouble_and_stay_quiet_otherwise(tmp_path: Path) -> None
             [{**warn, "table": "payments"}],
         ),
         _case(
+            {f"paygate_rate_limit_fallback{{{job}}}": "1x20"},
+            "PaygateRateLimitFallback",
+            "10m",
+            [{**warn, "instance": "gw:3004"}],
+        ),
+        _case(
+            {f"paygate_rate_limit_fallback{{{job}}}": "0x20"}, "PaygateRateLimitFallback", "10m", []
+        ),
+        _case(
             {f"paygate_outbox_oldest_age_seconds{{{job}}}": "300x20"},
             "PaygateOutboxLag",
             "15m",

@@ -2,8 +2,8 @@
 
 Pure: the clock is injected, so tests drive time. A refused request learns from the
 bucket itself how long until one token is back (`Retry-After`, whole seconds, >= 1).
-With N processes the effective limit is N x rate; a shared (Redis) limiter is out of
-scope, and it would add a round trip per request.
+Used with RATE_LIMIT_BACKEND=local (or without Redis), where N processes admit N x
+rate, and as the fallback share of the shared limiter (`shared_ratelimit`).
 """
 
 from __future__ import annotations
