@@ -10,6 +10,12 @@ the process's CPU time by the requests answered. Postgres and Redis are real
     python -m bench.inproc --mode dup --requests 100000
     python -m bench.inproc --mode new --requests 60000
     python -m bench.inproc --mode bare --requests 100000   # the framework's share
+    python -m bench.inproc --mode dup --limits none,local,redis --requests 60000
+
+`--limits` runs the app once per rate-limit backend in the same run (same stack, same
+requests): `none` (no channel limit), `local` (per-process bucket) and `redis` (the
+shared, leased bucket), the generic channel at `--limit-rate` per second with as much
+burst, so every request is admitted and the figure is the limiter's hot-path cost.
 
 Figures are for comparing two versions of the code on one machine, not for RESULTS'
 throughput tables.
@@ -22,6 +28,7 @@ import asyncio
 import gc
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -119,9 +126,25 @@ async def drive(
     return cpu, wall, statuses
 
 
+async def run_app(
+    app: web.Application, settings: Any, seed: list[bytes], reqs: list[bytes], connections: int
+) -> tuple[float, float, dict[int, int]]:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, **server_kwargs(settings))
+    await runner.setup()
+    try:
+        if seed:  # record the payments the duplicates repeat (as run_all does)
+            await drive(runner, seed, connections)
+        return await drive(runner, reqs, connections)
+    finally:
+        await runner.cleanup()
+
+
 async def main_async(args: argparse.Namespace) -> None:
     async with bench_stack("paygate-inproc-") as stack:
         settings = stack.settings()
+        if args.limits:
+            await compare_limits(args, stack, settings)
+            return
         seed, reqs = mode_requests("127.0.0.1:3004", args.mode, args.requests, stack.key)
         if args.mode == "bare":
             app = create_bare_app(stack.key)
@@ -129,16 +152,7 @@ async def main_async(args: argparse.Namespace) -> None:
             from gateway.app import create_app
 
             app = create_app(settings)
-        runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, **server_kwargs(settings)
-        )
-        await runner.setup()
-        try:
-            if seed:  # record the payments the duplicates repeat (as run_all does)
-                await drive(runner, seed, args.connections)
-            cpu, wall, statuses = await drive(runner, reqs, args.connections)
-        finally:
-            await runner.cleanup()
+        cpu, wall, statuses = await run_app(app, settings, seed, reqs, args.connections)
         n = sum(statuses.values())
         print(
             f"mode={args.mode} requests={n} statuses={statuses} "
@@ -146,11 +160,45 @@ async def main_async(args: argparse.Namespace) -> None:
         )
 
 
+async def compare_limits(args: argparse.Namespace, stack: Any, settings: Any) -> None:
+    from gateway.app import create_app
+
+    channels = Path(stack.root) / "channels.toml"
+    rate = args.limit_rate
+    channels.write_text(f"[channels.generic]\nrate_per_second = {rate}\nburst = {int(rate)}\n")
+    results: dict[str, tuple[float, float]] = {}
+    for limit in args.limits.split(","):
+        chosen = {
+            "none": settings,
+            "local": settings.replace(channels_file=str(channels), rate_limit_backend="local"),
+            "redis": settings.replace(channels_file=str(channels), rate_limit_backend="redis"),
+        }[limit]
+        seed, reqs = mode_requests("127.0.0.1:3004", args.mode, args.requests, stack.key)
+        cpu, wall, statuses = await run_app(
+            create_app(chosen), chosen, seed, reqs, args.connections
+        )
+        n = sum(statuses.values())
+        results[limit] = (1e6 * cpu / n, n / wall)
+        print(
+            f"limit={limit} mode={args.mode} requests={n} statuses={statuses} "
+            f"cpu={1e6 * cpu / n:.1f} µs/request wall={n / wall:,.0f} req/s"
+        )
+    base = results.get("none")
+    if base:
+        for limit, (cpu_us, rps) in results.items():
+            print(
+                f"  {limit}: {rps:,.0f} req/s (ratio to none {rps / base[1]:.2f}), "
+                f"{cpu_us:.1f} µs/request (ratio {cpu_us / base[0]:.2f})"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--mode", choices=("new", "dup", "bare"), default="dup")
     ap.add_argument("--requests", type=int, default=100_000)
     ap.add_argument("--connections", type=int, default=256)
+    ap.add_argument("--limits", default="", help="e.g. none,local,redis: one run each")
+    ap.add_argument("--limit-rate", type=float, default=200_000.0)
     args = ap.parse_args()
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     import uvloop
