@@ -1,9 +1,11 @@
 """The outbox relay: publishes committed outbox rows to Kafka, at least once, in order
 per key, and deletes each row only after the broker acknowledged it (acks=all).
 
-One round, in one transaction:
+One round, in one transaction, three round trips when all goes well (BEGIN, the claim,
+COMMIT):
 
-1. Claim up to `KAFKA_BATCH_SIZE` due rows in id order with `FOR UPDATE SKIP LOCKED`.
+1. Claim and delete up to `KAFKA_BATCH_SIZE` due rows in id order, in one statement
+   (`DELETE ... USING` the rows picked `FOR UPDATE SKIP LOCKED`, `RETURNING` them).
    A row is claimable only when no older undead row of the same key exists (whether
    that one is rescheduled after a failure, locked by another relay, or simply older):
    so a claim holds at most one row per key, the oldest, and the events of a key are
@@ -12,13 +14,19 @@ One round, in one transaction:
    from publishing the same row, and the per-key rule keeps them from reordering a key.
    The cost is one round per event of a key with a backlog; payments have a handful.
    Each row comes with its payload: stored, or for a lean `payment.recorded` row
-   (sql/060) built by Postgres from the payment, joined on id and payment_date so the
-   lookup touches one partition (gateway.db.events_sql).
+   (sql/060) built by Postgres from the payment, looked up by id and payment_date so
+   the lookup touches one partition (gateway.db.events_sql).
 2. Send every claimed row (bounded by a deadline: `send()` can wait on a full buffer),
    then wait for the acknowledgements, again under a deadline.
-3. Delete the acknowledged rows; reschedule the failed ones with exponential backoff
-   and full jitter, or dead-letter them at `OUTBOX_MAX_ATTEMPTS`; commit. This write is
-   shielded from cancellation, so a stop never loses a round's bookkeeping.
+3. Put the failed rows back (same id, so the same place in their key's order) with the
+   attempt counted and exponential backoff with full jitter, or dead-lettered at
+   `OUTBOX_MAX_ATTEMPTS`; commit, which makes the acknowledged rows' deletion final. This
+   write is shielded from cancellation, so a stop never loses a round's bookkeeping. A
+   crash or a cut connection before the commit is a rollback: every claimed row is back
+   as it was, and is published again (at least once, never lost).
+
+A round that made progress keeps its connection for the next round (a pool release
+costs a reset query); an idle relay hands it back.
 
 Waking: the group-commit writer rings the relay's Wakeup after each commit (in
 `paygate run`); a relay in its own process polls every `OUTBOX_POLL_INTERVAL_MS`.
@@ -86,28 +94,38 @@ ERROR_TEXT_MAX = 300
 # statistics on a fast-growing outbox the planner hash-anti-joined the whole backlog
 # and sorted it on disk (440 ms at 130,000 rows, growing with the backlog: a relay that
 # fell behind could not catch up). The shape below: 67 ms cold, 5 ms warm, same backlog.
-_LEAN_JOIN, _PAYLOAD = outbox_payload_sql()
+# Claim and delete in one statement: the rows are deleted inside the round's transaction,
+# which stays open while the broker is asked, so they are gone only if it commits (after
+# every acknowledgement); a rollback puts them back untouched, and a crash or a cut
+# connection is a rollback. The row locks of the delete keep other relays off them
+# (SKIP LOCKED in the claim), as the FOR UPDATE of a separate claim did: one statement
+# and one round trip fewer, and each row written once (deleted) instead of twice
+# (locked, then deleted).
 _CLAIM = f"""
 WITH candidates AS MATERIALIZED (
     SELECT id, key FROM payment_service.outbox
     WHERE dead_lettered_at IS NULL AND next_attempt_at <= now()
     ORDER BY id
     LIMIT $2
+), claimed AS (
+    SELECT o.id
+    FROM candidates c
+    JOIN payment_service.outbox o ON o.id = c.id
+    WHERE o.dead_lettered_at IS NULL
+      AND o.next_attempt_at <= now()  -- re-checked on the locked row, as before the window
+      AND NOT EXISTS (
+          SELECT 1 FROM payment_service.outbox older
+          WHERE older.key = c.key AND older.id < c.id AND older.dead_lettered_at IS NULL
+      )
+    ORDER BY o.id
+    LIMIT $1
+    FOR UPDATE OF o SKIP LOCKED
 )
-SELECT o.id, o.event_id, o.event_type, o.topic, o.key, {_PAYLOAD} AS payload, o.attempts,
-       o.created_at
-FROM candidates c
-JOIN payment_service.outbox o ON o.id = c.id
-{_LEAN_JOIN}
-WHERE o.dead_lettered_at IS NULL
-  AND o.next_attempt_at <= now()  -- re-checked on the locked row, as before the window
-  AND NOT EXISTS (
-      SELECT 1 FROM payment_service.outbox older
-      WHERE older.key = c.key AND older.id < c.id AND older.dead_lettered_at IS NULL
-  )
-ORDER BY o.id
-LIMIT $1
-FOR UPDATE OF o SKIP LOCKED
+DELETE FROM payment_service.outbox o USING claimed c
+WHERE o.id = c.id
+RETURNING o.id, o.event_id, o.event_type, o.topic, o.key, {outbox_payload_sql()} AS payload,
+          o.payload AS stored, o.payment_id, o.payment_date, o.status, o.attempts,
+          o.created_at
 """
 
 # Candidates per claimed row: room for other relays' locked rows and for rows held back
@@ -116,18 +134,25 @@ FOR UPDATE OF o SKIP LOCKED
 # due with their backoff or are dead-lettered, and the next round moves on.)
 CLAIM_WINDOW = 4
 
-_DELETE = "DELETE FROM payment_service.outbox WHERE id = ANY($1::bigint[])"
-
+# A failed row goes back, in the same transaction, as it was (its id, so its place in its
+# key's order; its lean columns or stored payload) with the attempt counted.
 _RESCHEDULE = """
-UPDATE payment_service.outbox o
-SET attempts = u.attempts,
-    next_attempt_at = now() + make_interval(secs => u.delay),
-    last_error = u.error,
-    dead_lettered_at = CASE WHEN u.dead THEN now() END
-FROM unnest($1::bigint[], $2::int[], $3::float8[], $4::text[], $5::bool[])
-    AS u(id, attempts, delay, error, dead)
-WHERE o.id = u.id
+INSERT INTO payment_service.outbox
+    (id, event_id, event_type, topic, key, payload, payment_id, payment_date, status,
+     created_at, attempts, next_attempt_at, last_error, dead_lettered_at)
+SELECT u.id, u.event_id, u.event_type, u.topic, u.key, u.payload, u.payment_id,
+       u.payment_date, u.status, u.created_at, u.attempts,
+       now() + make_interval(secs => u.delay), u.error, CASE WHEN u.dead THEN now() END
+FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::bytea[],
+            $7::uuid[], $8::timestamp[], $9::text[], $10::timestamptz[], $11::int[],
+            $12::float8[], $13::text[], $14::bool[])
+    AS u(id, event_id, event_type, topic, key, payload, payment_id, payment_date, status,
+         created_at, attempts, delay, error, dead)
 """
+_RESCHEDULED_COLUMNS = (
+    "id", "event_id", "event_type", "topic", "key", "stored", "payment_id", "payment_date",
+    "status", "created_at",
+)  # fmt: skip
 
 
 class PaymentMissing(Exception):
@@ -206,6 +231,7 @@ class OutboxRelay(Worker):
         self._in_flight = 0
         self._recycle = False
         self._producer_lock = asyncio.Lock()
+        self._held: list[asyncpg.Connection] = []  # connections kept between busy rounds
 
     @property
     def kafka_unavailable(self) -> bool:
@@ -274,6 +300,9 @@ class OutboxRelay(Worker):
         self._retry_at = 0.0
 
     async def on_stop(self) -> None:
+        held, self._held = self._held, []
+        for conn in held:
+            await self.pool.release(conn)
         await self._drop_producer()
 
     # -- one round ----------------------------------------------------------------------
@@ -290,7 +319,11 @@ class OutboxRelay(Worker):
             self._in_flight -= 1
 
     async def _round(self, producer: AIOKafkaProducer) -> bool:
-        async with self.pool.acquire() as conn:
+        # A round that made progress keeps its connection for the next one: handing it
+        # back to the pool costs a reset query each time. Idle, it goes back.
+        conn = self._held.pop() if self._held else await self.pool.acquire()
+        keep = False
+        try:
             tx = conn.transaction()
             await tx.start()
             committed = False
@@ -303,11 +336,12 @@ class OutboxRelay(Worker):
                     return False
                 result = await self._publish(producer, rows)
                 if result.outage:
-                    await tx.rollback()
+                    await tx.rollback()  # the claimed rows are back, untouched
                     committed = True
                 else:
                     await _uncancellable(self._settle(conn, tx, rows, result))
                     committed = True
+                    keep = True
             except (asyncpg.InternalClientError, asyncpg.InterfaceError):
                 # A connection broken mid-protocol (server restart, cut backend) can be left
                 # in a state asyncpg cannot reset: drop it instead of returning it to the pool.
@@ -317,6 +351,11 @@ class OutboxRelay(Worker):
             finally:
                 if not committed:
                     await _rollback_quietly(tx)
+        finally:
+            if keep and not self._stopping:
+                self._held.append(conn)
+            else:
+                await self.pool.release(conn)
         self._account(rows, result)
         if result.stuck:
             # Batches still queued in the producer would be delivered late, after their
@@ -400,19 +439,20 @@ class OutboxRelay(Worker):
         rows: Sequence[asyncpg.Record],
         result: RoundResult,
     ) -> None:
-        if result.acked:
-            await conn.execute(_DELETE, list(result.acked))
+        """The acknowledged rows are already deleted (by the claim); the failed ones go
+        back rescheduled or dead-lettered; then the round commits."""
         if result.failed:
             by_id = {r["id"]: r for r in rows}
-            ids, attempts, delays, errors, dead = [], [], [], [], []
+            columns: list[list[Any]] = [[] for _ in range(len(_RESCHEDULED_COLUMNS) + 4)]
             for row_id, exc in result.failed.items():
-                n = by_id[row_id]["attempts"] + 1
-                ids.append(row_id)
-                attempts.append(n)
-                delays.append(backoff_delay(n, self.backoff_base, self.backoff_cap))
-                errors.append(describe_error(exc))
-                dead.append(n >= self.max_attempts)
-            await conn.execute(_RESCHEDULE, ids, attempts, delays, errors, dead)
+                row = by_id[row_id]
+                n = row["attempts"] + 1
+                values = [row[c] for c in _RESCHEDULED_COLUMNS]
+                values += [n, backoff_delay(n, self.backoff_base, self.backoff_cap)]
+                values += [describe_error(exc), n >= self.max_attempts]
+                for column, value in zip(columns, values, strict=True):
+                    column.append(value)
+            await conn.execute(_RESCHEDULE, *columns)
         await tx.commit()
 
     def _account(self, rows: Sequence[asyncpg.Record], result: RoundResult) -> None:

@@ -78,27 +78,25 @@ _LEAN_ROW = """
 """
 
 
-def outbox_payload_sql() -> tuple[str, str]:
-    """`(lateral join, payload expression)` for outbox rows aliased `o`: the stored
-    payload, or for a lean `payment.recorded` row the payload built from its payment
-    (NULL if that payment is gone). The event's timestamp is the row's created_at, which
-    the recording statement sets to its own time, as the stored payload had it."""
-    join = f"LEFT JOIN LATERAL ({_LEAN_ROW}) lean ON o.payload IS NULL"
+def outbox_payload_sql() -> str:
+    """The payload of the outbox row aliased `o`, as an expression: the stored payload, or
+    for a lean `payment.recorded` row the payload built from its payment (a scalar
+    subquery, so also usable in a DELETE's RETURNING; NULL if that payment is gone). The
+    event's timestamp is the row's created_at, which the recording statement sets to its
+    own time, as the stored payload had it."""
     built = event_payload_sql(
         "lean",
         source="lean.source",
         status="lean.status",
         now_iso=iso_z_sql("(lean.created_at AT TIME ZONE 'UTC')"),
     )
-    # json_build_object over a missing row would still build an object (of nulls).
-    return join, f"coalesce(o.payload, CASE WHEN lean.payment_id IS NOT NULL THEN {built} END)"
+    return f"coalesce(o.payload, (SELECT {built} FROM ({_LEAN_ROW}) lean))"
 
 
 def outbox_events_sql() -> str:
     """A query over every outbox row with the payload the relay publishes for it (columns
     id, event_id, event_type, topic, key, payload, attempts, dead_lettered_at,
     created_at): for reading events, e.g. `SELECT * FROM (<this>) e WHERE key = $1`."""
-    join, payload = outbox_payload_sql()
-    return f"""SELECT o.id, o.event_id, o.event_type, o.topic, o.key, {payload} AS payload,
-       o.attempts, o.dead_lettered_at, o.created_at
-FROM payment_service.outbox o {join}"""
+    return f"""SELECT o.id, o.event_id, o.event_type, o.topic, o.key,
+       {outbox_payload_sql()} AS payload, o.attempts, o.dead_lettered_at, o.created_at
+FROM payment_service.outbox o"""
