@@ -383,3 +383,28 @@ def test_an_outage_is_a_round_where_nothing_went_through_and_all_failures_look_t
     assert not RoundResult(acked={3: 0.0}, failed={1: KafkaConnectionError()}).outage
     assert not RoundResult(failed={1: KafkaTimeoutError(), 2: MessageSizeTooLargeError()}).outage
     assert not RoundResult().outage
+
+
+async def test_a_full_claim_refreshes_the_outbox_statistics(
+    db: asyncpg.Pool, stack: stack_module.TestStack
+) -> None:
+    """The outbox is vacuumed while nearly empty, so the planner believes it has no rows;
+    a relay that finds a backlog (a full claim) analyzes it, and its claims are planned
+    for the real size from then on."""
+    settings = relay_settings(stack, kafka_batch_size=100)
+    await ensure_topic(settings)
+    await db.execute("VACUUM (ANALYZE) payment_service.outbox")
+    await db.execute(
+        "INSERT INTO payment_service.outbox (event_id, event_type, topic, key, payload)"
+        " SELECT gen_random_uuid(), 'payment.status_changed', $1, 'K-' || i, '{}'::bytea"
+        " FROM generate_series(1, 2000) i",
+        settings.kafka_topic,
+    )
+    stats = "SELECT reltuples FROM pg_class WHERE oid = 'payment_service.outbox'::regclass"
+    assert await db.fetchval(stats) <= 0  # what the planner was left with
+    relay = OutboxRelay(db, settings)
+    try:
+        assert await relay.run_once()  # a full batch: there is more
+        assert await db.fetchval(stats) >= 1000
+    finally:
+        await relay.stop()
