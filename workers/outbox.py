@@ -301,6 +301,15 @@ class OutboxRelay(Worker):
         self._outages = 0
         self._retry_at = 0.0
 
+    async def on_start(self) -> None:
+        """A relay (re)started may find a backlog its predecessor left: analyze the
+        outbox before the first claim is planned (see `_refresh_statistics`)."""
+        try:
+            async with self.pool.acquire() as conn:
+                await self._refresh_statistics(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("could not analyze the outbox at start: %s", describe_error(exc))
+
     async def on_stop(self) -> None:
         held, self._held = self._held, []
         for conn in held:
@@ -357,9 +366,9 @@ class OutboxRelay(Worker):
                     await _uncancellable(self._settle(conn, tx, rows, result))
                     committed = True
                     keep = True
-                    if len(rows) >= self.batch_size:
-                        self._next_round_at = 0.0  # a backlog: no spacing
-                        await self._refresh_statistics(conn)
+                if len(rows) >= self.batch_size:  # a backlog (also during an outage)
+                    self._next_round_at = 0.0  # no spacing
+                    await self._refresh_statistics(conn)
             except (asyncpg.InternalClientError, asyncpg.InterfaceError):
                 # A connection broken mid-protocol (server restart, cut backend) can be left
                 # in a state asyncpg cannot reset: drop it instead of returning it to the pool.
