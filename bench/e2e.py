@@ -12,6 +12,9 @@ both acknowledged (2xx) and seen on the topic. In one run, on this machine:
   sustained   paygate, open loop at --rate for --seconds: ack latency p50/p99, publish
               lag p50/p99 (ack at the generator -> first seen by the consumer), every
               payment verified on the topic
+  drain       --drain-count payments recorded with the workers process stopped, then
+              drained: the relay's CPU per published event (its process, and the
+              Postgres backends serving it), at full batches
 
 Each paygate phase reports CPU per payment by process (server processes, the workers
 process with the relay, Postgres, Redis, broker, generator, consumer), and the sustained
@@ -436,6 +439,72 @@ async def paygate_phase(
     )  # fmt: skip
 
 
+async def drain_phase(
+    stack: DevStack, procs: Processes, consumer: Consumer, expected_seen: int,
+    *, count: int, connections: int,
+) -> tuple[Phase, dict[str, Any]]:  # fmt: skip
+    """The relay's own cost per published event, at full batches: with the workers
+    process stopped (SIGSTOP), record `count` payments; then let it go and measure the
+    CPU of the workers process and of the Postgres backends serving it until the
+    consumer has seen them all."""
+    workers = [p for p, _ in procs.groups()["relay+workers"]]
+    if not workers:
+        raise RuntimeError("no workers process: is the relay in a process of its own?")
+    host = f"127.0.0.1:{stack.port}"
+    reqs, refs = signed_requests(host, stack.key(), count, "drain")
+    for w in workers:
+        w.suspend()
+    try:
+        result = await run(f"http://{host}", reqs, rate=0, seconds=600,
+                           connections=connections, track=True)  # fmt: skip
+    finally:
+        # The backlog appeared while the relay was frozen, which no relay sees in life: a
+        # relay analyzes the outbox when it starts and after a full claim. Do it for it,
+        # so the phase measures draining, not one claim planned for an empty table.
+        conn = await asyncpg.connect(stack.dsn)
+        try:
+            await conn.execute("ANALYZE payment_service.outbox")
+        finally:
+            await conn.close()
+        await asyncio.sleep(1.0)  # that backend is reaped before the snapshot
+        before = procs.snapshot()
+        for w in workers:
+            w.resume()
+    t0 = time.monotonic()
+    acked = len(result.acks or [])
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    while consumer.count() < expected_seen + acked and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    drained = time.monotonic() - t0
+    after = procs.snapshot()
+    conn = await asyncpg.connect(stack.dsn)
+    try:
+        pending = {
+            r["key"]
+            for r in await conn.fetch(
+                "SELECT key FROM payment_service.outbox WHERE key LIKE 'E2E-drain-%'"
+            )
+        }
+    finally:
+        await conn.close()
+    used = {k: after[k] - before.get(k, 0.0) for k in after}
+    relay = {
+        "events": acked,
+        "seconds": round(drained, 2),
+        "events_per_s": round(acked / max(drained, 1e-9), 1),
+        "relay_process_us_per_event": round(used["relay+workers"] / max(acked, 1) * 1e6, 1),
+        "postgres_for_relay_us_per_event": round(
+            used.get("pg:backend for relay+workers", 0.0) / max(acked, 1) * 1e6, 1
+        ),
+        "postgres_total_us_per_event": round(used["postgres"] / max(acked, 1) * 1e6, 1),
+        "broker_us_per_event": round(used["broker"] / max(acked, 1) * 1e6, 1),
+        "consumer_us_per_event": round(used["consumer"] / max(acked, 1) * 1e6, 1),
+    }
+    phase = Phase("drain", result, dict(zip(reqs, refs, strict=True)), time.time(), 0.0,
+                  drained, pending, _cpu_per_payment(before, after, acked))  # fmt: skip
+    return phase, relay
+
+
 def account(phase: Phase, seen: dict[str, float]) -> dict[str, Any]:
     """The phase's figures, and whether every request is accounted for."""
     res = phase.result
@@ -548,6 +617,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             expected += len(phase.result.acks or [])
             phases.append(phase)
             print(name, phase.result.summary()["created_rps"], "created/s", flush=True)
+        if args.drain_count and not procs.groups()["relay+workers"]:
+            report["relay_drain"] = "skipped: the relay runs inside a server process"
+        elif args.drain_count:
+            await _settle(stack.dsn)
+            phase, relay = await drain_phase(stack, procs, consumer, expected,
+                                             count=args.drain_count, connections=64)  # fmt: skip
+            expected += len(phase.result.acks or [])
+            phases.append(phase)
+            report["relay_drain"] = relay
+            print("relay drain", relay, flush=True)
         data = consumer.finish()
         seen: dict[str, float] = data["seen"]
         report["topic_records"] = data["records"]
@@ -585,6 +664,9 @@ def main() -> None:
                     help="requests built per closed-loop second (an upper bound)")  # fmt: skip
     ap.add_argument("--code-dir", default=str(Path(__file__).resolve().parents[1]),
                     help="the source tree whose `paygate dev` runs (default: this one)")  # fmt: skip
+    ap.add_argument("--drain-count", type=int, default=30_000,
+                    help="payments queued with the workers process stopped, then drained "
+                         "(the relay's cost per event at full batches); 0 to skip")  # fmt: skip
     ap.add_argument("--json", help="also write the report here")
     args = ap.parse_args()
     import uvloop
