@@ -253,7 +253,12 @@ class OutboxRelay(Worker):
         None while the broker is unreachable. A start that fails is retried on a later
         round, never crashes the worker."""
         async with self._producer_lock:
-            if self._recycle and self._in_flight == 0:
+            if self._recycle:
+                if self._in_flight:
+                    # Marked stale (an outage, stuck sends): no new round on it, or its
+                    # writes could reach a restarted broker that lost the topic before
+                    # anyone re-created it (the fresh producer's ensure_topic).
+                    return None
                 self._recycle = False
                 await self._drop_producer()
             if self._producer is None:
@@ -319,9 +324,9 @@ class OutboxRelay(Worker):
     # -- one round ----------------------------------------------------------------------
 
     async def run_once(self) -> bool:
+        await self._space_rounds()
         if time.monotonic() < self._retry_at:
             return False
-        await self._space_rounds()
         producer = await self._ready_producer()
         if producer is None:
             return False
