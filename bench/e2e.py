@@ -79,8 +79,13 @@ async def consume(bootstrap: str, progress: Path, out: Path) -> None:
 
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    # A short fetch wait: the lag measured is the relay's, not the consumer's long poll
+    # (aiokafka's default lets the broker hold a fetch up to 500 ms).
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=5,
     )
     await consumer.start()
     seen: dict[str, float] = {}
