@@ -89,49 +89,63 @@ OUTAGE_BACKOFF_CAP_SECONDS = 5.0
 ERROR_TEXT_MAX = 300
 
 # The oldest due rows first, and of each key only its oldest undead row (per-key order).
-# Candidates are the first `$2` due rows by id, materialized, so the per-key check is
-# an index probe per candidate whatever the statistics say: left to itself, with stale
-# statistics on a fast-growing outbox the planner hash-anti-joined the whole backlog
-# and sorted it on disk (440 ms at 130,000 rows, growing with the backlog: a relay that
-# fell behind could not catch up). The shape below: 67 ms cold, 5 ms warm, same backlog.
-# Claim and delete in one statement: the rows are deleted inside the round's transaction,
-# which stays open while the broker is asked, so they are gone only if it commits (after
-# every acknowledgement); a rollback puts them back untouched, and a crash or a cut
-# connection is a rollback. The row locks of the delete keep other relays off them
-# (SKIP LOCKED in the claim), as the FOR UPDATE of a separate claim did: one statement
-# and one round trip fewer, and each row written once (deleted) instead of twice
-# (locked, then deleted).
+#
+# Written so that no plan depends on the outbox's statistics. The outbox is nearly empty
+# whenever (auto)vacuum or analyze look at it, so they describe an empty table; with a
+# backlog, a claim that joined the outbox to itself (the candidates back to their rows,
+# and an anti-join for "an older row of the same key exists") was planned as nested
+# loops whose inner side scanned a whole index once per candidate with a join filter:
+# 1.1 s for one claim at 1,000 queued rows, quadratic in the rows queued, so a relay
+# that fell behind spent ever more of the CPU it needed to catch up. Here every access
+# is one index scan with its own condition:
+#
+# 1. `window`: the first `$2` undead rows in id order (idx_outbox_pending, and only it:
+#    the round's transaction turns sequential and bitmap scans off), due or not. A row's
+#    older rows of the same key all have smaller ids, so they are in the window too:
+#    "no older undead row of its key" is "first of its key in the window", a window
+#    function over at most `$2` rows instead of a probe per candidate.
+# 2. `locked`: of those, the due rows first of their key, locked with SKIP LOCKED (rows
+#    another relay holds are skipped, and the rows behind them in their key stay behind:
+#    the held row is in this window too), up to `$1`.
+# 3. Claim and delete in one statement: the rows are deleted inside the round's
+#    transaction, which stays open while the broker is asked, so they are gone only if it
+#    commits (after every acknowledgement); a rollback puts them back untouched, and a
+#    crash or a cut connection is a rollback. One statement and one round trip fewer than
+#    a separate claim, and each row written once (deleted) instead of twice (locked, then
+#    deleted).
+#
+# A window whose due rows are all held back behind rows in backoff claims nothing; the
+# rows in backoff come due (OUTBOX_BACKOFF_MAX_SECONDS at most) or are dead-lettered, and
+# the rounds move on: a delay for the rows behind them, never a loss or a reordering.
 _CLAIM = f"""
-WITH candidates AS MATERIALIZED (
-    SELECT id, key FROM payment_service.outbox
-    WHERE dead_lettered_at IS NULL AND next_attempt_at <= now()
-    ORDER BY id
-    LIMIT $2
-), claimed AS (
-    SELECT o.id
-    FROM candidates c
-    JOIN payment_service.outbox o ON o.id = c.id
-    WHERE o.dead_lettered_at IS NULL
-      AND o.next_attempt_at <= now()  -- re-checked on the locked row, as before the window
-      AND NOT EXISTS (
-          SELECT 1 FROM payment_service.outbox older
-          WHERE older.key = c.key AND older.id < c.id AND older.dead_lettered_at IS NULL
-      )
-    ORDER BY o.id
+WITH win AS MATERIALIZED (
+    SELECT id, next_attempt_at <= now() AS due,
+           row_number() OVER (PARTITION BY key ORDER BY id) AS nth
+    FROM (
+        SELECT id, key, next_attempt_at FROM payment_service.outbox
+        WHERE dead_lettered_at IS NULL
+        ORDER BY id
+        LIMIT $2
+    ) prefix
+), locked AS MATERIALIZED (
+    SELECT o.id FROM payment_service.outbox o
+    WHERE o.id = ANY (ARRAY(SELECT id FROM win WHERE due AND nth = 1))
+      -- re-checked on the locked row. Not dead_lettered_at: a row is dead-lettered only by
+      -- the relay that claimed (deleted) it, and naming the column would let the planner
+      -- read a whole partial index instead of probing the primary key with the ids.
+      AND o.next_attempt_at <= now()
     LIMIT $1
-    FOR UPDATE OF o SKIP LOCKED
+    FOR UPDATE SKIP LOCKED
 )
-DELETE FROM payment_service.outbox o USING claimed c
-WHERE o.id = c.id
+DELETE FROM payment_service.outbox o
+WHERE o.id = ANY (ARRAY(SELECT id FROM locked))
 RETURNING o.id, o.event_id, o.event_type, o.topic, o.key, {outbox_payload_sql()} AS payload,
           o.payload AS stored, o.payment_id, o.payment_date, o.status, o.attempts,
           o.created_at
 """
 
-# Candidates per claimed row: room for other relays' locked rows and for rows held back
-# behind an older event of their key. (A round finds nothing only if every one of the
-# first CLAIM_WINDOW x KAFKA_BATCH_SIZE due rows is held back; the rows holding them come
-# due with their backoff or are dead-lettered, and the next round moves on.)
+# Window rows per claimed row: room for other relays' locked rows, for rows in backoff and
+# for rows held back behind an older event of their key.
 CLAIM_WINDOW = 4
 
 # A failed row goes back, in the same transaction, as it was (its id, so its place in its
@@ -232,7 +246,6 @@ class OutboxRelay(Worker):
         self._recycle = False
         self._producer_lock = asyncio.Lock()
         self._held: list[asyncpg.Connection] = []  # connections kept between busy rounds
-        self._analyzed_at = 0.0
         self._next_round_at = 0.0
 
     @property
@@ -306,15 +319,6 @@ class OutboxRelay(Worker):
         self._outages = 0
         self._retry_at = 0.0
 
-    async def on_start(self) -> None:
-        """A relay (re)started may find a backlog its predecessor left: analyze the
-        outbox before the first claim is planned (see `_refresh_statistics`)."""
-        try:
-            async with self.pool.acquire() as conn:
-                await self._refresh_statistics(conn)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("could not analyze the outbox at start: %s", describe_error(exc))
-
     async def on_stop(self) -> None:
         held, self._held = self._held, []
         for conn in held:
@@ -373,8 +377,6 @@ class OutboxRelay(Worker):
                     keep = True
                 if len(rows) >= self.batch_size:  # a backlog (also during an outage)
                     self._next_round_at = 0.0  # no spacing
-                if len(rows) >= ANALYZE_AFTER_ROWS:
-                    await self._refresh_statistics(conn)
             except (asyncpg.InternalClientError, asyncpg.InterfaceError):
                 # A connection broken mid-protocol (server restart, cut backend) can be left
                 # in a state asyncpg cannot reset: drop it instead of returning it to the pool.
@@ -488,35 +490,6 @@ class OutboxRelay(Worker):
             await conn.execute(_RESCHEDULE, *columns)
         await tx.commit()
 
-    async def _refresh_statistics(self, conn: asyncpg.Connection) -> None:
-        """A claim of ANALYZE_AFTER_ROWS or more: make sure the planner knows the outbox
-        is not empty (at most every STATISTICS_REFRESH_SECONDS per relay).
-
-        The outbox is nearly empty whenever (auto)vacuum or analyze look at it, so its
-        statistics say "no rows" (a vacuumed table keeps its pages and counts zero
-        tuples). With a backlog the claim was then planned for a one-row table: nested
-        loops whose inner side scanned the whole pending index, or the whole key index,
-        once per candidate, with a join filter instead of an index condition (measured:
-        1.1 s for one claim with 1,000 rows queued, ~490,000 buffer hits; Postgres CPU per
-        published event 1.7 ms in a closed-loop run, so the relay fell further behind the
-        more it had to do; quadratic in the rows queued, so even a few hundred cost
-        milliseconds a claim). Autovacuum resets the statistics whenever it catches the
-        outbox empty, hence the refresh every few seconds while the relay is busy. An
-        ANALYZE of the outbox is a few milliseconds; the plans of the claim are re-made
-        with the real size. Skipped, not waited for, when another relay is analyzing it."""
-        now = time.monotonic()
-        if now - self._analyzed_at < STATISTICS_REFRESH_SECONDS:
-            return
-        self._analyzed_at = now
-        try:
-            await conn.execute(_ANALYZE)
-        except asyncpg.LockNotAvailableError:
-            await conn.execute("ROLLBACK")
-        except asyncpg.PostgresError as exc:
-            log.warning("could not analyze the outbox: %s", describe_error(exc))
-            if conn.is_in_transaction():
-                await conn.execute("ROLLBACK")
-
     def _account(self, rows: Sequence[asyncpg.Record], result: RoundResult) -> None:
         if result.outage:
             metrics.kafka_publish.labels("error").inc(len(result.failed))
@@ -548,17 +521,14 @@ class OutboxRelay(Worker):
 
 
 # The round's transaction opens with the planner settings of its claim, in the same round
-# trip: the outbox is nearly empty whenever (auto)analyze looks at it, so with a backlog
-# the planner trusted a dozen-row estimate and read the candidates with a bitmap scan of
-# every pending row plus a sort: 5-7 ms a claim at 20,000 queued rows, growing with the
-# backlog, so a relay that fell behind spent ever more of the CPU it needed to catch up.
-# Without bitmap scans the candidates come from idx_outbox_pending in id order and the
-# LIMIT stops the scan.
-_BEGIN = "BEGIN; SET LOCAL enable_bitmapscan = off"
-_ANALYZE = "BEGIN; SET LOCAL lock_timeout = '20ms'; ANALYZE payment_service.outbox; COMMIT"
-STATISTICS_REFRESH_SECONDS = 5.0
-# A claim this large means the outbox is not the empty table its statistics may describe.
-ANALYZE_AFTER_ROWS = 50
+# trip: no sequential, bitmap or sort plans, so whatever the statistics say (see _CLAIM)
+# the window is read from idx_outbox_pending in id order and stops at its LIMIT, and the
+# claimed rows are found by primary key. (A bitmap scan of every pending row plus a sort
+# measured 5-7 ms a claim at 20,000 queued rows, growing with the backlog.)
+_BEGIN = (
+    "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off;"
+    " SET LOCAL enable_sort = off"
+)
 ROUND_SPACING_SECONDS = 0.01
 
 
