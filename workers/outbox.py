@@ -41,7 +41,11 @@ dead-letter the whole backlog); the round rolls back and the relay itself backs 
 (capped at a few seconds so draining starts soon after the broker returns), with a
 fresh producer once it does; a fresh producer first makes sure the events topic
 exists (`ensure_topic`), since a broker that lost it must not receive writes for a
-topic it does not know. A producer that cannot start is retried the same way. Failures
+topic it does not know. No new round starts on the old producer meanwhile, and acks
+that still arrive through it after the outage are not trusted (they may come from a
+restarted broker that dropped them with its topic): those rows are sent again, a
+possible duplicate instead of a possible gap. A producer that cannot start is retried
+the same way. Failures
 that are specific to a row (a non-retriable error such as a message above the size
 limit, or any failure in a round where other rows went through) count towards the
 dead-letter limit. Consequence: a row whose only failure mode is a transient-looking
@@ -70,7 +74,7 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 from gateway.clients.kafka import create_producer, ensure_topic
 from gateway.config import Settings
@@ -202,6 +206,16 @@ class RoundResult:
     failed: dict[int, BaseException] = field(default_factory=dict)
     stuck: bool = False  # some sends never resolved before the deadline
 
+    def distrust_acks(self) -> None:
+        """Acks through a producer that has since seen the broker unreachable may come from a
+        restarted broker that lost the topic (the embedded one keeps its log in memory):
+        retry those rows. A duplicate on the topic is allowed, a gap is not."""
+        for row_id in self.acked:
+            self.failed[row_id] = KafkaConnectionError(
+                "acknowledged through a producer that saw an outage"
+            )
+        self.acked.clear()
+
     @property
     def outage(self) -> bool:
         return (
@@ -247,6 +261,10 @@ class OutboxRelay(Worker):
         self._producer_lock = asyncio.Lock()
         self._held: list[asyncpg.Connection] = []  # connections kept between busy rounds
         self._next_round_at = 0.0
+        # Producers are numbered; acks through one numbered at or below the last that saw
+        # an outage are not trusted (RoundResult.distrust_acks).
+        self._generation = 0
+        self._outage_generation = 0
 
     @property
     def kafka_unavailable(self) -> bool:
@@ -268,9 +286,8 @@ class OutboxRelay(Worker):
         async with self._producer_lock:
             if self._recycle:
                 if self._in_flight:
-                    # Marked stale (an outage, stuck sends): no new round on it, or its
-                    # writes could reach a restarted broker that lost the topic before
-                    # anyone re-created it (the fresh producer's ensure_topic).
+                    # Marked stale (an outage, stuck sends): no new round on it; the fresh
+                    # producer waits until the rounds still on this one have settled.
                     return None
                 self._recycle = False
                 await self._drop_producer()
@@ -286,6 +303,7 @@ class OutboxRelay(Worker):
                     return None
                 await self._ensure_topic()
                 self._producer = producer
+                self._generation += 1
             self._in_flight += 1
             return self._producer
 
@@ -334,8 +352,9 @@ class OutboxRelay(Worker):
         producer = await self._ready_producer()
         if producer is None:
             return False
+        generation = self._generation  # no await since _ready_producer: it is this one's
         try:
-            return await self._round(producer)
+            return await self._round(producer, generation)
         finally:
             self._in_flight -= 1
 
@@ -351,7 +370,7 @@ class OutboxRelay(Worker):
         if start > now:
             await asyncio.sleep(start - now)
 
-    async def _round(self, producer: AIOKafkaProducer) -> bool:
+    async def _round(self, producer: AIOKafkaProducer, generation: int) -> bool:
         # A round that made progress keeps its connection for the next one: handing it
         # back to the pool costs a reset query each time. Idle, it goes back.
         conn = self._held.pop() if self._held else await self.pool.acquire()
@@ -368,6 +387,8 @@ class OutboxRelay(Worker):
                     self._note_healthy()  # the producer started: the broker answers
                     return False
                 result = await self._publish(producer, rows)
+                if result.acked and generation <= self._outage_generation:
+                    result.distrust_acks()
                 if result.outage:
                     await tx.rollback()  # the claimed rows are back, untouched
                     committed = True
@@ -400,6 +421,7 @@ class OutboxRelay(Worker):
             # A fresh producer after the outage: nothing of this one's lingers to be
             # retried into a broker that came back without its topic.
             self._recycle = True
+            self._outage_generation = max(self._outage_generation, generation)
             self._note_outage(next(iter(result.failed.values())))
             return False
         self._note_healthy()
