@@ -41,6 +41,9 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     scheduled: list[float] = field(default_factory=list)  # send offsets, for `windows`
     errors: int = 0
+    # With `track`: every 2xx request (the raw bytes sent) and the wall-clock time its
+    # answer came back, for benches that follow each payment further (bench.e2e).
+    acks: list[tuple[bytes, float]] | None = None
     started: float = 0.0
     finished: float = 0.0
 
@@ -181,7 +184,7 @@ class _Connection(asyncio.Protocol):
             item, self.current = self.current, None
             self.retried = False
             if item is not None:
-                self.client.answered(status, item[0])
+                self.client.answered(status, item)
             self.client.idle(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -238,8 +241,11 @@ class _Client:
         else:
             self.free.append(conn)
 
-    def answered(self, status: int, scheduled: float) -> None:
+    def answered(self, status: int, item: tuple[float, bytes]) -> None:
         now = time.perf_counter()
+        scheduled = item[0]
+        if self.result.acks is not None and 200 <= status < 300:
+            self.result.acks.append((item[1], time.time()))
         self.result.statuses[status] += 1
         self.result.latencies.append(now - scheduled)
         self.result.scheduled.append(scheduled - self.result.started)
@@ -288,10 +294,11 @@ async def run(
     rate: float,
     seconds: float,
     connections: int,
+    track: bool = False,
 ) -> Result:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    result = Result()
+    result = Result(acks=[] if track else None)
     grace = 10.0
     client = _Client(host, port, result, closed_loop=rate <= 0)
     await client.open(connections)

@@ -6,8 +6,8 @@ token check. This module and `gateway/http/` are the only ones that touch `app[.
 
 One cleanup context per resource, opened in order and closed in reverse: pool, Redis,
 dedup (warmed before the instance listens, so it is ready when it reports ready), the
-status-update service, the group-commit writer, the gauges and metrics tasks, then the
-companions (the workers `paygate run` keeps in the same process). The writer stops
+status-update service, the group-commit writer, the gauges and metrics tasks (the
+background workers run in a process of their own: workers/cli/serve.py). The writer stops
 after aiohttp has finished the requests in flight, so every accepted delivery is
 committed and answered on shutdown.
 """
@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
 from gateway import appkeys, security
@@ -45,22 +44,17 @@ from gateway.security.reload import reload_on_sighup
 
 log = logging.getLogger(__name__)
 
-# Something that runs beside the server on its pool, started once the app's resources
-# exist and stopped before they close: the background workers of `paygate run`.
-Companion = Callable[[asyncpg.Pool, Wakeup], AbstractAsyncContextManager[object]]
-
 
 def create_app(
     settings: Settings,
     *,
-    companions: Sequence[Companion] = (),
     database_gauges: bool = True,
 ) -> web.Application:
     """`database_gauges` False: an extra server process of a host, whose first process
     refreshes the database-derived gauges for all of them (they merge as livemax)."""
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[appkeys.SETTINGS] = settings
-    app[appkeys.OUTBOX_WAKE] = Wakeup()
+    app[appkeys.OUTBOX_WAKE] = Wakeup.from_env()
     guard = security.build(settings, load_channels(settings))
     app[appkeys.CHANNELS] = guard.channels
     app[appkeys.SOURCE_GUARD] = guard.source_guard
@@ -166,8 +160,6 @@ def create_app(
     )
     if settings.enable_metrics and settings.metrics_port > 0:
         app.cleanup_ctx.append(_metrics_site_ctx)
-    for companion in companions:
-        app.cleanup_ctx.append(_companion_ctx(companion))
     add_routes(app, settings)
     return app
 
@@ -184,14 +176,6 @@ async def _background(coro: Coroutine[Any, Any, object], name: str) -> AsyncIter
             await task
 
 
-def _companion_ctx(companion: Companion) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async with companion(app[appkeys.POOL], app[appkeys.OUTBOX_WAKE]):
-            yield
-
-    return ctx
-
-
 async def _metrics_site_ctx(app: web.Application) -> AsyncIterator[None]:
     """METRICS_PORT: `/metrics` alone on its own port, so scraping can be firewalled apart
     from the webhook port. Every process binds it with SO_REUSEPORT when there are several."""
@@ -202,7 +186,7 @@ async def _metrics_site_ctx(app: web.Application) -> AsyncIterator[None]:
     await runner.setup()
     try:
         site = web.TCPSite(
-            runner, settings.host, settings.metrics_port, reuse_port=settings.web_concurrency > 1
+            runner, settings.host, settings.metrics_port, reuse_port=settings.server_processes > 1
         )
         await site.start()
         yield

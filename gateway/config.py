@@ -108,7 +108,8 @@ class Settings:
     # Server
     host: str = env("HOST", "127.0.0.1")
     port: int = env("PORT", 3004, _int(0, 65535))
-    web_concurrency: int = env("WEB_CONCURRENCY", 1, _int(1, 64))
+    # 0: one server process per CPU this process may use (server_processes).
+    web_concurrency: int = env("WEB_CONCURRENCY", 0, _int(0, 64))
     log_level: str = env("LOG_LEVEL", "INFO", _log_level)
     enable_metrics: bool = env("ENABLE_METRICS", True, _bool)
     metrics_port: int = env("METRICS_PORT", 0, _int(0, 65535))
@@ -266,6 +267,13 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def server_processes(self) -> int:
+        """How many server processes share the port: WEB_CONCURRENCY when given, else one
+        per CPU this process may run on (its affinity mask, which a container's cpuset
+        narrows; not the host's core count)."""
+        return self.web_concurrency or usable_cpus()
+
     def __repr__(self) -> str:
         shown = []
         for f in dataclasses.fields(self):
@@ -276,6 +284,13 @@ class Settings:
         return f"Settings({', '.join(shown)})"
 
     __str__ = __repr__
+
+
+def usable_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _database_url_from_parts(environ: Mapping[str, str]) -> str:

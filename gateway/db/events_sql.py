@@ -1,9 +1,12 @@
-"""`payment.recorded` payloads built by Postgres, for the paths that record in bulk.
+"""`payment.recorded` payloads built by Postgres.
 
-The webhook writer and the staging batch insert outbox rows inside the statement that
-records the payments; building each event there costs Postgres a few microseconds of C
-instead of the ~10 µs of Python (dict, uuid, orjson, bytea encoding) it costs per row
-in the interpreter. The shape is `tests.oracles.payment_recorded`'s, and
+The webhook writer and the staging batch insert lean outbox rows (sql/060) inside the
+statement that records the payments; the relay builds each event's payload from the
+payment row when it claims the event (`OUTBOX_PAYLOAD_SQL`). Building it in Postgres
+costs a few microseconds of C instead of the ~10 µs of Python (dict, uuid, orjson, bytea
+encoding) it costs per row in the interpreter, and the bytes are exactly those the row
+used to store: tests/workers/test_outbox_lean.py holds them to a copy taken before.
+The shape is `tests.oracles.payment_recorded`'s, and
 tests/workers/test_staging_sql_parity.py and tests/gateway/db/test_events_sql.py compare
 the two over awkward values.
 """
@@ -63,3 +66,37 @@ def event_payload_sql(row: str, *, source: str, status: str, now_iso: str = NOW_
             'metadata', coalesce({row}.metadata, '{{}}'::jsonb)
         )
     )::text, 'UTF8')"""
+
+
+# The columns `event_payload_sql` reads, for a lean outbox row `o` and its payment `p`.
+_LEAN_ROW = """
+    SELECT o.event_id, p.id AS payment_id, p.reference_number AS ref,
+           p.loan_account_number AS account, p.cif, p.amount, p.payment_date,
+           p.payment_channel AS channel, p.metadata, p.source, o.status, o.created_at
+    FROM payment_service.payments p
+    WHERE p.id = o.payment_id AND p.payment_date = o.payment_date
+"""
+
+
+def outbox_payload_sql() -> str:
+    """The payload of the outbox row aliased `o`, as an expression: the stored payload, or
+    for a lean `payment.recorded` row the payload built from its payment (a scalar
+    subquery, so also usable in a DELETE's RETURNING; NULL if that payment is gone). The
+    event's timestamp is the row's created_at, which the recording statement sets to its
+    own time, as the stored payload had it."""
+    built = event_payload_sql(
+        "lean",
+        source="lean.source",
+        status="lean.status",
+        now_iso=iso_z_sql("(lean.created_at AT TIME ZONE 'UTC')"),
+    )
+    return f"coalesce(o.payload, (SELECT {built} FROM ({_LEAN_ROW}) lean))"
+
+
+def outbox_events_sql() -> str:
+    """A query over every outbox row with the payload the relay publishes for it (columns
+    id, event_id, event_type, topic, key, payload, attempts, dead_lettered_at,
+    created_at): for reading events, e.g. `SELECT * FROM (<this>) e WHERE key = $1`."""
+    return f"""SELECT o.id, o.event_id, o.event_type, o.topic, o.key,
+       {outbox_payload_sql()} AS payload, o.attempts, o.dead_lettered_at, o.created_at
+FROM payment_service.outbox o"""

@@ -7,13 +7,15 @@ account, cif, amount, payment_date, channel, metadata and hash, the chain claims
 references with `INSERT ... ON CONFLICT DO NOTHING RETURNING` (in reference order, so
 concurrent batches never deadlock), and only for the references it won (`won`, which
 adds each winner's event_id) inserts the payment, its `payment.recorded` outbox event
-and its audit row. `payment_references` is the authority: a reference can be claimed
-once, whatever the caches said and however many instances race.
+(a lean row: ids, payment_date and the status as recorded; the relay builds the payload
+from the payment, gateway.db.events_sql) and its audit row. `payment_references` is
+the authority: a reference can be claimed once, whatever the caches said and however
+many instances race.
 """
 
 from __future__ import annotations
 
-from gateway.db.events_sql import event_payload_sql, recorded_event_id_sql, sql_literal
+from gateway.db.events_sql import recorded_event_id_sql, sql_literal
 from gateway.domain.events import PAYMENT_RECORDED
 
 
@@ -37,9 +39,10 @@ def record_ctes(*, source: str, status: str, event_at: str, topic: str, actor: s
            {source}, w.metadata, {status}, {event_at}
     FROM won w
 ), evt AS (
-    INSERT INTO payment_service.outbox (event_id, event_type, topic, key, payload)
-    SELECT w.event_id, {sql_literal(PAYMENT_RECORDED)}, {topic}, w.ref,
-           {event_payload_sql("w", source=source, status=status)}
+    INSERT INTO payment_service.outbox
+        (event_id, event_type, topic, key, payment_id, payment_date, status, created_at)
+    SELECT w.event_id, {sql_literal(PAYMENT_RECORDED)}, {topic}, w.ref, w.payment_id,
+           w.payment_date, {status}, statement_timestamp()
     FROM won w
 ), aud AS (
     INSERT INTO payment_service.audit_log (actor, action, reference_number, payment_id, details)

@@ -224,6 +224,9 @@ async def get_dlq(request: web.Request) -> web.Response:
     return json_response({"items": items, "count": len(items)})
 
 
+_BIGINT_MAX = 2**63 - 1  # outbox ids are bigint: a larger one is bad input, not a 500
+
+
 async def post_dlq_replay(request: web.Request) -> web.Response:
     try:
         doc = orjson.loads(await request.read() or b"{}")
@@ -234,9 +237,9 @@ async def post_dlq_replay(request: web.Request) -> web.Response:
     all_ = doc.get("all") is True
     ids = doc.get("ids", [])
     if not isinstance(ids, list) or not all(
-        isinstance(i, int) and not isinstance(i, bool) for i in ids
+        isinstance(i, int) and not isinstance(i, bool) and 0 < i <= _BIGINT_MAX for i in ids
     ):
-        raise ValidationError("ids", "must be a list of integers")
+        raise ValidationError("ids", "must be a list of outbox ids (positive 64-bit integers)")
     if not all_ and not ids:
         raise ValidationError("ids", "give ids or all=true")
     replayed = await dead_letters.replay(

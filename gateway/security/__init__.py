@@ -64,7 +64,7 @@ def build(settings: Settings, channels: ChannelRegistry) -> SourceSecurity:
             None,
             timeout=settings.redis_timeout_ms / 1000,
             floor=settings.rate_limit_fallback_floor,
-            default_instances=settings.web_concurrency,
+            default_instances=settings.server_processes,
         )
         if settings.shared_rate_limits
         else None

@@ -8,8 +8,9 @@ empty, and then at most the lease timeout.
 
 When Redis is down or slow the process admits its share of the rate on a local bucket:
 `rate x max(1 / instances, RATE_LIMIT_FALLBACK_FLOOR)`, instances being the live
-instance count last heard from Redis (the heartbeat), or `WEB_CONCURRENCY` before any
-was heard. Neither fully open nor closed: N processes together admit about the rate.
+instance count last heard from Redis (the heartbeat), or before any was heard this
+host's server process count (`WEB_CONCURRENCY`, or one per CPU). Neither fully open
+nor closed: N processes together admit about the rate.
 
 Pure apart from asyncio: the clock is injected, the store is a protocol.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 
 import pytest
@@ -97,3 +98,11 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [name for name, _, _ in describe() if f"`{name}`" not in readme]
     assert not missing, f"README lacks: {missing}"
+
+
+def test_server_processes_default_to_usable_cpus_and_an_explicit_value_wins() -> None:
+    cpus = len(os.sched_getaffinity(0))
+    assert Settings.from_env({}).server_processes == cpus
+    assert Settings.from_env({"WEB_CONCURRENCY": "3"}).server_processes == 3
+    with pytest.raises(ConfigError, match="WEB_CONCURRENCY"):
+        Settings.from_env({"WEB_CONCURRENCY": "-1"})

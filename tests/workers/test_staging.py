@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 
 from gateway.config import Settings
 from gateway.db import counts
+from gateway.db.events_sql import outbox_events_sql
 from gateway.db.server import ServerFunctions
 from gateway.notify import Wakeup
 from tests.conftest import make_settings
@@ -142,7 +143,7 @@ async def test_mixed_batch_records_new_rows_and_marks_every_row(
     events = {
         r["key"]: orjson.loads(r["payload"])
         for r in await db.fetch(
-            "SELECT key, payload FROM payment_service.outbox WHERE topic = $1 "
+            f"SELECT key, payload FROM ({outbox_events_sql()}) e WHERE topic = $1 "
             "AND key <> ALL($2::text[])",
             settings.kafka_topic,
             list(webhook_ids),

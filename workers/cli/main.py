@@ -50,12 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def prepare_metrics(settings: Settings) -> None:
-    """Several server processes share one port: prometheus-client's multiprocess mode
-    must be on before any metric is created, with a directory the parent empties once."""
+# Commands that start child processes whose metrics the servers must expose (`serve`
+# only with several server processes). Never the others: a `paygate migrate` must not
+# empty the directory of a server running on the same host.
+SUPERVISING = ("run", "dev")
+
+
+def prepare_metrics(settings: Settings, command: str | None) -> None:
+    """Several processes (servers sharing one port, the workers process of `paygate run`):
+    prometheus-client's multiprocess mode must be on before any metric is created, with a
+    directory the parent empties once."""
     from gateway.observability.exposition import prepare_multiprocess_dir
 
-    if settings.web_concurrency <= 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    several = command in SUPERVISING or (command == "serve" and settings.server_processes > 1)
+    if not several and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         return
     if os.environ.get(CHILD_ENV):
         return  # the parent prepared it
@@ -74,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"paygate: configuration error: {exc}", file=sys.stderr)
             return 2
-    prepare_metrics(settings)
+    given = sys.argv[1:] if argv is None else argv
+    prepare_metrics(settings, next((a for a in given if not a.startswith("-")), None))
     from workers.cli.commands import COMMANDS  # after the metrics set-up (see command.py)
 
     args = build_parser().parse_args(argv)

@@ -1,9 +1,8 @@
-"""`paygate serve` and `paygate run`: the HTTP server, alone or with the background
-workers in the same process.
+"""`paygate serve` and `paygate run`: the HTTP server processes, alone or with the
+background workers in a process of their own (workers/cli/supervisor.py).
 
 The CLI lives on the workers side because it composes both halves; `gateway/`
-never imports `workers/`. Workers run beside the app as a companion (gateway.app):
-they share its pool and stop before it closes.
+never imports `workers/`.
 """
 
 from __future__ import annotations
@@ -15,21 +14,17 @@ import logging
 import os
 import signal
 import ssl
-import subprocess
-import sys
-import time
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager, suppress
+from contextlib import suppress
 
-import asyncpg
 from aiohttp import web
 
-from gateway.app import Companion
 from gateway.config import Settings
-from gateway.notify import Wakeup
+from gateway.notify import WAKEUP_SOCKET_ENV
 from gateway.observability.gc_pauses import observe_gc_pauses
 from gateway.security.slow_clients import server_kwargs
 from workers.cli.command import CHILD_ENV, Command
+from workers.cli.supervisor import Child, stop_all
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +65,9 @@ def tune_gc() -> None:
     observe_gc_pauses()
 
 
-def _spawn_siblings(settings: Settings) -> list[subprocess.Popen[bytes]]:
-    """WEB_CONCURRENCY > 1: extra `paygate serve` processes on the same port
-    (SO_REUSEPORT: the kernel spreads connections). They run no background workers."""
-    if settings.web_concurrency <= 1 or os.environ.get(CHILD_ENV):
-        return []
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment of a child process: ours, marked as a child (it starts no children
+    and leaves the metrics directory alone), with the URLs `paygate dev` chose."""
     env = dict(os.environ, **{CHILD_ENV: "1"})
     inherited = {
         "DATABASE_URL": settings.database_url,
@@ -84,34 +77,46 @@ def _spawn_siblings(settings: Settings) -> list[subprocess.Popen[bytes]]:
         "PORT": str(settings.port),
     }
     env.update({k: v for k, v in inherited.items() if v})
-    return [
-        subprocess.Popen([sys.executable, "-m", "workers.cli", "serve"], env=env)
-        for _ in range(settings.web_concurrency - 1)
+    return env
+
+
+def enabled_workers(settings: Settings) -> list[str]:
+    from workers.registry import WORKERS
+
+    return [name for name, spec in WORKERS.items() if getattr(settings, spec.switch)]
+
+
+def _children(settings: Settings, *, with_workers: bool) -> tuple[list[Child], list[Child]]:
+    """(servers, workers): server_processes - 1 extra `paygate serve` processes on the same
+    port (SO_REUSEPORT: the kernel spreads connections), and with `with_workers` one
+    `paygate worker ...` process for every enabled worker: the relay never shares an
+    event loop with a process that answers webhooks."""
+    if os.environ.get(CHILD_ENV):
+        return [], []
+    env = child_env(settings)
+    servers = [
+        Child(f"server {i + 2}", ["serve"], env) for i in range(settings.server_processes - 1)
     ]
-
-
-async def _stop_siblings(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        while p.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if p.poll() is None:
-            p.kill()
+    names = enabled_workers(settings) if with_workers else []
+    workers = [Child("workers", ["worker", *names], env)] if names else []
+    return servers, workers
 
 
 async def serve(
     settings: Settings, *, with_workers: bool, ready: Callable[[], None] | None = None
 ) -> None:
-    """Serve until SIGINT/SIGTERM, then shut down in order: stop listening, finish the
-    requests in flight (up to SHUTDOWN_TIMEOUT_SECONDS), stop workers, writer, pool."""
+    """Serve until SIGINT/SIGTERM, then shut down in order: stop listening and finish the
+    requests in flight in every server process (up to SHUTDOWN_TIMEOUT_SECONDS), then
+    stop the workers process (so the relay publishes what the servers committed last),
+    then the writer and the pool."""
     from gateway.app import create_app
 
-    companions = [_workers_companion(settings)] if with_workers else []
+    if with_workers and not os.environ.get(CHILD_ENV):
+        # Before the app exists: its wake-up reaches the workers process through this.
+        os.environ[WAKEUP_SOCKET_ENV] = f"paygate-wakeup-{os.getpid()}-{settings.port}"
+    servers, workers = _children(settings, with_workers=with_workers)
     # The first process of the host counts the database-derived gauges for all of them.
-    app = create_app(settings, companions=companions, database_gauges=not os.environ.get(CHILD_ENV))
+    app = create_app(settings, database_gauges=not os.environ.get(CHILD_ENV))
     runner = web.AppRunner(
         app,
         access_log=None,
@@ -119,41 +124,37 @@ async def serve(
         shutdown_timeout=settings.shutdown_timeout_seconds,
         **server_kwargs(settings),  # header size/count limits, keep-alive bound
     )
+    grace = settings.shutdown_timeout_seconds + 5
     await runner.setup()
     try:
         site = web.TCPSite(
             runner,
             settings.host,
             settings.port,
-            reuse_port=settings.web_concurrency > 1,
+            reuse_port=settings.server_processes > 1,
             ssl_context=_ssl_context(settings),
             backlog=2048,
         )
         await site.start()
         tune_gc()
-        siblings = _spawn_siblings(settings)
+        for child in (*workers, *servers):
+            child.start()
         log.info(
-            "paygate listening on %s:%d (%d processes)",
-            settings.host, settings.port, 1 + len(siblings),
+            "paygate listening on %s:%d (%d server processes%s)",
+            settings.host, settings.port, 1 + len(servers),
+            f", workers in process {workers[0].pid}" if workers else "",
         )  # fmt: skip
         if ready is not None:
             ready()
         await wait_for_stop_signal()
         log.info("stopping: finishing requests in flight")
-        await _stop_siblings(siblings, settings.shutdown_timeout_seconds + 5)
+        await asyncio.gather(stop_all(servers, grace), runner.cleanup())
+        await stop_all(workers, grace)
     finally:
+        await stop_all([*servers, *workers], grace)
         with suppress(Exception):
             await runner.cleanup()
     log.info("stopped")
-
-
-def _workers_companion(settings: Settings) -> Companion:
-    from workers.registry import running_workers
-
-    def companion(pool: asyncpg.Pool, wake: Wakeup) -> AbstractAsyncContextManager[object]:
-        return running_workers(pool, settings, wake)
-
-    return companion
 
 
 async def _serve_command(args: argparse.Namespace, settings: Settings) -> int:

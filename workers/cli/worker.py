@@ -1,9 +1,11 @@
-"""`paygate worker NAME...`: background workers alone, with their own small pool."""
+"""`paygate worker NAME...`: background workers alone, with their own small pool (also
+the workers process `paygate run` starts beside its servers)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from gateway.config import Settings
 from gateway.errors import ConfigError
@@ -18,16 +20,22 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run_workers(settings: Settings, names: list[str]) -> None:
     from gateway.db.pool import create_pool
-    from gateway.notify import Wakeup
+    from gateway.notify import WAKEUP_SOCKET_ENV, Wakeup, stop_listening
     from workers.cli.serve import wait_for_stop_signal
     from workers.registry import running_workers
 
+    wake = Wakeup()
+    # Started by `paygate run`: the servers' writers ring this socket after each commit.
+    socket_name = os.environ.get(WAKEUP_SOCKET_ENV)
+    listening = wake.listen(socket_name) if socket_name else None
     pool = await create_pool(settings, min_size=1, max_size=max(2, settings.db_pool_max // 2))
     try:
-        async with running_workers(pool, settings, Wakeup(), only=names) as workers:
+        async with running_workers(pool, settings, wake, only=names) as workers:
             log.info("workers running: %s", ", ".join(w.name for w in workers))
             await wait_for_stop_signal()
     finally:
+        if listening is not None:
+            stop_listening(listening)
         await pool.close()
 
 

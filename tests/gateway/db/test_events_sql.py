@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from gateway.db.events_sql import outbox_events_sql
 from gateway.db.payments import Candidate, record_batch
 from gateway.domain import events
 from gateway.domain.model import AMOUNT_MAX, Payment
@@ -64,7 +65,8 @@ async def test_webhook_events_match_the_python_builder(db: asyncpg.Pool) -> None
     for cand in candidates:
         p = cand.payment
         stored = await db.fetchrow(
-            "SELECT event_id, event_type, key, payload FROM payment_service.outbox WHERE key = $1",
+            f"SELECT event_id, event_type, key, payload FROM ({outbox_events_sql()}) e"
+            " WHERE key = $1",
             p.reference_number,
         )
         assert stored is not None, p.reference_number

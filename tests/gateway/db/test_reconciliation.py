@@ -234,6 +234,9 @@ async def test_dlq_list_and_replay(make_client: ClientFactory, db: asyncpg.Pool)
     )
     resp = await client.post("/api/v1/dlq/replay", json={}, headers=AUTH)
     assert resp.status == 422
+    for bad in ([2**63], [-1], [0]):  # outside an outbox id's bigint range: 422, never 500
+        resp = await client.post("/api/v1/dlq/replay", json={"ids": bad}, headers=AUTH)
+        assert (resp.status, (await resp.json())["error"]) == (422, "validation_error"), bad
 
 
 async def test_cli_reconciles_a_file_and_prints_the_summary(

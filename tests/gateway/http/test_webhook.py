@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from gateway.db.events_sql import outbox_events_sql
 from tests.conftest import wait_for
 from tests.webhooks import dedup_hits, payment_doc, post_webhook, signed_headers
 
@@ -43,7 +44,7 @@ async def test_new_payment_is_committed_before_201(client: Any, db: Any) -> None
         doc["reference_number"],
     )
     assert str(ref["payment_id"]) == body["payment_id"]
-    outbox = await db.fetch("SELECT * FROM payment_service.outbox")
+    outbox = await db.fetch(outbox_events_sql())
     assert len(outbox) == 1
     event = orjson.loads(outbox[0]["payload"])
     assert event["event_type"] == "payment.recorded"
