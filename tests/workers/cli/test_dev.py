@@ -31,7 +31,10 @@ def _paygate_children(proc: subprocess.Popen[bytes]) -> dict[str, list[psutil.Pr
     """The parent's direct python children by command: serve (servers), worker (workers)."""
     found: dict[str, list[psutil.Process]] = {"serve": [], "worker": []}
     for child in psutil.Process(proc.pid).children():
-        cmd = child.cmdline()
+        try:
+            cmd = child.cmdline()
+        except psutil.Error:  # exited, not yet reaped by the supervisor
+            continue
         if "workers.cli" in cmd:
             found[cmd[cmd.index("workers.cli") + 1]].append(child)
     return found
