@@ -497,6 +497,33 @@ def test_alerts_fire_on_trouble_and_stay_quiet_otherwise(tmp_path: Path) -> None
             {f"paygate_rate_limit_fallback{{{job}}}": "0x20"}, "PaygateRateLimitFallback", "10m", []
         ),
         _case(
+            {
+                f"paygate_db_synchronous_replication{{{job}}}": "0x30",
+                f'paygate_db_standbys{{{job},state="async"}}': "1x30",
+            },
+            "PaygateAsynchronousStandby",
+            "20m",
+            [{**warn, "instance": "gw:3004"}],
+        ),
+        _case(
+            {
+                f"paygate_db_synchronous_replication{{{job}}}": "0x30",
+                f'paygate_db_standbys{{{job},state="async"}}': "0x30",
+            },
+            "PaygateAsynchronousStandby",
+            "20m",
+            [],
+        ),
+        _case(
+            {
+                f"paygate_db_synchronous_replication{{{job}}}": "1x30",
+                f'paygate_db_standbys{{{job},state="sync"}}': "1x30",
+            },
+            "PaygateAsynchronousStandby",
+            "20m",
+            [],
+        ),
+        _case(
             {f"paygate_outbox_oldest_age_seconds{{{job}}}": "300x20"},
             "PaygateOutboxLag",
             "15m",
