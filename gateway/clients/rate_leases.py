@@ -23,10 +23,9 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.clients.redis import CircuitBreaker
+from gateway.clients.redis import bounded_client, settings_breaker
 from gateway.config import Settings
 from gateway.observability import metrics
 
@@ -88,18 +87,8 @@ def bucket_ttl_ms(rate: float, burst: int) -> int:
 
 class RedisLeaseStore:
     def __init__(self, settings: Settings) -> None:
-        timeout = settings.redis_timeout_ms / 1000
-        self.breaker = CircuitBreaker(
-            settings.redis_breaker_failures, settings.redis_breaker_reset_seconds
-        )
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=4,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-        )
-        self.client = aioredis.Redis(connection_pool=pool)
+        self.breaker = settings_breaker(settings)
+        self.client = bounded_client(settings, max_connections=4)
         self._lease = self.client.register_script(LEASE_SCRIPT)
         self._heartbeat = self.client.register_script(HEARTBEAT_SCRIPT)
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

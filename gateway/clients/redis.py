@@ -69,21 +69,30 @@ class CircuitBreaker:
         return self.opened_at is not None
 
 
+def settings_breaker(settings: Settings) -> CircuitBreaker:
+    return CircuitBreaker(settings.redis_breaker_failures, settings.redis_breaker_reset_seconds)
+
+
+def bounded_client(settings: Settings, max_connections: int) -> aioredis.Redis:
+    """A client whose every wait (a free connection, the connect, a reply) is bounded by
+    REDIS_TIMEOUT_MS: Redis only ever saves work here, so it must never stall a request."""
+    timeout = settings.redis_timeout_ms / 1000
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
 class RedisCache:
     def __init__(self, settings: Settings) -> None:
         timeout = settings.redis_timeout_ms / 1000
         self.ttl = settings.redis_ttl_seconds
-        self.breaker = CircuitBreaker(
-            settings.redis_breaker_failures, settings.redis_breaker_reset_seconds
-        )
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=8,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-        )
-        self.client = aioredis.Redis(connection_pool=pool)
+        self.breaker = settings_breaker(settings)
+        self.client = bounded_client(settings, max_connections=8)
         link = parse_url(settings.redis_url)
         self._link_class: type[AbstractConnection] = link.pop("connection_class", Connection)
         self._link_kwargs: dict[str, Any] = dict(
