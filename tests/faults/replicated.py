@@ -11,12 +11,14 @@ once, as a host dying would: no backend gets to answer a COMMIT after that.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 from pathlib import Path
 
 import asyncpg
+import psutil
 
 from gateway.db.migrations import migrate
 from workers.cli.devstack import EmbeddedPostgres, _open_path_for, free_port
@@ -43,10 +45,17 @@ class _Node(EmbeddedPostgres):
         await super()._ensure_database()
 
     def kill_host(self) -> None:
-        """SIGKILL to the postmaster and all its backends (its own session group)."""
+        """SIGKILL to the postmaster and every backend at once, as when the host dies.
+        Backends each start a session of their own, so killing the postmaster's group
+        alone leaves them to notice its death: a stalled (stopped) WAL sender never would,
+        and would outlive the test."""
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
+            backends = psutil.Process(proc.pid).children()
             os.killpg(proc.pid, signal.SIGKILL)
+            for backend in backends:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    backend.kill()
             proc.wait()
 
 
@@ -121,7 +130,7 @@ class ReplicatedPair:
 
     async def stall_wal_sender(self) -> None:
         """Stop the primary's WAL sender (SIGSTOP): from now on the standby falls behind,
-        as it does over a slow link or when it is busy. Killing the primary later kills
+        as it does over a slow link or when it is busy. Killing the host later kills
         the stopped sender too, with the WAL it never sent."""
         conn = await asyncpg.connect(self.primary.url)
         try:
