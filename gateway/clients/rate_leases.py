@@ -25,7 +25,7 @@ from contextlib import asynccontextmanager, suppress
 
 from redis.exceptions import RedisError
 
-from gateway.clients.redis import bounded_client, settings_breaker
+from gateway.clients.redis import bounded_client, note_failure, settings_breaker
 from gateway.config import Settings
 from gateway.observability import metrics
 
@@ -146,14 +146,7 @@ class RedisLeaseStore:
         await self.client.connection_pool.disconnect()
 
     def _failed(self, exc: BaseException) -> None:
-        metrics.redis_errors.inc()
-        was_open = self.breaker.is_open
-        self.breaker.failure()
-        if self.breaker.is_open and not was_open:
-            log.warning(
-                "redis unavailable (%s); rate limits fall back to this process's share",
-                type(exc).__name__,
-            )
+        note_failure(self.breaker, exc, "rate limits fall back to this process's share", log)
 
 
 @asynccontextmanager

@@ -69,6 +69,17 @@ class CircuitBreaker:
         return self.opened_at is not None
 
 
+def note_failure(
+    breaker: CircuitBreaker, exc: BaseException, consequence: str, logger: logging.Logger
+) -> None:
+    """Count a failed Redis call and feed the breaker; warn once, when it opens."""
+    metrics.redis_errors.inc()
+    was_open = breaker.is_open
+    breaker.failure()
+    if breaker.is_open and not was_open:
+        logger.warning("redis unavailable (%s); %s", type(exc).__name__, consequence)
+
+
 def settings_breaker(settings: Settings) -> CircuitBreaker:
     return CircuitBreaker(settings.redis_breaker_failures, settings.redis_breaker_reset_seconds)
 
@@ -154,10 +165,4 @@ class RedisCache:
             return False
 
     def _failed(self, exc: BaseException) -> None:
-        metrics.redis_errors.inc()
-        was_open = self.breaker.is_open
-        self.breaker.failure()
-        if self.breaker.is_open and not was_open:
-            log.warning(
-                "redis unavailable (%s); dedup falls through to the database", type(exc).__name__
-            )
+        note_failure(self.breaker, exc, "dedup falls through to the database", log)
