@@ -584,8 +584,24 @@ def _load() -> str:
     return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} (uptime)"
 
 
+def _code_revision(code_dir: Path) -> str:
+    """The measured tree by commit, never by path: reports are committed and a path names
+    one developer's machine."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(code_dir), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return out.stdout.strip()
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    report: dict[str, Any] = {"code_dir": str(args.code_dir), "load_at_start": _load()}
+    report: dict[str, Any] = {"code": _code_revision(Path(args.code_dir)), "load_at_start": _load()}
     stack = DevStack(Path(args.code_dir).resolve())
     try:
         await stack.start()
