@@ -37,6 +37,8 @@ DELIVERY_ID_MAX = 255
 BATCH_CONCURRENCY = 8
 # A batch is counted under the most consequential outcome among its events.
 _BATCH_OUTCOMES = ("created", "updated", "deferred", "stale", "duplicate", "ignored")
+# Outcomes whose effect is committed and names a payment: a retry may be answered from memory.
+_REMEMBERED = frozenset({"created", "duplicate", "updated", "stale"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +130,9 @@ class Pipeline:
             out, outcome = await self.statuses.apply_update(
                 fields, channel=channel.name, delivery_id=delivery_id, body=body
             )
-            return Answer(202 if outcome == "deferred" else 200, out, outcome)
+            return self._remembered(
+                channel, delivery_id, Answer(202 if outcome == "deferred" else 200, out, outcome)
+            )
 
         settings = self.settings
         window = self._windows.get(
@@ -147,9 +151,20 @@ class Pipeline:
 
         # The writer fails the future with 503 write_timeout after WEBHOOK_TIMEOUT_MS.
         result = await self.writer.submit(Candidate(payment, channel.name, delivery_id, body))
-        if delivery_id and result.outcome in (CREATED, DUPLICATE):
-            self.replay.remember(channel.name, delivery_id, result.payment_id)
-        return await self._answer(channel, payment, result, delivery_id, body)
+        answer = await self._answer(channel, payment, result, delivery_id, body)
+        return self._remembered(channel, delivery_id, answer)
+
+    def _remembered(self, channel: Channel, delivery_id: str | None, answer: Answer) -> Answer:
+        """Remember a delivery id only once everything it carried is committed: a payment
+        re-sent with a new status is a duplicate to the writer before its status change
+        runs, and if that change then fails (503), the retry must not be answered from
+        here. A parked update (no payment yet) is not remembered either: its retry parks
+        nothing twice (sql/090)."""
+        if delivery_id and answer.outcome in _REMEMBERED:
+            payment_id = answer.body.get("payment_id")
+            if isinstance(payment_id, str):
+                self.replay.remember(channel.name, delivery_id, payment_id)
+        return answer
 
     async def _process_batch(
         self, channel: Channel, events: list[Any], body: bytes, headers: Mapping[str, str]

