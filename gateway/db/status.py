@@ -101,6 +101,7 @@ class StatusEvent:
     channel: str | None = None
     delivery_id: str | None = None
     body: bytes | None = None  # the raw delivery, kept in webhook_events when given
+    id_is_key: bool = True  # False: an unsigned delivery id, recorded but never deduplicated on
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +137,7 @@ async def apply_status(
                 return StatusResult("missing", "unknown_reference", reference)
             parked = await conn.fetchval(
                 _PARK, reference, event.status, _aware(event.event_at), event.channel,
-                event.delivery_id,
+                event.delivery_id if event.id_is_key else None,
             )  # fmt: skip
             reason = "unknown_reference" if parked is not None else "already_parked"
             result = StatusResult(DEFERRED, reason, reference, new_status=event.status)

@@ -23,7 +23,7 @@ from gateway.errors import (
 from gateway.http.body import read_body
 from gateway.http.context import json_response
 from gateway.ingest.channels import Channel
-from gateway.ingest.pipeline import DELIVERY_ID_MAX, delivery_id_of
+from gateway.ingest.pipeline import DELIVERY_ID_MAX, header_delivery_id
 from gateway.ingest.refusals import refusal, refused_outcome
 from gateway.ingest.signatures import KeyFetchRequired, SignatureError
 from gateway.observability import metrics
@@ -102,19 +102,22 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
         metrics.signature_failures.labels(channel.name, exc.reason).inc()
         raise
     pipeline = app[appkeys.PIPELINE]
-    signed_id = (verified.delivery_id or "")[:DELIVERY_ID_MAX] or None
+    scheme_id = (verified.delivery_id or "")[:DELIVERY_ID_MAX] or None
+    # An id read beside the signature is recorded, never a key (gateway.ingest.pipeline).
+    signed_id, unsigned_id = (scheme_id, None) if verified.delivery_id_signed else (None, scheme_id)
     answer = pipeline.seen(channel, signed_id) if signed_id else None
     if answer is None:
         try:
             answer = await pipeline.process(
-                channel, body, signed_id=signed_id, headers=request.headers
-            )
+                channel, body, signed_id=signed_id, headers=request.headers,
+                unsigned_id=unsigned_id,
+            )  # fmt: skip
         except (ValidationError, BadRequest) as exc:
-            await _keep_refusal(request, channel, body, signed_id, exc)
+            await _keep_refusal(request, channel, body, scheme_id, exc)
             raise
         if answer.outcome == "ignored":  # a 200, but nothing was recorded: kept for replay
             await app[appkeys.REFUSALS].record(
-                refusal(channel, body, signed_id or delivery_id_of(request.headers, None),
+                refusal(channel, body, scheme_id or header_delivery_id(request.headers),
                         "ignored", answer.body)
             )  # fmt: skip
     if channel.accept_body is not None and answer.status < 300:  # Adyen wants "[accepted]"
@@ -130,7 +133,7 @@ async def _keep_refusal(
     outcome = refused_outcome(exc)
     if outcome is None:
         return
-    delivery_id = signed_id or delivery_id_of(request.headers, None)
+    delivery_id = signed_id or header_delivery_id(request.headers)
     await request.app[appkeys.REFUSALS].record(
         refusal(channel, body, delivery_id, outcome, exc.body())
     )

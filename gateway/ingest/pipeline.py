@@ -29,8 +29,13 @@ from gateway.ingest.protocols import ReplayGuard, StatusApplier
 from gateway.ingest.writer import CONFLICT, CREATED, DUPLICATE, GroupCommitWriter, WriteResult
 from gateway.observability import metrics
 
-# Provider delivery ids that are not part of the signature scheme, by header.
-DELIVERY_ID_HEADERS = ("Idempotency-Key", "X-GitHub-Delivery", "X-Shopify-Webhook-Id")
+# Provider delivery ids that no signature covers, by header: kept for the record only.
+DELIVERY_ID_HEADERS = (
+    "Idempotency-Key",
+    "X-GitHub-Delivery",
+    "X-Shopify-Webhook-Id",
+    "x-razorpay-event-id",
+)
 DELIVERY_ID_MAX = 255
 # Events of one multi-event delivery processed at once (each status update holds a
 # pool connection while it runs; payments share the writer's batches).
@@ -90,9 +95,11 @@ class Pipeline:
         *,
         signed_id: str | None,
         headers: Mapping[str, str],
+        unsigned_id: str | None = None,
     ) -> Answer:
         """Everything after the signature: `signed_id` is the delivery id the scheme
-        signed (already looked up with `seen`), `headers` the request's. A channel whose
+        signed (already looked up with `seen`), `unsigned_id` one it reads beside the
+        signature (kept for the record only), `headers` the request's. A channel whose
         deliveries carry several events (Adyen, GoCardless) has each one recorded on its
         own (`_process_batch`)."""
         try:
@@ -103,8 +110,9 @@ class Pipeline:
         if events is not None:
             return await self._process_batch(channel, events, body, headers)
         return await self.process_fields(
-            channel, channel.extract(doc), body, signed_id=signed_id, headers=headers
-        )
+            channel, channel.extract(doc), body, signed_id=signed_id, headers=headers,
+            unsigned_id=unsigned_id,
+        )  # fmt: skip
 
     async def process_fields(
         self,
@@ -114,24 +122,35 @@ class Pipeline:
         *,
         signed_id: str | None,
         headers: Mapping[str, str],
+        unsigned_id: str | None = None,
     ) -> Answer:
-        """One mapped event (`channel.extract`'s output) on its way to an answer."""
+        """One mapped event (`channel.extract`'s output) on its way to an answer.
+
+        Its delivery id is the scheme's signed one, else the body's `event_id` (signed with
+        the body): those are keys (the replay guard, a parked update's retry). Failing both,
+        an id no signature covers is recorded with the delivery and is never a key: it could
+        name another delivery and have that one answered `duplicate`, or not parked.
+        """
         if isinstance(fields, dict) and "ignored_event_type" in fields:
             event_type = str(fields["ignored_event_type"])[:100]
             return Answer(200, {"status": "ignored", "event_type": event_type}, "ignored")
 
-        delivery_id = signed_id or delivery_id_of(headers, fields)
-        if delivery_id and not signed_id:  # ids from other headers or the body
-            seen = self.seen(channel, delivery_id)
-            if seen is not None:
-                return seen
+        key = signed_id
+        if key is None:
+            key = body_event_id(fields)
+            if key is not None:  # the body's own id: not looked up by the caller
+                seen = self.seen(channel, key)
+                if seen is not None:
+                    return seen
+        delivery_id = key or unsigned_id or header_delivery_id(headers)
 
         if self.statuses.is_status_only(fields):
             out, outcome = await self.statuses.apply_update(
-                fields, channel=channel.name, delivery_id=delivery_id, body=body
-            )
+                fields, channel=channel.name, delivery_id=delivery_id, body=body,
+                id_is_key=key is not None,
+            )  # fmt: skip
             return self._remembered(
-                channel, delivery_id, Answer(202 if outcome == "deferred" else 200, out, outcome)
+                channel, key, Answer(202 if outcome == "deferred" else 200, out, outcome)
             )
 
         settings = self.settings
@@ -152,7 +171,7 @@ class Pipeline:
         # The writer fails the future with 503 write_timeout after WEBHOOK_TIMEOUT_MS.
         result = await self.writer.submit(Candidate(payment, channel.name, delivery_id, body))
         answer = await self._answer(channel, payment, result, delivery_id, body)
-        return self._remembered(channel, delivery_id, answer)
+        return self._remembered(channel, key, answer)
 
     def _remembered(self, channel: Channel, delivery_id: str | None, answer: Answer) -> Answer:
         """Remember a delivery id only once everything it carried is committed: a payment
@@ -260,12 +279,17 @@ def duplicate(payment_id: str, layer: str) -> Answer:
     return Answer(200, {"status": "duplicate", "payment_id": payment_id}, "duplicate")
 
 
-def delivery_id_of(headers: Mapping[str, str], fields: Any) -> str | None:
-    """Provider delivery ids that are not part of the signature scheme."""
+def body_event_id(fields: Any) -> str | None:
+    """The event id the provider put in the (signed) body."""
+    if isinstance(fields, dict) and isinstance(fields.get("event_id"), str):
+        return str(fields["event_id"])[:DELIVERY_ID_MAX] or None
+    return None
+
+
+def header_delivery_id(headers: Mapping[str, str]) -> str | None:
+    """A delivery id from a header no signature covers: for the record only."""
     for header in DELIVERY_ID_HEADERS:
         value = headers.get(header)
         if value:
             return value[:DELIVERY_ID_MAX]
-    if isinstance(fields, dict) and isinstance(fields.get("event_id"), str):
-        return str(fields["event_id"])[:DELIVERY_ID_MAX]
     return None

@@ -34,9 +34,16 @@ class StatusApplier(Protocol):
         """True for a delivery that only reports a status change (no payment fields)."""
 
     async def apply_update(
-        self, fields: Any, *, channel: str, delivery_id: str | None, body: bytes
+        self,
+        fields: Any,
+        *,
+        channel: str,
+        delivery_id: str | None,
+        body: bytes,
+        id_is_key: bool = True,
     ) -> tuple[dict[str, Any], str]:
-        """Apply (or park, if the payment is unknown) a status-only delivery."""
+        """Apply (or park, if the payment is unknown) a status-only delivery; `id_is_key`:
+        the delivery id is signed, so a retry under it parks nothing twice."""
 
     async def apply_payment(
         self, payment: Payment, *, channel: str, delivery_id: str | None, body: bytes

@@ -85,6 +85,10 @@ class SignatureError(Unauthorized):
 class Verified:
     delivery_id: str | None  # provider's delivery id header; None when the scheme has none
     timestamp: int | None  # the signed timestamp, where the scheme signs one
+    # False when the id travels beside the signature (GitHub, Shopify, Razorpay): anyone
+    # holding one signed body can send it with any id, so the id is kept for the record
+    # but never used as a key (replay guard, parked updates).
+    delivery_id_signed: bool = True
 
 
 class Scheme(Protocol):
@@ -334,7 +338,7 @@ class GitHubScheme:
         if not _any_match(keys, b"", body, [digest]):
             raise SignatureError("signature_mismatch", "no signature matches an active secret")
         delivery = _header(headers, "X-GitHub-Delivery", "x-github-delivery")
-        return Verified(delivery_id=delivery or None, timestamp=None)
+        return Verified(delivery_id=delivery or None, timestamp=None, delivery_id_signed=False)
 
     def sign(self, key: bytes, body: bytes, *, now: int, delivery_id: str) -> dict[str, str]:
         digest = _mac(key, b"", body)
@@ -363,7 +367,7 @@ class ShopifyScheme:
         if not _any_match(keys, b"", body, [digest]):
             raise SignatureError("signature_mismatch", "no signature matches an active secret")
         delivery = _header(headers, "X-Shopify-Webhook-Id", "x-shopify-webhook-id")
-        return Verified(delivery_id=delivery or None, timestamp=None)
+        return Verified(delivery_id=delivery or None, timestamp=None, delivery_id_signed=False)
 
     def sign(self, key: bytes, body: bytes, *, now: int, delivery_id: str) -> dict[str, str]:
         digest = _mac(key, b"", body)

@@ -96,11 +96,18 @@ class StatusService:
         return is_status_only(fields)
 
     async def apply_update(
-        self, fields: Any, *, channel: str, delivery_id: str | None, body: bytes
+        self,
+        fields: Any,
+        *,
+        channel: str,
+        delivery_id: str | None,
+        body: bytes,
+        id_is_key: bool = True,
     ) -> tuple[dict[str, Any], str]:
         update = parse_status_update(fields)
         result = await self._apply(update.reference_number, update.status, update.event_at,
-                                   channel=channel, delivery_id=delivery_id, body=body)  # fmt: skip
+                                   channel=channel, delivery_id=delivery_id, body=body,
+                                   id_is_key=id_is_key)  # fmt: skip
         return _body(result), result.outcome
 
     async def apply_payment(
@@ -121,11 +128,12 @@ class StatusService:
         channel: str,
         delivery_id: str | None,
         body: bytes | None,
+        id_is_key: bool = True,
     ) -> StatusResult:
         topic = self.settings.kafka_topic
         event = StatusEvent(
             reference, status, event_at, cause="webhook", actor=f"webhook:{channel}",
-            channel=channel, delivery_id=delivery_id, body=body,
+            channel=channel, delivery_id=delivery_id, body=body, id_is_key=id_is_key,
         )  # fmt: skip
         async with self.pool().acquire(timeout=2) as conn:
             result = await apply_status(conn, event, topic=topic)

@@ -71,7 +71,7 @@ class HexBodyScheme:
         delivery = None
         if self.delivery_header is not None:
             delivery = _header(headers, self.delivery_header, self.delivery_header.lower())
-        return Verified(delivery_id=delivery or None, timestamp=None)
+        return Verified(delivery_id=delivery or None, timestamp=None, delivery_id_signed=False)
 
     def _check_authorization(self, headers: Mapping[str, str]) -> None:
         given = _header(headers, "Authorization", "authorization")

@@ -180,7 +180,9 @@ def test_our_razorpay_signature_verifies_with_the_sdk() -> None:
     assert client.utility.verify_webhook_signature(
         body.decode(), headers["X-Razorpay-Signature"], SECRET
     )
-    assert scheme.verify(headers, body, [KEY], now=NOW, tolerance=1) == Verified("evt_1", None)
+    assert scheme.verify(headers, body, [KEY], now=NOW, tolerance=1) == Verified(
+        "evt_1", None, False
+    )
 
 
 def test_razorpay_sdk_refuses_what_we_refuse() -> None:

@@ -145,7 +145,7 @@ def test_github_published_vector() -> None:
 
     result = verify("github", headers, b"Hello, World!")
 
-    assert result == Verified("72d3162e-cc78-11e3-81ab-4c9367dc0958", None)
+    assert result == Verified("72d3162e-cc78-11e3-81ab-4c9367dc0958", None, False)
 
 
 def test_github_hand_computed() -> None:
@@ -161,7 +161,9 @@ def test_shopify_hand_computed() -> None:
         "X-Shopify-Webhook-Id": "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043",
     }
 
-    assert verify("shopify", headers) == Verified("b54557e4-bdd9-4b37-8a5f-bf7d70bcd043", None)
+    assert verify("shopify", headers) == Verified(
+        "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043", None, False
+    )
 
 
 def test_shopify_known_answer() -> None:
