@@ -40,7 +40,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -50,6 +50,7 @@ import orjson
 
 from gateway.config import Settings
 from gateway.db.status import StatusEvent, apply_status, sweep_parked
+from gateway.domain.event_time import check_event_time, latest_event_time
 from gateway.domain.lifecycle import Outcome
 from gateway.domain.model import STATUSES
 from gateway.domain.validation import parse_event_time
@@ -110,7 +111,8 @@ _RESULT = (
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    kind: str  # status | not_found | garbage | unknown_status | unexpected_http | error
+    # status | not_found | garbage | unknown_status | future_event_time | unexpected_http | error
+    kind: str
     status: str | None = None
     raw_status: str | None = None
     event_at: datetime | None = None
@@ -187,8 +189,9 @@ class StatusApi:
             "{reference_number}", quote(reference, safe="")
         )
 
-    def interpret(self, body: bytes) -> Answer:
-        """Read a 200 answer: a mapped status, or what is wrong with it."""
+    def interpret(self, body: bytes, *, latest: datetime | None = None) -> Answer:
+        """Read a 200 answer: a mapped status, or what is wrong with it. An event time
+        after `latest` is flagged, not applied (gateway.domain.event_time)."""
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -206,6 +209,11 @@ class StatusApi:
                 event_at = parse_event_time(_dig(doc, self.event_time_path))
             except ValidationError:
                 return Answer("garbage", raw_status=raw, detail="unreadable event time")
+            if latest is not None:
+                try:
+                    check_event_time(event_at, latest)
+                except ValidationError as exc:
+                    return Answer("future_event_time", raw_status=raw, detail=exc.detail)
         return Answer("status", status=status, raw_status=raw, event_at=event_at)
 
 
@@ -217,7 +225,13 @@ def _dig(doc: Any, path: tuple[str, ...]) -> Any:
     return doc
 
 
-async def ask(session: aiohttp.ClientSession, api: StatusApi, reference: str) -> Answer:
+async def ask(
+    session: aiohttp.ClientSession,
+    api: StatusApi,
+    reference: str,
+    *,
+    latest: datetime | None = None,
+) -> Answer:
     """One question to the provider, retried on timeouts, connection errors, 429 and 5xx."""
     last = ""
     for attempt in range(api.max_retries + 1):
@@ -238,7 +252,7 @@ async def ask(session: aiohttp.ClientSession, api: StatusApi, reference: str) ->
                 body = await resp.content.read(MAX_ANSWER_BYTES + 1)
                 if len(body) > MAX_ANSWER_BYTES:
                     return Answer("garbage", detail="the answer is too large")
-                return api.interpret(body)
+                return api.interpret(body, latest=latest)
         except TimeoutError:
             last = "timeout"
         except aiohttp.ClientError as exc:
@@ -308,7 +322,8 @@ class StatusPoller(Worker):
         if api is None:
             return "skipped"
         assert self.session is not None
-        answer = await ask(self.session, api, reference)
+        latest = latest_event_time(datetime.now(UTC), self.settings.payment_date_max_future_days)
+        answer = await ask(self.session, api, reference, latest=latest)
         if answer.kind == "error":
             log.warning(
                 "status API of %s failed for a payment: %s", claim["channel"], answer.detail

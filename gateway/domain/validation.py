@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from gateway.domain.event_time import check_event_time
 from gateway.domain.model import (
     ACCOUNT_MAX,
     AMOUNT_MAX,
@@ -258,10 +259,7 @@ def _build(get: Callable[[str], Any], window: DateWindow) -> Payment:
     channel = _optional_str(get("payment_channel"), "payment_channel", CHANNEL_MAX)
     metadata = _metadata(get("metadata"))
     status = _status(get("status"))
-    event_at = parse_event_time(get("event_time"))
-    if event_at is not None and event_at > window.latest:
-        # A far-future provider time would make every later event look stale.
-        raise ValidationError("event_time", "too far in the future")
+    event_at = check_event_time(parse_event_time(get("event_time")), window.latest)
     return Payment(
         reference_number=reference,
         loan_account_number=account,

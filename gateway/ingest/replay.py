@@ -22,6 +22,7 @@ import orjson
 
 from gateway.config import Settings
 from gateway.db import deliveries
+from gateway.domain.event_time import latest_event_time
 from gateway.domain.model import IDENTITY_FIELDS
 from gateway.domain.validation import date_window, validate_payment
 from gateway.errors import NotFound, PaygateError
@@ -106,7 +107,8 @@ async def predict(
         if isinstance(fields, dict) and "ignored_event_type" in fields:
             return {"would": "ignore", "event_type": str(fields["ignored_event_type"])[:100]}
         if is_status_only(fields):
-            update = parse_status_update(fields)
+            latest = latest_event_time(datetime.now(UTC), settings.payment_date_max_future_days)
+            update = parse_status_update(fields, latest=latest)
             return {"would": "apply_status", "reference_number": update.reference_number,
                     "status": update.status}  # fmt: skip
         window = date_window(

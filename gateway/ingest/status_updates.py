@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -25,6 +25,7 @@ from gateway.db.status import (
     apply_parked,
     apply_status,
 )
+from gateway.domain.event_time import check_event_time, latest_event_time
 from gateway.domain.lifecycle import Outcome
 from gateway.domain.model import REFERENCE_MAX, STATUSES, Payment
 from gateway.domain.validation import parse_event_time
@@ -47,8 +48,9 @@ class StatusUpdate:
     event_at: datetime | None  # naive UTC
 
 
-def parse_status_update(fields: Any) -> StatusUpdate:
-    """Validate a status-only body: reference_number, status and an optional event_time."""
+def parse_status_update(fields: Any, *, latest: datetime) -> StatusUpdate:
+    """Validate a status-only body: reference_number, status and an optional event_time
+    no later than `latest` (gateway.domain.event_time)."""
     ref = fields.get("reference_number")
     if not isinstance(ref, str) or not ref.strip():
         raise ValidationError("reference_number", "is required")
@@ -57,7 +59,8 @@ def parse_status_update(fields: Any) -> StatusUpdate:
     status = fields.get("status")
     if status not in STATUSES:
         raise ValidationError("status", "must be one of " + ", ".join(STATUSES))
-    return StatusUpdate(ref, status, parse_event_time(fields.get("event_time")))
+    event_at = check_event_time(parse_event_time(fields.get("event_time")), latest)
+    return StatusUpdate(ref, status, event_at)
 
 
 def is_status_only(fields: Any) -> bool:
@@ -104,7 +107,10 @@ class StatusService:
         body: bytes,
         id_is_key: bool = True,
     ) -> tuple[dict[str, Any], str]:
-        update = parse_status_update(fields)
+        now = datetime.now(UTC)
+        update = parse_status_update(
+            fields, latest=latest_event_time(now, self.settings.payment_date_max_future_days)
+        )
         result = await self._apply(update.reference_number, update.status, update.event_at,
                                    channel=channel, delivery_id=delivery_id, body=body,
                                    id_is_key=id_is_key)  # fmt: skip

@@ -51,6 +51,8 @@ class Provider:
             return web.Response(body=b"<html>oops", content_type="application/json")
         if kind == "GONE":
             return web.Response(status=404)
+        if kind == "FUTURE":  # a provider clock far ahead: would freeze the payment
+            return web.json_response({"payment": {"state": "paid", "updated_at": "2099-01-01"}})
         state = {"OK": "paid", "FLAKY": "paid", "DECLINED": "declined", "WEIRD": "on_the_moon",
                  "WAIT": "processing"}[kind]  # fmt: skip
         return web.json_response(
@@ -173,6 +175,7 @@ async def test_poller_applies_answers_and_flags_what_it_cannot_resolve(
         "WEIRD-1",
         "GONE-1",
         "WAIT-1",
+        "FUTURE-1",
     ]
     await _seed(db, stuck)
     await _seed(db, ["OK-fresh"], age_hours=0)  # pending, but not for long enough
@@ -187,7 +190,7 @@ async def test_poller_applies_answers_and_flags_what_it_cannot_resolve(
         statuses = await _statuses(db)
         assert statuses["OK-1"] == statuses["OK-2"] == statuses["FLAKY-1"] == "succeeded"
         assert statuses["DECLINED-1"] == "failed"
-        for ref in ("SLOW-1", "GARBAGE-1", "WEIRD-1", "GONE-1", "WAIT-1", "OK-fresh"):
+        for ref in ("SLOW-1", "GARBAGE-1", "WEIRD-1", "GONE-1", "WAIT-1", "FUTURE-1", "OK-fresh"):
             assert statuses[ref] == "pending", ref
         assert prov.calls["FLAKY-1"] == 3 and prov.calls["SLOW-1"] == 3
         assert "OK-fresh" not in prov.calls and "OK-done" not in prov.calls
@@ -201,6 +204,7 @@ async def test_poller_applies_answers_and_flags_what_it_cannot_resolve(
             ("GARBAGE-1", "garbage"),
             ("WEIRD-1", "unknown_status"),
             ("GONE-1", "not_found"),
+            ("FUTURE-1", "future_event_time"),
         }
         events = await db.fetch(
             "SELECT key, payload FROM payment_service.outbox "

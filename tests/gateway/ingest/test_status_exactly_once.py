@@ -8,7 +8,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -105,3 +105,33 @@ async def test_a_retry_after_a_503_applies_the_status_change(
 
 async def _waiting(db: asyncpg.Pool, n: int) -> bool:
     return await _lock_waiters(db) >= n
+
+
+async def test_a_far_future_event_time_is_refused_on_every_webhook_path(
+    make_client: ClientFactory, db: asyncpg.Pool
+) -> None:
+    """Issue 33.3: status-only `succeeded@2099` was applied (`updated`), after which no real
+    event could ever move the payment; the full body with that time was already a 422."""
+    client = await make_client()
+    ref = f"F-{uuid.uuid4().hex[:10]}"
+    assert (await _post(client, _payment_doc(ref, status="pending")))[0] == 201
+    future = "2099-01-01T00:00:00Z"
+    for doc in (
+        {"reference_number": ref, "status": "succeeded", "event_time": future},  # applied path
+        {"reference_number": "UNKNOWN-" + ref, "status": "failed", "event_time": future},  # park
+        _payment_doc(ref, status="succeeded", event_time=future),  # full body
+    ):
+        status, body = await _post(client, doc)
+        assert (status, body.get("error"), body.get("field")) == (
+            422,
+            "validation_error",
+            "event_time",
+        ), body
+    assert await _state(db, ref) == ("pending", 1)
+    assert await db.fetchval("SELECT count(*) FROM payment_service.pending_status_updates") == 0
+    # A genuine later event still applies.
+    later = _iso(datetime.now(UTC) + timedelta(minutes=1))
+    status, body = await _post(
+        client, {"reference_number": ref, "status": "succeeded", "event_time": later}
+    )
+    assert (status, body["status"]) == (200, "updated")

@@ -87,14 +87,23 @@ def test_status_only_recognises_bodies_without_payment_fields() -> None:
 
 
 def test_status_update_validation_names_the_field() -> None:
+    latest = datetime(2026, 12, 31)
     with pytest.raises(ValidationError) as exc:
-        parse_status_update({"reference_number": "R", "status": "done"})
+        parse_status_update({"reference_number": "R", "status": "done"}, latest=latest)
     assert exc.value.field == "status"
     with pytest.raises(ValidationError) as exc:
-        parse_status_update({"reference_number": " ", "status": "failed"})
+        parse_status_update({"reference_number": " ", "status": "failed"}, latest=latest)
     assert exc.value.field == "reference_number"
-    update = parse_status_update({"reference_number": "R", "status": "failed", "event_time": 0})
+    update = parse_status_update(
+        {"reference_number": "R", "status": "failed", "event_time": 0}, latest=latest
+    )
     assert update.event_at == datetime(1970, 1, 1)
+    with pytest.raises(ValidationError) as exc:
+        parse_status_update(
+            {"reference_number": "R", "status": "failed", "event_time": "2027-01-01T00:00:01Z"},
+            latest=latest,
+        )
+    assert exc.value.field == "event_time"
 
 
 async def test_status_webhook_updates_and_stale_ones_are_ignored(
