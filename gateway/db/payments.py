@@ -3,7 +3,10 @@
 One statement (data-modifying CTEs, so one round trip and one atomic unit): the chain
 of gateway.db.recording_sql (shared with the staging batch) claims the references and
 records the winners' payments, outbox events and audit rows, and this statement adds
-their raw deliveries. The deliveries that lost (duplicates, conflicts) are kept by
+their raw deliveries and asks which of them have status updates parked, after taking
+their parking locks (`parked_among`, sql/120: a request parking an update for one of
+them either committed before, and is seen, or waits for this commit, and sees the
+payment). The deliveries that lost (duplicates, conflicts) are kept by
 `record_losers`.
 """
 
@@ -36,10 +39,11 @@ WITH input AS (
         (channel, delivery_id, reference_number, payment_id, outcome, body)
     SELECT delivery_channel, delivery_id, ref, payment_id, 'created', body FROM won
     WHERE body IS NOT NULL
+), parked AS MATERIALIZED (
+    SELECT payment_service.parked_among(ARRAY(SELECT ref FROM won)) AS refs
 )
-SELECT payment_id AS id, EXISTS (SELECT 1 FROM payment_service.pending_status_updates s
-                                 WHERE s.reference_number = won.ref) AS parked
-FROM won
+SELECT won.payment_id AS id, won.ref = ANY(parked.refs) AS parked
+FROM won CROSS JOIN parked
 """
 
 _EXISTING = """

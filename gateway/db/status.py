@@ -9,9 +9,12 @@ none is lost and the version counts every applied change.
 
 A status-only delivery for a reference we do not know yet is parked in
 `pending_status_updates` (answered `deferred`) and applied when the payment is
-recorded. Parked rows are claimed with `DELETE ... RETURNING`, so whichever of the
-racing parties gets there (the writer's after-commit hook, the parking request's
-own re-check, the poller's sweep) applies each exactly once.
+recorded. Parking and recording serialise on a lock per reference bucket (sql/120):
+the parker looks for the payment again once it holds the lock, the recording
+statement looks for parked rows once it holds it, so the one that comes second
+always sees what the first committed and the writer's after-commit hook applies it.
+Parked rows are claimed with `DELETE ... RETURNING`, so whichever party gets there
+(that hook, the poller's sweep for payments recorded by staging) applies each once.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from gateway.domain.lifecycle import Outcome, decide
 from gateway.observability import metrics
 
 DEFERRED = "deferred"
+
+_PARKING_LOCK = "SELECT payment_service.lock_for_parking($1)"
 
 _LOCK = """
 SELECT p.id, p.payment_date, p.status, p.provider_event_at, r.payload_hash
@@ -73,11 +78,6 @@ DELETE FROM payment_service.pending_status_updates u
 USING payment_service.payment_references r
 WHERE u.reference_number = ANY($1::text[]) AND r.reference_number = u.reference_number
 RETURNING u.id, u.reference_number, u.status, u.provider_event_at, u.channel
-"""
-
-_ANY_PARKED = """
-SELECT EXISTS (SELECT 1 FROM payment_service.pending_status_updates
-               WHERE reference_number = ANY($1::text[]))
 """
 
 # Parked updates whose payment exists (recorded by a path without the hook, e.g. staging).
@@ -132,6 +132,11 @@ async def apply_status(
     reference = event.reference
     async with conn.transaction():
         row = await conn.fetchrow(_LOCK, reference)
+        if row is None and park:
+            # Hold the reference's parking lock, then look again with a fresh snapshot: a
+            # batch recording it has committed by now, or will see our parked row.
+            await conn.execute(_PARKING_LOCK, reference)
+            row = await conn.fetchrow(_LOCK, reference)
         if row is None:
             if not park:
                 return StatusResult("missing", "unknown_reference", reference)
@@ -211,11 +216,6 @@ async def apply_parked(
             )  # fmt: skip
             results.append(await apply_status(conn, parked, topic=topic, park=False))
     return results
-
-
-async def any_parked(conn: asyncpg.Connection, references: Sequence[str]) -> bool:
-    """One cheap read: does any of these references have an update waiting?"""
-    return bool(await conn.fetchval(_ANY_PARKED, list(references)))
 
 
 async def sweep_parked(pool: asyncpg.Pool, *, topic: str, actor: str, limit: int = 500) -> int:

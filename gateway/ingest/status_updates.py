@@ -21,7 +21,6 @@ from gateway.db.status import (
     DEFERRED,
     StatusEvent,
     StatusResult,
-    any_parked,
     apply_parked,
     apply_status,
 )
@@ -142,13 +141,9 @@ class StatusService:
             channel=channel, delivery_id=delivery_id, body=body, id_is_key=id_is_key,
         )  # fmt: skip
         async with self.pool().acquire(timeout=2) as conn:
+            # Parked under the reference's parking lock: a batch recording the payment
+            # meanwhile sees the row and its after-commit hook applies it (sql/120).
             result = await apply_status(conn, event, topic=topic)
-            if result.outcome == DEFERRED:
-                # The payment may have been committed while we parked: its hook could have
-                # missed our row, so look again now that the row is committed.
-                late = await apply_parked(conn, [reference], topic=topic, actor="webhook")
-                if late:
-                    result = late[-1]
         if result.outcome == Outcome.UPDATED:
             self.outbox_wake.ring()
             await self._refresh_caches(result)
@@ -170,10 +165,6 @@ class StatusService:
 
         async def apply_parked_hook(conn: asyncpg.Connection, created: Sequence[Candidate]) -> None:
             refs = sorted({c.payment.reference_number for c in created})
-            # One cheap read on the hot path; a row parked after it is caught by the parking
-            # request's own re-check (it sees this batch's committed payments).
-            if not await any_parked(conn, refs):
-                return
             results = await apply_parked(
                 conn, refs, topic=self.settings.kafka_topic, actor="webhook"
             )

@@ -135,3 +135,39 @@ async def test_a_far_future_event_time_is_refused_on_every_webhook_path(
         client, {"reference_number": ref, "status": "succeeded", "event_time": later}
     )
     assert (status, body["status"]) == (200, "updated")
+
+
+PAIRS = 1000
+IN_FLIGHT = 16
+
+
+async def test_deferred_updates_racing_their_payments_are_all_applied(
+    make_client: ClientFactory, db: asyncpg.Pool
+) -> None:
+    """Issue 33.2: a status-only update and the payment it is about, sent at the same
+    moment. With the status poller off (it is in tests), nothing but the two requests
+    themselves can apply the update: each one must be applied, none left parked."""
+    client = await make_client(db_pool_max=8)
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    gate = asyncio.Semaphore(IN_FLIGHT)
+    answers: list[int] = []
+
+    async def pair(n: int) -> None:
+        ref = f"PAIR-{n:05d}-{uuid.uuid4().hex[:6]}"
+        update = {"reference_number": ref, "status": "succeeded",
+                  "event_time": _iso(t0 + timedelta(seconds=5))}  # fmt: skip
+        create = _payment_doc(ref, status="pending", event_time=_iso(t0))
+        async with gate:
+            for status, _ in await asyncio.gather(_post(client, update), _post(client, create)):
+                answers.append(status)
+
+    await asyncio.gather(*(pair(n) for n in range(PAIRS)))
+    assert sorted(set(answers)) <= [200, 201, 202], sorted(set(answers))
+    left = await db.fetchval("SELECT count(*) FROM payment_service.pending_status_updates")
+    states = dict(
+        await db.fetch("SELECT status, count(*) FROM payment_service.payments GROUP BY status")
+    )
+    events = await db.fetchval(
+        "SELECT count(*) FROM payment_service.outbox WHERE event_type = 'payment.status_changed'"
+    )
+    assert (left, states, events) == (0, {"succeeded": PAIRS}, PAIRS)
