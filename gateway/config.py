@@ -188,6 +188,9 @@ class Settings:
     enable_partition_maintenance: bool = env("ENABLE_PARTITION_MAINTENANCE", True, _bool)
     partition_retention_months: int = env("PARTITION_RETENTION_MONTHS", 12, _int(1))
     partition_premake_months: int = env("PARTITION_PREMAKE_MONTHS", 3, _int(0, 120))
+    # Keep a payments month past retention while work still depends on it (pending
+    # payments, parked updates, unpublished events, open exceptions): workers/partitions.py.
+    partition_retention_wait: bool = env("PARTITION_RETENTION_WAIT", True, _bool)
     partition_retention_action: str = env(
         "PARTITION_RETENTION_ACTION", "detach", _choice("detach", "drop")
     )

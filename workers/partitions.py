@@ -13,7 +13,13 @@ others report "skipped"):
    partition is kept as a plain table renamed `<name>_detached`: its data stays for
    archiving (pg_dump it, then drop it), and the rename frees the monthly name so a
    later, longer retention can recreate an empty partition for that month. The
-   DEFAULT partition is never detached or dropped.
+   DEFAULT partition is never detached or dropped. A month of `payments` that work
+   still depends on (pending payments, parked status updates, unpublished events, open
+   exceptions: workers/partition_dependents.py) is kept and reported as held while
+   `PARTITION_RETENTION_WAIT` is on (the default); with it off, or `paygate partitions
+   maintain --force`, it is retired anyway and what depended on it is reported. Either
+   way, status updates still parked for the month's payments move to the operators'
+   queue (payment_reviews, reason payment_retired) in the transaction that retires it.
 4. `payment_references` rows older than `REFERENCE_CACHE_TTL_DAYS` are deleted in
    small batches, each its own short transaction.
 
@@ -55,6 +61,7 @@ from gateway.db import counts
 from gateway.db.tables import SCHEMA, quote_ident
 from gateway.observability import metrics
 from workers.base import Worker
+from workers.partition_dependents import month_dependents, review_parked
 from workers.partition_plan import (
     Existing,
     Partition,
@@ -84,7 +91,8 @@ def advisory_key(schema: str) -> int:
 
 @dataclass
 class MaintenanceReport:
-    """What one run did; `result` is ok, partial (a lock timed out), skipped or error."""
+    """What one run did; `result` is ok, partial (a lock timed out), held (a payments
+    month past retention kept for what depends on it), skipped or error."""
 
     result: str = "ok"
     created: list[str] = field(default_factory=list)
@@ -93,6 +101,10 @@ class MaintenanceReport:
     dropped: list[str] = field(default_factory=list)
     deferred: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
+    # Payments months past retention kept (held) or retired anyway (forced), with what
+    # still depended on them (workers.partition_dependents.Dependents.as_dict()).
+    held: dict[str, dict[str, int]] = field(default_factory=dict)
+    retired_with_dependents: dict[str, dict[str, int]] = field(default_factory=dict)
     references_pruned: int = 0
     prune_batches: int = 0
     default_rows: dict[str, int] = field(default_factory=dict)
@@ -105,7 +117,8 @@ class MaintenanceReport:
 @dataclass(frozen=True)
 class PartitionInfo:
     """One line of `paygate partitions status`. `action` is what maintenance would do:
-    keep, create (not there yet), detach, drop, conflict, or default."""
+    keep, create (not there yet), detach, drop, held (past retention, kept for what
+    depends on it), conflict, or default."""
 
     table: str
     name: str
@@ -125,9 +138,13 @@ class PartitionMaintainer:
         schema: str = DEFAULT_SCHEMA,
         prune_batch_size: int = PRUNE_BATCH_SIZE,
         lock_timeout: str = LOCK_TIMEOUT,
+        force: bool = False,
     ) -> None:
+        """`force`: retire payments months past retention even if work depends on them
+        (as PARTITION_RETENTION_WAIT=false does)."""
         self.pool = pool
         self.settings = settings
+        self.wait_for_dependents = settings.partition_retention_wait and not force
         self.schema = schema
         self.prune_batch_size = prune_batch_size
         self.lock_timeout = lock_timeout
@@ -173,15 +190,20 @@ class PartitionMaintainer:
             raise
         if report.deferred:
             report.result = "partial"
+        elif report.held:
+            report.result = "held"
+        if full:
+            _publish_held(report)
         metrics.partition_maintenance_runs.labels(result=report.result).inc()
         log.info(
-            "partition maintenance %s: created=%d detached=%d dropped=%d deferred=%d "
+            "partition maintenance %s: created=%d detached=%d dropped=%d deferred=%d held=%d "
             "moved=%d references_pruned=%d",
             report.result,
             len(report.created),
             len(report.detached),
             len(report.dropped),
             len(report.deferred),
+            len(report.held),
             sum(report.moved_rows.values()),
             report.references_pruned,
         )
@@ -287,10 +309,15 @@ class PartitionMaintainer:
         for old in plan.retire:
             if old.is_default or old.name == spec.name + "_default":
                 continue
+            payments = spec.name == "payments"
+            if payments and not await self._may_retire(conn, old, report):
+                continue
             try:
                 async with conn.transaction():
                     await conn.execute(f"SET LOCAL lock_timeout = '{self.lock_timeout}'")
                     await conn.execute(f"ALTER TABLE {parent} DETACH PARTITION {self._q(old.name)}")
+                    if payments:  # detached, still readable here: what was parked for it
+                        await review_parked(conn, self.schema, old.name)
                     if drop:
                         await conn.execute(f"DROP TABLE {self._q(old.name)}")
                     else:
@@ -305,6 +332,30 @@ class PartitionMaintainer:
                 log.error("cannot detach %s: %s_detached already exists", old.name, old.name)
                 continue
             (report.dropped if drop else report.detached).append(old.name)
+
+    async def _may_retire(
+        self, conn: asyncpg.Connection, old: Existing, report: MaintenanceReport
+    ) -> bool:
+        """Count what depends on a payments month; keep it (held) while anything does,
+        unless told not to wait."""
+        deps = await month_dependents(
+            conn, self.schema, old.name, old.lower or datetime.min, old.upper or datetime.max
+        )
+        if not deps.total:
+            return True
+        if self.wait_for_dependents:
+            report.held[old.name] = deps.as_dict()
+            log.warning(
+                "partition %s is past retention but kept: %s still depend on it",
+                old.name, deps.describe(),
+            )  # fmt: skip
+            return False
+        report.retired_with_dependents[old.name] = deps.as_dict()
+        log.warning(
+            "partition %s retired although %s depended on it (PARTITION_RETENTION_WAIT off "
+            "or --force)", old.name, deps.describe(),
+        )  # fmt: skip
+        return True
 
     async def _prune_references(
         self, conn: asyncpg.Connection, now: datetime, report: MaintenanceReport
@@ -351,6 +402,13 @@ class PartitionMaintainer:
                         action = "default"
                     elif e.name in retire:
                         action = "drop" if drop else "detach"
+                        if spec.name == "payments" and self.wait_for_dependents:
+                            deps = await month_dependents(
+                                conn, self.schema, e.name, e.lower or datetime.min,
+                                e.upper or datetime.max,
+                            )  # fmt: skip
+                            if deps.total:
+                                action = f"held: {deps.describe()}"
                     else:
                         action = "keep"
                     infos.append(
@@ -405,6 +463,19 @@ async def ensure_partitions(
     """Create the missing monthly partitions (right after migrating, before traffic).
     Nothing is detached, dropped or pruned here; the worker does that."""
     return await PartitionMaintainer(pool, settings, schema=schema).ensure(now)
+
+
+def _publish_held(report: MaintenanceReport) -> None:
+    """The held months' dependents, summed by kind, as the retention gauge."""
+    totals = dict.fromkeys(
+        ("pending_payments", "parked_updates", "unpublished_events", "open_exceptions"), 0
+    )
+    for deps in report.held.values():
+        for kind, n in deps.items():
+            totals[kind] += n
+    metrics.partition_retention_held.labels("months").set(len(report.held))
+    for kind, n in totals.items():
+        metrics.partition_retention_held.labels(kind).set(n)
 
 
 def format_status(infos: list[PartitionInfo]) -> str:

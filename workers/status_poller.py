@@ -49,7 +49,7 @@ import asyncpg
 import orjson
 
 from gateway.config import Settings
-from gateway.db.status import StatusEvent, apply_status, sweep_parked
+from gateway.db.status import RETIRED, StatusEvent, apply_status, sweep_parked
 from gateway.domain.event_time import check_event_time, latest_event_time
 from gateway.domain.lifecycle import Outcome
 from gateway.domain.model import STATUSES
@@ -347,7 +347,9 @@ class StatusPoller(Worker):
         if result.outcome == Outcome.STALE:
             await self._flag(claim, "stale_answer", answer)
             return "flagged"
-        return "skipped"  # the payment vanished (retention) between claim and answer
+        if result.outcome == RETIRED:  # its month was retired meanwhile: kept for review
+            return "flagged"
+        return "skipped"  # the payment and its reference are gone
 
     async def _flag(self, claim: asyncpg.Record, reason: str, answer: Answer) -> None:
         details = {"channel": claim["channel"], "detail": answer.detail}

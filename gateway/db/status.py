@@ -30,6 +30,9 @@ from gateway.domain.lifecycle import Outcome, decide
 from gateway.observability import metrics
 
 DEFERRED = "deferred"
+# The reference was recorded but its payment's month is retired (detached or dropped):
+# nothing to apply the event to, so it is kept for an operator instead (payment_reviews).
+RETIRED = "retired"
 
 _PARKING_LOCK = "SELECT payment_service.lock_for_parking($1)"
 
@@ -56,6 +59,29 @@ WITH upd AS (
     VALUES ($8, $9, $10, $6, $11)
 )
 SELECT version FROM upd
+"""
+
+# Does the reference exist, its payment gone with a retired month?
+_REFERENCE = """
+SELECT payment_id, payment_date FROM payment_service.payment_references
+WHERE reference_number = $1
+"""
+
+# One open review per reference (counted again on each event) and an audit entry per event.
+_REVIEW_RETIRED = """
+WITH review AS (
+    INSERT INTO payment_service.payment_reviews
+        (reference_number, payment_id, source, reason, provider_status, details)
+    VALUES ($1, $2, $3, 'payment_retired', $4, $5::jsonb)
+    ON CONFLICT (reference_number, reason) WHERE resolved_at IS NULL DO UPDATE
+    SET occurrences = payment_reviews.occurrences + 1, last_seen_at = now(),
+        provider_status = EXCLUDED.provider_status, details = EXCLUDED.details
+    RETURNING id
+), aud AS (
+    INSERT INTO payment_service.audit_log (actor, action, reference_number, payment_id, details)
+    VALUES ($6, 'status_for_retired_payment', $1, $2, $5::jsonb)
+)
+SELECT id FROM review
 """
 
 _RAW = """
@@ -106,7 +132,7 @@ class StatusEvent:
 
 @dataclass(frozen=True, slots=True)
 class StatusResult:
-    outcome: str  # updated | stale | duplicate | deferred
+    outcome: str  # updated | stale | duplicate | deferred | retired | missing
     reason: str
     reference_number: str
     payment_id: str | None = None
@@ -127,7 +153,8 @@ async def apply_status(
     """Apply one status event to the payment with its reference, in one transaction.
 
     Opens a transaction (a savepoint when the caller already holds one). With `park`,
-    an unknown reference is parked for later instead of reported as missing.
+    an unknown reference is parked for later instead of reported as missing. A reference
+    whose payment's month was retired gets a review instead (`retired`), from any path.
     """
     reference = event.reference
     async with conn.transaction():
@@ -137,7 +164,10 @@ async def apply_status(
             # batch recording it has committed by now, or will see our parked row.
             await conn.execute(_PARKING_LOCK, reference)
             row = await conn.fetchrow(_LOCK, reference)
-        if row is None:
+        known = None if row is not None else await conn.fetchrow(_REFERENCE, reference)
+        if known is not None:
+            result = await _review_retired(conn, event, known)
+        elif row is None:
             if not park:
                 return StatusResult("missing", "unknown_reference", reference)
             parked = await conn.fetchval(
@@ -157,12 +187,33 @@ async def apply_status(
             if decision.outcome == Outcome.UPDATED:
                 await _write_change(conn, row, result, event, topic)
         if event.body is not None and event.channel is not None:  # every delivery is logged
+            payment_id = row["id"] if row is not None else known and known["payment_id"]
             await conn.execute(
-                _RAW, event.channel, event.delivery_id, reference,
-                row["id"] if row is not None else None, result.outcome, event.body,
+                _RAW, event.channel, event.delivery_id, reference, payment_id, result.outcome,
+                event.body,
             )  # fmt: skip
     metrics.status_updates.labels(result.outcome).inc()
     return result
+
+
+async def _review_retired(
+    conn: asyncpg.Connection, event: StatusEvent, known: asyncpg.Record
+) -> StatusResult:
+    """A status event for a payment whose month was retired: put it in the operators'
+    queue and the audit log, since there is no row left to apply it to."""
+    details = {
+        "status": event.status,
+        "cause": event.cause,
+        "channel": event.channel,
+        "delivery_id": event.delivery_id,
+        "provider_event_at": event.event_at.isoformat() if event.event_at else None,
+        "payment_date": known["payment_date"].isoformat(),
+    }
+    await conn.fetchval(
+        _REVIEW_RETIRED, event.reference, known["payment_id"], event.cause[:32], event.status,
+        details, event.actor,
+    )  # fmt: skip
+    return StatusResult(RETIRED, "payment_retired", event.reference, str(known["payment_id"]))
 
 
 async def _write_change(

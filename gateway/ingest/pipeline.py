@@ -41,7 +41,11 @@ DELIVERY_ID_MAX = 255
 # pool connection while it runs; payments share the writer's batches).
 BATCH_CONCURRENCY = 8
 # A batch is counted under the most consequential outcome among its events.
-_BATCH_OUTCOMES = ("created", "updated", "deferred", "stale", "duplicate", "ignored")
+_BATCH_OUTCOMES = (
+    "created", "updated", "deferred", "retired", "stale", "duplicate", "ignored"
+)  # fmt: skip
+# Accepted, not applied: parked for a payment to come, or kept for review (a retired month).
+_ACCEPTED = frozenset({"deferred", "retired"})
 # Outcomes whose effect is committed and names a payment: a retry may be answered from memory.
 _REMEMBERED = frozenset({"created", "duplicate", "updated", "stale"})
 
@@ -150,7 +154,7 @@ class Pipeline:
                 id_is_key=key is not None,
             )  # fmt: skip
             return self._remembered(
-                channel, key, Answer(202 if outcome == "deferred" else 200, out, outcome)
+                channel, key, Answer(202 if outcome in _ACCEPTED else 200, out, outcome)
             )
 
         settings = self.settings
@@ -268,7 +272,7 @@ class Pipeline:
                 out, outcome = await self.statuses.apply_payment(
                     payment, channel=channel.name, delivery_id=delivery_id, body=body
                 )
-                return Answer(202 if outcome == "deferred" else 200, out, outcome)
+                return Answer(202 if outcome in _ACCEPTED else 200, out, outcome)
             return duplicate(result.payment_id, result.layer)
         raise ValidationError("body", "the payment was refused by the database")
 

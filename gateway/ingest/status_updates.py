@@ -19,6 +19,7 @@ from gateway.config import Settings
 from gateway.db.payments import Candidate
 from gateway.db.status import (
     DEFERRED,
+    RETIRED,
     StatusEvent,
     StatusResult,
     apply_parked,
@@ -74,7 +75,7 @@ def is_status_only(fields: Any) -> bool:
 
 def _body(result: StatusResult) -> dict[str, Any]:
     out: dict[str, Any] = {"status": result.outcome, "payment_id": result.payment_id}
-    if result.outcome == DEFERRED:
+    if result.outcome in (DEFERRED, RETIRED):
         out["reference_number"] = result.reference_number
     return out
 

@@ -189,6 +189,14 @@ partition_default_rows = Gauge(
 partition_maintenance_runs = Counter(
     "paygate_partition_maintenance_runs_total", "Partition maintenance runs by result.", ["result"]
 )
+partition_retention_held = Gauge(
+    "paygate_partition_retention_held",
+    "Payments months past retention kept because work still depends on them (kind=months), "
+    "and that work by kind (pending_payments, parked_updates, unpublished_events, "
+    "open_exceptions).",
+    ["kind"],
+    multiprocess_mode="livemax",
+)
 db_pool_connections = Gauge(
     "paygate_db_pool_connections",
     "Database pool connections by state (idle, in_use, max).",

@@ -47,10 +47,12 @@ async def scratch(db: asyncpg.Pool) -> AsyncIterator[str]:
             f"PARTITION BY RANGE ({KEYS[table]})",
             f"CREATE TABLE {schema}.{table}_default PARTITION OF {schema}.{table} DEFAULT",
         ]
-    statements.append(
-        f"CREATE TABLE {schema}.payment_references "
-        "(LIKE payment_service.payment_references INCLUDING ALL)"
-    )
+    # What retention asks about before it retires a payments month.
+    for table in ("payment_references", "pending_status_updates", "outbox", "payment_reviews",
+                  "reconciliation_items"):  # fmt: skip
+        statements.append(
+            f"CREATE TABLE {schema}.{table} (LIKE payment_service.{table} INCLUDING ALL)"
+        )
     await db.execute(";\n".join(statements))
     try:
         yield schema
@@ -294,6 +296,65 @@ async def test_retention_drop(db: asyncpg.Pool, scratch: str, psettings: Setting
     for name in ("payments_2026_09", "payments_2026_09_detached"):
         assert await db.fetchval("SELECT to_regclass($1)", f"{scratch}.{name}") is None
     assert "payments_default" in await partitions(db, scratch, "payments")
+
+
+async def test_retention_waits_for_what_depends_on_a_month_and_reports_it(
+    db: asyncpg.Pool, scratch: str, psettings: Settings
+) -> None:
+    """Issue 33.4: a month was retired with pending payments, parked updates, unpublished
+    events and open exceptions in it, and the parked updates were later deleted without a
+    trace. Now the month is held (reported, counted) until nothing depends on it; forced,
+    it is retired and its parked updates go to the operators' queue."""
+    await maintainer(db, psettings, scratch).maintain(now=utc(2026, 11, 15))
+    day = datetime(2026, 9, 3)
+    pending, parked, queued, reviewed = [await insert_payment(db, scratch, day) for _ in range(4)]
+    await db.execute(f"UPDATE {scratch}.payments SET status = 'pending' WHERE id = $1", pending)
+    await db.execute(
+        f"INSERT INTO {scratch}.pending_status_updates (reference_number, status, channel) "
+        "VALUES ($1, 'refunded', 'generic')",
+        f"ref-{parked.hex}",
+    )
+    await db.execute(
+        f"INSERT INTO {scratch}.outbox (event_id, event_type, topic, key, payment_id, "
+        "payment_date, status) VALUES (gen_random_uuid(), 'payment.recorded', 't', 'k', $1, $2, "
+        "'succeeded')",
+        queued,
+        day,
+    )
+    await db.execute(
+        f"INSERT INTO {scratch}.payment_reviews (reference_number, payment_id, source, reason) "
+        "VALUES ($1, $2, 'status_poll', 'not_found')",
+        f"ref-{reviewed.hex}",
+        reviewed,
+    )
+    later = utc(2026, 12, 2)
+    report = await maintainer(db, psettings, scratch).maintain(now=later)
+    every = {"pending_payments": 1, "parked_updates": 1, "unpublished_events": 1,
+             "open_exceptions": 1}  # fmt: skip
+    assert (report.result, report.held) == ("held", {"payments_2026_09": every})
+    assert "payments_2026_09" in await partitions(db, scratch, "payments")
+    assert "webhook_events_2026_10" in report.detached  # other tables retire as before
+    held = REGISTRY.get_sample_value("paygate_partition_retention_held", {"kind": "months"})
+    assert held == 1
+    [info] = [i for i in await maintainer(db, psettings, scratch).status(later)
+              if i.name == "payments_2026_09"]  # fmt: skip
+    assert info.action == (
+        "held: 1 pending payment, 1 parked update, 1 unpublished event, 1 open exception"
+    )
+
+    forced = await maintainer(db, psettings, scratch, force=True).maintain(now=later)
+    assert forced.result == "ok" and "payments_2026_09" in forced.detached
+    assert forced.retired_with_dependents == {"payments_2026_09": every}
+    assert await db.fetchval(f"SELECT count(*) FROM {scratch}.pending_status_updates") == 0
+    review = await db.fetchrow(
+        f"SELECT payment_id, source, provider_status FROM {scratch}.payment_reviews "
+        "WHERE reason = 'payment_retired'"
+    )
+    assert review is not None and tuple(review.values()) == (parked, "retention", "refunded")
+    audited = await db.fetchval(
+        f"SELECT count(*) FROM {scratch}.audit_log WHERE action = 'status_for_retired_payment'"
+    )
+    assert audited == 1
 
 
 async def test_two_maintainers_at_once(

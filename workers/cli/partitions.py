@@ -10,6 +10,12 @@ from workers.cli.command import Command
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("status", "maintain"))
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="maintain: retire payments months past retention even if work still depends "
+        "on them (pending payments, parked updates, unpublished events, open exceptions)",
+    )
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -19,7 +25,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     settings.require_database()
     pool = await create_pool(settings, min_size=1, max_size=2)
     try:
-        maintainer = PartitionMaintainer(pool, settings)
+        maintainer = PartitionMaintainer(pool, settings, force=args.force)
         if args.action == "status":
             print(format_status(await maintainer.status()))
             return 0

@@ -9,15 +9,22 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import orjson
 from aiohttp.test_utils import TestClient
 
+from gateway.db.payments import Candidate, record_batch
+from gateway.domain.model import Payment
 from gateway.ingest.signatures import sign
-from tests.conftest import wait_for
+from gateway.notify import Wakeup
+from gateway.observability import metrics
+from tests.conftest import make_settings, wait_for
 from tests.webhooks import GENERIC_KEY
+from workers.partitions import PartitionMaintainer
+from workers.status_poller import StatusPoller
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 PAYMENT_DATE = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -171,3 +178,91 @@ async def test_deferred_updates_racing_their_payments_are_all_applied(
         "SELECT count(*) FROM payment_service.outbox WHERE event_type = 'payment.status_changed'"
     )
     assert (left, states, events) == (0, {"succeeded": PAIRS}, PAIRS)
+
+
+async def _record_old(db: asyncpg.Pool, ref: str, day: datetime) -> None:
+    payment = Payment(ref, "LA-1", "CIF-1", Decimal("10.00"), day, status="succeeded")
+    async with db.acquire() as conn:
+        await record_batch(conn, [Candidate(payment)], source="webhook", topic="t", actor="test")
+
+
+async def _old_month(db: asyncpg.Pool, year: int, month: int) -> str:
+    """A payments partition for a month long past retention (the DEFAULT partition
+    would never be retired), created for this test."""
+    name = f"payments_{year:04d}_{month:02d}"
+    lo, hi = datetime(year, month, 1), datetime(year + month // 12, month % 12 + 1, 1)
+    await db.execute(f"DROP TABLE IF EXISTS payment_service.{name}")
+    await db.execute(
+        f"CREATE TABLE payment_service.{name} PARTITION OF payment_service.payments "
+        f"FOR VALUES FROM ('{lo}') TO ('{hi}')"
+    )
+    return name
+
+
+async def _reviews(db: asyncpg.Pool) -> dict[str, tuple[str, str, int]]:
+    rows = await db.fetch(
+        "SELECT reference_number, source, provider_status, occurrences "
+        "FROM payment_service.payment_reviews WHERE reason = 'payment_retired'"
+    )
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+async def test_status_events_and_parked_updates_for_a_retired_month_reach_the_queue(
+    make_client: ClientFactory, db: asyncpg.Pool, stack: Any
+) -> None:
+    """Issue 33.4: a status event for a payment whose month was retired answered
+    `200 {"status": "missing"}` (nothing applied, parked or audited), a parked update for
+    such a payment was deleted by the poller's next pass, and retention ran regardless."""
+    settings = make_settings(stack, partition_retention_action="drop")
+    client = await make_client(settings)
+    month = await _old_month(db, 2001, 1)
+    kept, parked = f"RET-{uuid.uuid4().hex[:8]}", f"RETP-{uuid.uuid4().hex[:8]}"
+    for ref in (kept, parked):
+        await _record_old(db, ref, datetime(2001, 1, 15))
+    await db.execute(
+        "INSERT INTO payment_service.pending_status_updates (reference_number, status, channel) "
+        "VALUES ($1, 'refunded', 'generic')",
+        parked,
+    )
+
+    maintainer = PartitionMaintainer(db, settings)
+    report = await maintainer.maintain()
+    assert report.held.get(month, {}).get("parked_updates") == 1, report
+    assert await db.fetchval("SELECT to_regclass($1)", f"payment_service.{month}") is not None
+    forced = await PartitionMaintainer(db, settings, force=True).maintain()
+    assert month in forced.dropped, forced
+    assert await db.fetchval("SELECT count(*) FROM payment_service.pending_status_updates") == 0
+    assert (await _reviews(db))[parked] == ("retention", "refunded", 1)
+
+    retired_before = metrics.status_updates.labels("retired")._value.get()
+    status, body = await _post(client, {"reference_number": kept, "status": "refunded"})
+    assert (status, body["status"], body["reference_number"]) == (202, "retired", kept), body
+    assert (await _reviews(db))[kept] == ("webhook", "refunded", 1)
+    assert metrics.status_updates.labels("retired")._value.get() == retired_before + 1
+    stored = await db.fetchval(
+        "SELECT outcome FROM payment_service.webhook_events WHERE reference_number = $1", kept
+    )
+    assert stored == "retired"
+    audited = await db.fetchval(
+        "SELECT count(*) FROM payment_service.audit_log WHERE action = 'status_for_retired_payment'"
+    )
+    assert audited == 2  # the parked update retention moved, and this event
+
+    # A month taken away behind maintenance's back: the poller's sweep finds the parked
+    # update of a payment that is gone, and queues it instead of deleting it.
+    month = await _old_month(db, 2001, 2)
+    swept = f"RETS-{uuid.uuid4().hex[:8]}"
+    await _record_old(db, swept, datetime(2001, 2, 10))
+    await db.execute(
+        "INSERT INTO payment_service.pending_status_updates (reference_number, status, channel) "
+        "VALUES ($1, 'reversed', 'generic')",
+        swept,
+    )
+    await db.execute(f"DROP TABLE payment_service.{month}")
+    poller = StatusPoller(db, settings, Wakeup())
+    try:
+        await poller.run_once()
+    finally:
+        await poller.on_stop()
+    assert await db.fetchval("SELECT count(*) FROM payment_service.pending_status_updates") == 0
+    assert (await _reviews(db))[swept] == ("parked_webhook", "reversed", 1)
