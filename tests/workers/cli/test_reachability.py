@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,12 +71,13 @@ async def test_one_answering_host_is_enough_and_every_failure_is_named() -> None
     )
 
 
-async def _paygate(command: str, **env: str) -> tuple[int, str]:
+async def _paygate(command: str, data_dir: Path, **env: str) -> tuple[int, str]:
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("DATABASE_", "REDIS_", "KAFKA_", "PAYGATE_", "DB_"))}  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "workers.cli", command,
-        env={**clean, "PORT": str(free_port()), "LOG_LEVEL": "WARNING", **env},
+        env={**clean, "PORT": str(free_port()), "LOG_LEVEL": "WARNING",
+             "PAYGATE_DATA_DIR": str(data_dir), **env},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -93,10 +95,12 @@ def _one_line(err: str) -> str:
     return err.strip()
 
 
-async def test_run_with_a_database_url_pointing_at_nothing_says_so_in_one_line() -> None:
+async def test_run_with_a_database_url_pointing_at_nothing_says_so_in_one_line(
+    tmp_path: Path,
+) -> None:
     port = free_port()
     rc, err = await _paygate(
-        "run", DATABASE_URL=f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/pay"
+        "run", tmp_path, DATABASE_URL=f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/pay"
     )
     assert rc == 1
     assert _one_line(err) == (
@@ -104,11 +108,9 @@ async def test_run_with_a_database_url_pointing_at_nothing_says_so_in_one_line()
     )
 
 
-async def test_dev_with_a_redis_url_pointing_at_nothing_starts_nothing(tmp_path: Any) -> None:
+async def test_dev_with_a_redis_url_pointing_at_nothing_starts_nothing(tmp_path: Path) -> None:
     port = free_port()
-    rc, err = await _paygate(
-        "dev", REDIS_URL=f"redis://:{PASSWORD}@127.0.0.1:{port}/0", PAYGATE_DATA_DIR=str(tmp_path)
-    )
+    rc, err = await _paygate("dev", tmp_path, REDIS_URL=f"redis://:{PASSWORD}@127.0.0.1:{port}/0")
     assert rc == 1
     assert (
         _one_line(err)
@@ -117,10 +119,13 @@ async def test_dev_with_a_redis_url_pointing_at_nothing_starts_nothing(tmp_path:
     assert not (tmp_path / "postgres").exists()  # checked before any embedded server started
 
 
-async def test_run_with_a_broker_pointing_at_nothing_names_only_the_broker(stack: Any) -> None:
+async def test_run_with_a_broker_pointing_at_nothing_names_only_the_broker(
+    stack: Any, tmp_path: Path
+) -> None:
     port = free_port()
     rc, err = await _paygate(
         "run",
+        tmp_path,
         DATABASE_URL=stack.database_url,
         REDIS_URL=stack.redis_url,
         KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{port}",
