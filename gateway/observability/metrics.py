@@ -225,7 +225,7 @@ reconciliation_items = Counter(
 )
 status_updates = Counter(
     "paygate_status_updates_total",
-    "Payment status changes by outcome (updated, stale, deferred).",
+    "Payment status events by outcome (updated, stale, duplicate, deferred, retired).",
     ["outcome"],
 )
 status_poll = Counter(
@@ -268,7 +268,7 @@ gc_pause = Histogram(
 # checks these lists against the modules that own the values.
 
 WEBHOOK_OUTCOMES = (
-    "created", "duplicate", "updated", "deferred", "stale", "ignored", "conflict",
+    "created", "duplicate", "updated", "deferred", "retired", "stale", "ignored", "conflict",
     "invalid", "unauthorized", "forbidden", "rate_limited", "unavailable", "error",
 )  # fmt: skip
 SIGNATURE_REASONS = (
@@ -288,11 +288,15 @@ KNOWN_LABELS: tuple[tuple[Counter | Gauge | Histogram, tuple[str, ...]], ...] = 
     (kafka_publish, ("ok", "error", "retry", "dead_letter")),
     (staging_rows, ("processed", "duplicate", "error")),
     (partition_default_rows, PARTITIONED_TABLES),
-    (partition_maintenance_runs, ("ok", "partial", "skipped", "error")),
+    (partition_maintenance_runs, ("ok", "partial", "held", "skipped", "error")),
+    (
+        partition_retention_held,
+        ("months", "pending_payments", "parked_updates", "unpublished_events", "open_exceptions"),
+    ),
     (db_pool_connections, ("idle", "in_use", "max")),
     (db_standbys, ("sync", "async", "unknown")),
     (reconciliation_items, RECONCILIATION_CATEGORIES),
-    (status_updates, ("updated", "stale", "duplicate", "deferred")),
+    (status_updates, ("updated", "stale", "duplicate", "deferred", "retired")),
     (status_poll, ("applied", "unchanged", "flagged", "error")),
     (gc_pause, ("0", "1", "2")),
 )
