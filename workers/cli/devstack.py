@@ -147,6 +147,7 @@ class EmbeddedServer:
             code = await wait_exit(proc)  # reaps it: a zombie would keep its pid "alive"
             if self.proc is not proc:  # stopped or killed on purpose
                 return
+            await _kill_session(proc.pid)  # what the dead server left running (backends)
             if time.monotonic() - started > HEALTHY_AFTER_SECONDS:
                 delay = RESTART_BACKOFF_FIRST
             log.error(
@@ -185,6 +186,9 @@ class EmbeddedServer:
         if proc.poll() is None:
             proc.kill()
             await asyncio.to_thread(proc.wait)
+            # A postmaster killed mid-shutdown leaves its checkpointer and backends behind,
+            # attached to its shared memory: the next start would be refused until they exit.
+            await _kill_session(proc.pid)
 
     def kill(self) -> None:
         """SIGKILL, for fault tests: no graceful shutdown at all."""
@@ -362,6 +366,37 @@ class EmbeddedKafka(EmbeddedServer):
             "--advertised-listener-url", listener,
             "--storage-engine", "memory://tansu/",
         ]  # fmt: skip
+
+
+async def _kill_session(leader: int, timeout: float = 10.0) -> None:
+    """SIGKILL what is left of a dead server's session (each server starts its own, so
+    its children share the leader's process group) and wait until none of it runs."""
+    try:
+        os.killpg(leader, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + timeout
+    while _group_running(leader):
+        if time.monotonic() > deadline:
+            log.warning("processes of a stopped server (group %d) are still running", leader)
+            return
+        await asyncio.sleep(0.05)
+
+
+def _group_running(group: int) -> bool:
+    """Is any process of this process group still running (zombies, which hold no
+    memory and wait for their reaper, do not count)?"""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # state ppid pgrp ...
+        if int(fields[2]) == group and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def _system_user() -> pwd.struct_passwd:
