@@ -99,3 +99,51 @@ def parse_table(raw: Any, fail: Callable[[str, str], ConfigError]) -> CurrencyTa
                 raise fail(f"minor_units.{key}", f"{code} is listed twice")
             exponents[code] = int(key)
     return CurrencyTable(exponents)
+
+
+# The one table every channel used before presets had their own (Stripe's lists): what a
+# payment recorded before sql/110 was converted with. `paygate payments
+# suspect-exponents` compares each preset's table with it.
+LEGACY_ZERO_DECIMAL = frozenset(
+    [
+        "BIF",
+        "CLP",
+        "DJF",
+        "GNF",
+        "JPY",
+        "KMF",
+        "KRW",
+        "MGA",
+        "PYG",
+        "RWF",
+        "UGX",
+        "VND",
+        "VUV",
+        "XAF",
+        "XOF",
+        "XPF",
+    ]
+)
+LEGACY_THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
+
+
+def legacy_exponent(code: str) -> int:
+    if code in LEGACY_ZERO_DECIMAL:
+        return 0
+    return 3 if code in LEGACY_THREE_DECIMAL else 2
+
+
+def unaffected(table: CurrencyTable) -> list[str]:
+    """The currencies of `table` the legacy conversion already got right."""
+    return [code for code in table if table.exponent(code) == legacy_exponent(code)]
+
+
+def meant_amount(recorded: Decimal, code: str, table: CurrencyTable) -> Decimal | None:
+    """What a payment recorded with the legacy exponent should have been (None: the
+    provider's table does not list the currency, so nobody can say)."""
+    exponent = table.exponent(code)
+    if exponent is None:
+        return None
+    meant = recorded.scaleb(legacy_exponent(code) - exponent)
+    tidy = meant.quantize(Decimal(1).scaleb(-max(exponent, 2)))
+    return tidy if tidy == meant else meant
