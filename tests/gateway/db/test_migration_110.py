@@ -118,3 +118,53 @@ async def test_existing_rows_are_carried_without_rewriting_a_partition(old_datab
         assert await migrate(old_database) == []
     finally:
         await conn.close()
+
+
+async def test_the_online_widening_in_the_docs_leaves_the_migration_nothing_to_rebuild(
+    old_database: str,
+) -> None:
+    """docs/deploying.md: widen first without locking the table for an index build; then
+    sql/110 finds the columns wide and rebuilds nothing."""
+    conn = await asyncpg.connect(old_database)
+    try:
+        await conn.execute(
+            "CREATE TABLE payment_service.payments_2026_11 PARTITION OF payment_service.payments"
+            " FOR VALUES FROM ('2026-11-01') TO ('2026-12-01')"
+        )
+        partitions = [
+            r["relname"]
+            for r in await conn.fetch(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = 'payment_service.payments'::regclass ORDER BY 1"
+            )
+        ]
+        for column, index in (("cif", "idx_payments_cif"),
+                              ("loan_account_number", "idx_payments_loan_account")):  # fmt: skip
+            await conn.execute(f"DROP INDEX payment_service.{index}")
+            await conn.execute(
+                f"ALTER TABLE payment_service.payments ALTER COLUMN {column} TYPE VARCHAR(500)"
+            )
+            await conn.execute(
+                f"CREATE INDEX {index} ON ONLY payment_service.payments"
+                f" ({column}, payment_date DESC)"
+            )
+            for part in partitions:
+                await conn.execute(
+                    f"CREATE INDEX CONCURRENTLY {part}_{column}_idx"
+                    f" ON payment_service.{part} ({column}, payment_date DESC)"
+                )
+                await conn.execute(
+                    f"ALTER INDEX payment_service.{index}"
+                    f" ATTACH PARTITION payment_service.{part}_{column}_idx"
+                )
+        files = "SELECT relname, relfilenode FROM pg_class WHERE relname LIKE 'payments_%'"
+        before = dict(await conn.fetch(files))
+        assert "110_money_and_dates" in await migrate(old_database)
+        assert dict(await conn.fetch(files)) == before
+        valid = await conn.fetch(
+            "SELECT relname FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid"
+            " WHERE relname IN ('idx_payments_cif', 'idx_payments_loan_account') AND i.indisvalid"
+        )
+        assert len(valid) == 2  # every partition's index attached: the parents are valid
+    finally:
+        await conn.close()

@@ -38,6 +38,7 @@ from gateway.ingest.schemes.hmac_hex import HexBodyScheme
 from gateway.ingest.schemes.registry import build_scheme
 from gateway.ingest.signatures import sign
 from tests.conftest import make_settings
+from tests.gateway.http.ops_helpers import get as ops_get
 from tests.gateway.http.test_provider_webhooks import cert_server  # noqa: F401 - a fixture
 from tests.paypal_ca import private_ca
 from tests.webhooks import payment_doc, post_webhook
@@ -335,6 +336,9 @@ async def test_square_payments_with_customers_are_recorded(client: Any, db: asyn
         row = await recorded(db, pid)
         assert (row["amount"], row["currency"]) == (meant, money["currency"])
         assert (row["cif"], row["loan_account_number"]) == (customer, reference)
+        # An operator finds the payment by the customer id Square sent, whatever its length.
+        status, page = await ops_get(client, "/api/v1/payments", cif=customer)
+        assert (status, [p["reference_number"] for p in page["items"]]) == (200, [pid]), page
 
 
 # -- Razorpay: the SDK's verify_webhook_signature checks each delivery -------------------
