@@ -17,6 +17,7 @@ from typing import Any
 from gateway.config import Settings
 from gateway.errors import ConfigError
 from workers.cli.command import Command
+from workers.cli.discovery import locate
 
 MINOR_UNIT_PRESETS = ("adyen", "checkout", "paddle", "razorpay", "square", "stripe")
 
@@ -77,7 +78,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.ingest.channels import load_preset
     from gateway.ingest.currencies import parse_table
 
-    settings.require_database()
+    settings = await locate(settings, "DATABASE_URL")
     channels = _channels(args.channel)
     if channels is None:
         return 2
