@@ -128,6 +128,7 @@ async def test_an_oversized_body_is_counted_and_logged_as_its_own_outcome(
         status, body, _ = await post_webhook(client, doc)
     assert (status, body["error"]) == (413, "payload_too_large")
     assert body["detail"] == "the body exceeds the maximum of 2048 bytes"
+    assert "payload_too_large" in metrics.WEBHOOK_OUTCOMES  # at zero from the first scrape
     assert _requests("payload_too_large") == before + 1
     assert _requests("error") == errors
     outcomes = [getattr(r, "outcome", None) for r in caplog.records if r.name == "paygate.webhook"]
