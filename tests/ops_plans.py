@@ -87,7 +87,7 @@ def _fill_sql(payments: int) -> list[str]:
              payment_channel, source, status, created_at, status_updated_at)
         SELECT (lpad(to_hex(i), 8, '0') || '-0000-7000-8000-000000000000')::uuid,
                'REF-' || i, 'LA-' || (i * 7919 % {customers}), 'CIF-' || (i * 104729 % {customers}),
-               (i % 100000 + 1) / 100.0,
+               ((i % 100000 + 1) / 100.0)::numeric(15, 2),
                date_trunc('day', now() AT TIME ZONE 'UTC') - ((i % 330) || ' days')::interval,
                (ARRAY['bank_transfer', 'card', 'wallet', 'cash'])[i % 4 + 1],
                CASE WHEN i % 10 = 0 THEN 'staging' ELSE 'webhook' END,

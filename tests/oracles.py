@@ -26,9 +26,9 @@ _CENT = Decimal("0.01")
 
 
 def _money(value: Decimal) -> str:
-    if value.as_tuple().exponent == -2:
-        return str(value)
-    return format(value.quantize(_CENT), "f")
+    """2 decimals, or 3 when a three-decimal currency uses its third: never rounded."""
+    cents = value.quantize(_CENT)
+    return format(cents if cents == value else value, "f")
 
 
 def payment_recorded(
@@ -45,24 +45,35 @@ def payment_recorded(
     status: str,
     now: datetime | None = None,
     timestamp: str | None = None,
+    currency: str | None = None,
+    payment_at: datetime | None = None,
 ) -> OutboxEvent:
+    """`payment_date` on the topic is the instant in UTC: `payment_at` where the provider
+    sent a zone, else the stored date; `currency` follows `amount` only when known."""
     event_id = uuid.UUID(bytes=os.urandom(16), version=4)
-    body = {
-        "event_id": str(event_id),
-        "event_type": PAYMENT_RECORDED,
-        "timestamp": timestamp or iso_utc(now or datetime.now(UTC)),
-        "payment": {
-            "id": str(payment_id),
-            "reference_number": reference_number,
-            "loan_account_number": loan_account_number,
-            "cif": cif,
-            "amount": _money(amount),
-            "payment_date": iso_utc(payment_date),
+    payment: dict[str, Any] = {
+        "id": str(payment_id),
+        "reference_number": reference_number,
+        "loan_account_number": loan_account_number,
+        "cif": cif,
+        "amount": _money(amount),
+    }
+    if currency is not None:
+        payment["currency"] = currency
+    payment.update(
+        {
+            "payment_date": iso_utc(payment_at or payment_date),
             "payment_channel": payment_channel,
             "source": source,
             "status": status,
             "metadata": metadata or {},
-        },
+        }
+    )
+    body = {
+        "event_id": str(event_id),
+        "event_type": PAYMENT_RECORDED,
+        "timestamp": timestamp or iso_utc(now or datetime.now(UTC)),
+        "payment": payment,
     }
     return OutboxEvent(event_id, PAYMENT_RECORDED, reference_number, orjson.dumps(body))
 

@@ -31,6 +31,7 @@ COMMANDS = {
     "partitions",
     "reconcile",
     "token",
+    "payments",
 }
 
 

@@ -265,10 +265,10 @@ class StagingWorker(Worker):
             self.settings.partition_retention_months,
             self.settings.payment_date_max_future_days,
         )
-        too_old = f"too old: before {window.earliest:%Y-%m-%d}"
         row = await conn.fetchrow(
-            sql, ids, window.earliest, window.latest, too_old, self.settings.kafka_topic
-        )
+            sql, ids, window.earliest, window.latest, window.too_old_detail(),
+            window.too_late_detail(), self.settings.kafka_topic,
+        )  # fmt: skip
         assert row is not None
         return Recorded(
             row["recorded"], row["errors"], row["error_items"], row["rest_ids"], row["rest_fresh"]

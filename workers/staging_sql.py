@@ -43,7 +43,7 @@ from gateway.domain.model import (
     IDENTITY_FIELDS,
     REFERENCE_MAX,
 )
-from gateway.domain.validation import BAD_CHARS
+from gateway.domain.validation import AMOUNT_LIMIT_DETAIL, BAD_CHARS
 
 SOURCE = "staging"
 ERROR_DETAILS_MAX = 100
@@ -126,7 +126,8 @@ def _optional(field: str, col: str, width: int) -> list[Rule]:
 def default_rules(server: ServerFunctions = NEWEST) -> tuple[Rule, ...]:
     """`gateway.domain.validation._build` for a typed staging row, as SQL.
 
-    $2/$3 are the DateWindow bounds, $4 the "too old" detail (it names the date).
+    $2/$3 are the DateWindow bounds, $4 and $5 its "too old" and "too far in the future"
+    details (they name the limits: `DateWindow.too_old_detail`, `too_late_detail`).
     """
     amount_max = format(AMOUNT_MAX, "f")
     return (
@@ -135,10 +136,10 @@ def default_rules(server: ServerFunctions = NEWEST) -> tuple[Rule, ...]:
         *_required("cif", "cif", CIF_MAX),
         Rule("amount", "amount = 'NaN'::numeric", _lit("must be a finite number")),
         Rule("amount", "amount <= 0", _lit("must be greater than zero")),
-        Rule("amount", f"amount > {amount_max}", _lit("exceeds the maximum amount")),
+        Rule("amount", f"amount > {amount_max}", _lit(AMOUNT_LIMIT_DETAIL)),
         Rule("amount", "amount <> round(amount, 2)", _lit("has more than 2 decimal places")),
         Rule("payment_date", "payment_date < $2::timestamp", "$4::text"),
-        Rule("payment_date", "payment_date > $3::timestamp", _lit("too far in the future")),
+        Rule("payment_date", "payment_date > $3::timestamp", "$5::text"),
         *_optional("payment_channel", "channel", CHANNEL_MAX),
         # A JSON string is decoded once more, as gateway.domain.validation does with text it
         # is handed for a jsonb column (so '"{}"' is an object and '"x"' is not JSON).
@@ -210,9 +211,10 @@ WHERE id = ANY($1::bigint[])
 
 
 def classify_sql(rules: Sequence[Rule], server: ServerFunctions = NEWEST) -> str:
-    """The claimed rows with their problem; parameters $1..$4 as in `record_sql`."""
+    """The claimed rows with their problem; parameters $1..$5 as in `record_sql`."""
     return f"""
-SELECT id, ref, account, cif, amount, payment_date, channel,
+SELECT id, ref, account, cif, amount, NULL::text AS currency, payment_date,
+       NULL::timestamptz AS payment_at, channel,
        NULLIF(meta, 'null'::jsonb) AS metadata, {problem_sql(rules)} AS problem
 FROM (
     SELECT s.*, CASE WHEN jsonb_typeof(raw_metadata) = 'string'
@@ -241,11 +243,12 @@ def _batch_ids_sql(new_id: str, n: str) -> str:
 
 def record_sql(rules: Sequence[Rule], *, server: ServerFunctions = NEWEST) -> str:
     """Record a claimed batch. Parameters: $1 ids, $2 earliest and $3 latest payment
-    date, $4 the too-old detail, $5 the outbox topic. One row back: recorded, errors,
-    error_items (JSON text, first ERROR_DETAILS_MAX by id), rest_ids, rest_fresh."""
+    date, $4 the too-old and $5 the too-late detail, $6 the outbox topic. One row back:
+    recorded, errors, error_items (JSON text, first ERROR_DETAILS_MAX by id), rest_ids,
+    rest_fresh."""
     hashed = business_hash_sql("l.ref", "l.account", "l.cif", "l.amount", "l.payment_date")
     chain = record_ctes(
-        source=_lit(SOURCE), status=_lit(DEFAULT_STATUS), event_at="NULL", topic="$5",
+        source=_lit(SOURCE), status=_lit(DEFAULT_STATUS), event_at="NULL", topic="$6",
         actor=_lit(SOURCE),
     )  # fmt: skip
     return f"""

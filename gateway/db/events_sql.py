@@ -45,34 +45,55 @@ def recorded_event_id_sql(payment_id: str) -> str:
 NOW_ISO_SQL = iso_z_sql("(statement_timestamp() AT TIME ZONE 'UTC')")
 
 
+def money_sql(amount: str) -> str:
+    """An amount as text, exactly: 2 decimals, or 3 when a three-decimal currency uses
+    its third (round() to at least the value's own scale pads, never rounds)."""
+    return f"round({amount}, greatest(scale({amount}), 2))::text"
+
+
 def event_payload_sql(row: str, *, source: str, status: str, now_iso: str = NOW_ISO_SQL) -> str:
     """The payload (bytea) of the event for a row with columns event_id, payment_id, ref,
-    account, cif, amount, payment_date, channel, metadata; `source` and `status` are SQL
-    expressions."""
+    account, cif, amount, currency, payment_date, payment_at, channel, metadata; `source`
+    and `status` are SQL expressions.
+
+    `payment_date` on the topic stays the instant in UTC (the contract since seed 004):
+    the stored payment_date is the provider's wall clock, so the instant comes from
+    payment_at when the provider sent a zone. `currency` follows `amount` only where the
+    payment has one (sql/110), so events of payments without it keep their exact bytes."""
+    fields = [
+        ("id", f"{row}.payment_id"),
+        ("reference_number", f"{row}.ref"),
+        ("loan_account_number", f"{row}.account"),
+        ("cif", f"{row}.cif"),
+        ("amount", money_sql(f"{row}.amount")),
+        ("payment_date", iso_z_sql(
+            f"coalesce({row}.payment_at AT TIME ZONE 'UTC', {row}.payment_date)"
+        )),
+        ("payment_channel", f"{row}.channel"),
+        ("source", source),
+        ("status", status),
+        ("metadata", f"coalesce({row}.metadata, '{{}}'::jsonb)"),
+    ]  # fmt: skip
+    with_currency = [*fields[:5], ("currency", f"{row}.currency"), *fields[5:]]
+
+    def build(pairs: list[tuple[str, str]]) -> str:
+        return "json_build_object(" + ", ".join(f"'{k}', {v}" for k, v in pairs) + ")"
+
     return f"""convert_to(json_build_object(
         'event_id', {row}.event_id,
         'event_type', {sql_literal(PAYMENT_RECORDED)},
         'timestamp', {now_iso},
-        'payment', json_build_object(
-            'id', {row}.payment_id,
-            'reference_number', {row}.ref,
-            'loan_account_number', {row}.account,
-            'cif', {row}.cif,
-            'amount', {row}.amount::numeric(15, 2)::text,
-            'payment_date', {iso_z_sql(row + ".payment_date")},
-            'payment_channel', {row}.channel,
-            'source', {source},
-            'status', {status},
-            'metadata', coalesce({row}.metadata, '{{}}'::jsonb)
-        )
+        'payment', CASE WHEN {row}.currency IS NULL THEN {build(fields)}
+                        ELSE {build(with_currency)} END
     )::text, 'UTF8')"""
 
 
 # The columns `event_payload_sql` reads, for a lean outbox row `o` and its payment `p`.
 _LEAN_ROW = """
     SELECT o.event_id, p.id AS payment_id, p.reference_number AS ref,
-           p.loan_account_number AS account, p.cif, p.amount, p.payment_date,
-           p.payment_channel AS channel, p.metadata, p.source, o.status, o.created_at
+           p.loan_account_number AS account, p.cif, p.amount, p.currency, p.payment_date,
+           p.payment_at, p.payment_channel AS channel, p.metadata, p.source, o.status,
+           o.created_at
     FROM payment_service.payments p
     WHERE p.id = o.payment_id AND p.payment_date = o.payment_date
 """

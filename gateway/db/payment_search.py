@@ -27,8 +27,9 @@ from gateway.db import keyset
 from gateway.domain.model import STATUSES
 
 COLUMNS = (
-    "id, reference_number, loan_account_number, cif, amount, payment_date, payment_channel, "
-    "source, status, status_updated_at, provider_event_at, version, created_at"
+    "id, reference_number, loan_account_number, cif, amount, currency, payment_date, "
+    "payment_at, payment_channel, source, status, status_updated_at, provider_event_at, "
+    "version, created_at"
 )
 SOURCES = ("webhook", "staging")
 

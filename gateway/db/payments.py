@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -31,9 +31,9 @@ WITH input AS (
     SELECT * FROM unnest(
         $1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::timestamp[],
         $7::text[], $8::jsonb[], $9::text[], $10::timestamptz[], $11::text[], $12::text[],
-        $13::text[], $14::bytea[]
+        $13::text[], $14::bytea[], $18::text[], $19::timestamptz[]
     ) AS t(payment_id, ref, account, cif, amount, payment_date, channel, metadata, status,
-           event_at, hash, delivery_channel, delivery_id, body)
+           event_at, hash, delivery_channel, delivery_id, body, currency, payment_at)
 ), {_CHAIN}, raw AS (
     INSERT INTO payment_service.webhook_events
         (channel, delivery_id, reference_number, payment_id, outcome, body)
@@ -108,17 +108,18 @@ async def record_batch(
     returns a reference once even if the input holds it twice). Rows are claimed in
     reference order so concurrent batches never deadlock on each other.
     """
-    cols: list[list[object]] = [[] for _ in range(14)]
+    cols: list[list[object]] = [[] for _ in range(16)]
     for c in candidates:
         p = c.payment
         row = (
             c.payment_id, p.reference_number, p.loan_account_number, p.cif, p.amount,
             p.payment_date, p.payment_channel, p.metadata, p.status, p.provider_event_at,
-            p.payload_hash, c.channel, c.delivery_id, c.body,
+            p.payload_hash, c.channel, c.delivery_id, c.body, p.currency,
+            None if p.payment_at is None else p.payment_at.replace(tzinfo=UTC),
         )  # fmt: skip
         for col, value in zip(cols, row, strict=True):
             col.append(value)
-    rows = await conn.fetch(_RECORD, *cols, source, topic, actor)
+    rows = await conn.fetch(_RECORD, *cols[:14], source, topic, actor, *cols[14:])
     created = {r["id"] for r in rows}
     parked = {r["id"] for r in rows if r["parked"]}
     lost = [c.payment.reference_number for c in candidates if c.payment_id not in created]

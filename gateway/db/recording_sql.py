@@ -3,7 +3,8 @@ bulk paths (the webhook writer's batch, gateway.db.payments, and the staging bat
 workers.staging_sql).
 
 Given a CTE named `input` with one row per candidate and the columns payment_id, ref,
-account, cif, amount, payment_date, channel, metadata and hash, the chain claims the
+account, cif, amount, currency, payment_date, payment_at, channel, metadata and hash, the
+chain claims the
 references with `INSERT ... ON CONFLICT DO NOTHING RETURNING` (in reference order, so
 concurrent batches never deadlock), and only for the references it won (`won`, which
 adds each winner's event_id) inserts the payment, its `payment.recorded` outbox event
@@ -33,10 +34,10 @@ def record_ctes(*, source: str, status: str, event_at: str, topic: str, actor: s
     FROM input i JOIN claimed c ON c.payment_id = i.payment_id
 ), paid AS (
     INSERT INTO payment_service.payments
-        (id, reference_number, loan_account_number, cif, amount, payment_date,
-         payment_channel, source, metadata, status, provider_event_at)
-    SELECT w.payment_id, w.ref, w.account, w.cif, w.amount, w.payment_date, w.channel,
-           {source}, w.metadata, {status}, {event_at}
+        (id, reference_number, loan_account_number, cif, amount, currency, payment_date,
+         payment_at, payment_channel, source, metadata, status, provider_event_at)
+    SELECT w.payment_id, w.ref, w.account, w.cif, w.amount, w.currency, w.payment_date,
+           w.payment_at, w.channel, {source}, w.metadata, {status}, {event_at}
     FROM won w
 ), evt AS (
     INSERT INTO payment_service.outbox

@@ -15,13 +15,16 @@ STATUSES = ("pending", "succeeded", "failed", "reversed", "refunded")
 IDENTITY_FIELDS = ("amount", "loan_account_number", "cif", "payment_date")
 DEFAULT_STATUS = "succeeded"
 
-# Column widths from the schema; validation enforces them before Postgres does.
+# Column widths from the schema; validation enforces them before Postgres does. The
+# account and customer columns were widened in sql/110 to hold what providers document
+# for the fields the presets map there (Stripe metadata values: 500 characters).
 REFERENCE_MAX = 255
-ACCOUNT_MAX = 20
-CIF_MAX = 20
+ACCOUNT_MAX = 500
+CIF_MAX = 500
 CHANNEL_MAX = 100
-# DECIMAL(15,2): 13 integer digits.
+# 13 integer digits (seed 004's DECIMAL(15,2)); sql/110 allows a third decimal.
 AMOUNT_MAX = Decimal("9999999999999.99")
+_CENT = Decimal("0.01")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,11 +33,15 @@ class Payment:
     loan_account_number: str
     cif: str
     amount: Decimal
-    payment_date: datetime  # naive UTC, as stored in TIMESTAMP columns
+    # The provider's date and time as it sent them, offset dropped (naive): its calendar
+    # day is the day partitions and reconciliation use.
+    payment_date: datetime
     payment_channel: str | None = None
     metadata: dict[str, Any] | None = field(default=None, compare=False)
     status: str = DEFAULT_STATUS
     provider_event_at: datetime | None = None  # naive UTC
+    payment_at: datetime | None = None  # the instant (naive UTC) when a zone was sent
+    currency: str | None = None  # ISO 4217, where the channel names one
     identity: tuple[str, ...] = field(default=IDENTITY_FIELDS, compare=False)
     _hash: str = field(default="", init=False, repr=False, compare=False)
 
@@ -51,7 +58,7 @@ class Payment:
                 self.loan_account_number,
                 self.cif,
                 self.amount,
-                self.payment_date,
+                self.payment_at or self.payment_date,
                 self.identity,
             )
             object.__setattr__(self, "_hash", value)
@@ -66,8 +73,12 @@ def business_hash(
     payment_date: datetime,
     identity: tuple[str, ...] = IDENTITY_FIELDS,
 ) -> str:
+    """`payment_date` is the instant in naive UTC where one is known: what every
+    reference recorded before sql/110 was hashed with, so their re-deliveries still
+    compare equal. An amount's third decimal counts only when it is used."""
+    cents = amount.quantize(_CENT)
     values = {
-        "amount": format(amount.quantize(Decimal("0.01")), "f"),
+        "amount": format(cents if cents == amount else amount, "f"),
         "loan_account_number": account,
         "cif": cif,
         "payment_date": payment_date.isoformat(timespec="microseconds"),

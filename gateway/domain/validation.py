@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -40,11 +40,16 @@ __all__ = [
     "date_window",
     "parse_amount",
     "parse_event_time",
+    "parse_payment_date",
     "parse_timestamp",
     "validate_payment",
 ]
 
 _CENT = Decimal("0.01")
+_MILL = Decimal("0.001")
+_MAX_PLACES = 3  # payments.amount keeps 3 decimals (sql/110)
+AMOUNT_LIMIT_DETAIL = f"exceeds the maximum amount {AMOUNT_MAX}"
+_CURRENCY = re.compile(r"[A-Z]{3}")
 # Plain decimal notation only: no exponent, sign other than '-', spaces or
 # non-ASCII digits (which Decimal() would otherwise happily accept).
 _AMOUNT_RE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)")
@@ -70,13 +75,30 @@ class DateWindow:
 
     earliest: datetime  # naive UTC, inclusive
     latest: datetime  # naive UTC, inclusive
+    # What `latest` was computed from, for the error text only.
+    max_future_days: int | None = field(default=None, compare=False)
+
+    def too_old_detail(self) -> str:
+        """The 422 detail for a date before the window: it names the oldest date accepted
+        (the staging batch states the same text through its SQL)."""
+        return f"too old: the oldest date accepted is {self.earliest:%Y-%m-%d}"
+
+    def too_late_detail(self) -> str:
+        """The 422 detail for a date past the window: the days allowed and the last
+        moment accepted now."""
+        ahead = "" if self.max_future_days is None else f"{self.max_future_days} days ahead, "
+        return f"too far in the future: {ahead}the latest accepted is {self.latest:%Y-%m-%dT%H:%M}"
 
 
 def date_window(now: datetime, retention_months: int, max_future_days: int) -> DateWindow:
     now = _to_naive_utc(now)
     months = now.year * 12 + (now.month - 1) - retention_months
     earliest = datetime(months // 12, months % 12 + 1, 1)
-    return DateWindow(earliest=earliest, latest=now + timedelta(days=max_future_days))
+    return DateWindow(
+        earliest=earliest,
+        latest=now + timedelta(days=max_future_days),
+        max_future_days=max_future_days,
+    )
 
 
 def _to_naive_utc(value: datetime) -> datetime:
@@ -121,8 +143,15 @@ def _checked_str(value: str, field: str, max_len: int) -> str:
 # -- amount ------------------------------------------------------------------
 
 
-def parse_amount(value: object, field: str = "amount") -> Decimal:
-    """Money as an exact Decimal with 2 places, whatever JSON shape it came in.
+def parse_amount(
+    value: object, field: str = "amount", places: int = 2, currency: str | None = None
+) -> Decimal:
+    """Money as an exact Decimal, whatever JSON shape it came in.
+
+    `places` is how many decimals the currency has (2 unless a channel's table says
+    otherwise): an amount with more is refused, never rounded. The result carries 2
+    places, or 3 when a three-decimal currency needs the third (so every amount that
+    was valid before three-decimal currencies prints and hashes as it did).
 
     A JSON number reaches us as a float; its shortest repr is the number the
     provider wrote, so that is what we parse (Decimal(0.1) would not be 0.10).
@@ -142,7 +171,7 @@ def parse_amount(value: object, field: str = "amount") -> Decimal:
         if value <= 0:
             raise ValidationError(field, "must be greater than zero")
         if value > _INT_AMOUNT_MAX:
-            raise ValidationError(field, "exceeds the maximum amount")
+            raise ValidationError(field, AMOUNT_LIMIT_DETAIL)
         return Decimal(value).quantize(_CENT)
     elif isinstance(value, float):
         if not math.isfinite(value):
@@ -160,14 +189,33 @@ def parse_amount(value: object, field: str = "amount") -> Decimal:
     if amount <= 0:
         raise ValidationError(field, "must be greater than zero")
     if amount > AMOUNT_MAX:
-        raise ValidationError(field, "exceeds the maximum amount")
+        raise ValidationError(field, AMOUNT_LIMIT_DETAIL)
+    return _exact(amount, field, places, currency)
+
+
+def _exact(amount: Decimal, field: str, places: int, currency: str | None) -> Decimal:
+    """The amount at 2 places (3 if its third is used), or a 422 if it has more decimals
+    than the currency allows: nothing is ever rounded away."""
+    places = min(places, _MAX_PLACES)
     try:
         cents = amount.quantize(_CENT)
+        allowed = amount.quantize(Decimal(1).scaleb(-places))
     except InvalidOperation:  # pragma: no cover - bounded above, kept as a guard
         raise ValidationError(field, "is not a valid amount") from None
-    if cents != amount:
-        raise ValidationError(field, "has more than 2 decimal places")
-    return cents
+    if allowed != amount:
+        if places == 2 and currency is None:
+            raise ValidationError(field, "has more than 2 decimal places")
+        raise ValidationError(field, f"has more than {places} decimal places for {currency}")
+    return cents if cents == amount else amount.quantize(_MILL)
+
+
+def _currency(value: object) -> str | None:
+    """The ISO 4217 code a channel extracted (gateway.ingest.currencies), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or _CURRENCY.fullmatch(value) is None:
+        raise ValidationError("currency", "expected a 3-letter ISO 4217 currency code")
+    return value
 
 
 # -- time --------------------------------------------------------------------
@@ -194,6 +242,29 @@ def parse_timestamp(value: object, field: str) -> datetime:
         raise ValidationError(field, "is not a valid ISO 8601 date or datetime") from None
 
 
+def parse_payment_date(
+    value: object, field: str = "payment_date"
+) -> tuple[datetime, datetime | None]:
+    """The provider's date as it sent it, and the instant when it sent a zone.
+
+    The first is the wall-clock date and time with any offset dropped, so the calendar
+    day stays the provider's (`2026-11-24T01:00:00+05:30` is 24 November, the day its
+    statements say): partitions and reconciliation use it. The second is that moment in
+    naive UTC (2026-11-23 19:30), or None for a date or datetime sent without a zone.
+    """
+    if not isinstance(value, str):
+        return parse_timestamp(value, field), None  # its own "required"/type errors
+    if len(value) > _TIMESTAMP_STR_MAX:
+        raise ValidationError(field, "too long for an ISO 8601 timestamp")
+    try:
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            return parsed, None
+        return parsed.replace(tzinfo=None), _to_naive_utc(parsed)
+    except (ValueError, OverflowError):
+        raise ValidationError(field, "is not a valid ISO 8601 date or datetime") from None
+
+
 def parse_event_time(value: object, field: str = "event_time") -> datetime | None:
     """The provider's event time: ISO 8601 or unix seconds, naive UTC; None if absent."""
     if value is None:
@@ -210,9 +281,9 @@ def parse_event_time(value: object, field: str = "event_time") -> datetime | Non
 
 def _in_window(value: datetime, field: str, window: DateWindow) -> datetime:
     if value < window.earliest:
-        raise ValidationError(field, f"too old: before {window.earliest:%Y-%m-%d}")
+        raise ValidationError(field, window.too_old_detail())
     if value > window.latest:
-        raise ValidationError(field, "too far in the future")
+        raise ValidationError(field, window.too_late_detail())
     return value
 
 
@@ -247,15 +318,15 @@ def _metadata(value: object) -> dict[str, Any] | None:
     return value
 
 
-def _build(get: Callable[[str], Any], window: DateWindow) -> Payment:
+def _build(get: Callable[[str], Any], window: DateWindow, currency: object, places: int) -> Payment:
     """Check the fields in the order a reader of the error would expect."""
     reference = _required_str(get("reference_number"), "reference_number", REFERENCE_MAX)
     account = _required_str(get("loan_account_number"), "loan_account_number", ACCOUNT_MAX)
     cif = _required_str(get("cif"), "cif", CIF_MAX)
-    amount = parse_amount(get("amount"))
-    payment_date = _in_window(
-        parse_timestamp(get("payment_date"), "payment_date"), "payment_date", window
-    )
+    code = _currency(currency)
+    amount = parse_amount(get("amount"), "amount", places, code)
+    wall_clock, instant = parse_payment_date(get("payment_date"))
+    payment_date = _in_window(wall_clock, "payment_date", window)
     channel = _optional_str(get("payment_channel"), "payment_channel", CHANNEL_MAX)
     metadata = _metadata(get("metadata"))
     status = _status(get("status"))
@@ -266,6 +337,8 @@ def _build(get: Callable[[str], Any], window: DateWindow) -> Payment:
         cif=cif,
         amount=amount,
         payment_date=payment_date,
+        payment_at=instant,
+        currency=code,
         payment_channel=channel,
         metadata=metadata,
         status=status,
@@ -273,8 +346,13 @@ def _build(get: Callable[[str], Any], window: DateWindow) -> Payment:
     )
 
 
-def validate_payment(doc: object, *, window: DateWindow) -> Payment:
-    """Validate a decoded webhook body; unknown keys are ignored."""
+def validate_payment(
+    doc: object, *, window: DateWindow, currency: str | None = None, places: int = 2
+) -> Payment:
+    """Validate a decoded webhook body; unknown keys are ignored.
+
+    `currency` and `places` come from the channel (`Channel.money_of`), never from the
+    body: the generic body has no currency, and its amounts have 2 decimals."""
     if not isinstance(doc, dict):
         raise ValidationError("body", f"must be a JSON object, not {_type_name(doc)}")
-    return _build(doc.get, window)
+    return _build(doc.get, window, currency, places)

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.db import payment_search, timeline
-from gateway.domain.model import STATUSES
+from gateway.domain.model import ACCOUNT_MAX, CIF_MAX, STATUSES
 from gateway.errors import NotFound
 from gateway.http import ops_query as q
 
@@ -27,8 +27,8 @@ def payment_filter(query: q.Query) -> payment_search.PaymentFilter:
     since, until = q.time_range(query)
     return payment_search.PaymentFilter(
         reference_number=q.text(query, "reference_number"),
-        cif=q.text(query, "cif", 20),
-        loan_account_number=q.text(query, "loan_account_number", 20),
+        cif=q.text(query, "cif", CIF_MAX),
+        loan_account_number=q.text(query, "loan_account_number", ACCOUNT_MAX),
         status=q.choice(query, "status", STATUSES),
         source=q.choice(query, "source", payment_search.SOURCES),
         channel=q.text(query, "channel", 100),

@@ -45,6 +45,8 @@ def _outcome_of(exc: PaygateError) -> str:
         return "rate_limited"
     if exc.status == 409:
         return "conflict"
+    if exc.status == 413:
+        return "payload_too_large"
     if exc.status >= 500:
         return "unavailable"
     return "invalid"

@@ -63,9 +63,14 @@ allow_cidrs                       source networks allowed to post (empty: all)
 rate_per_second, burst            token bucket per channel (burst defaults to the rate)
 [fields]                          payment field = "dotted.path" or ["path", "fallback"]
                                   (first present wins; a numeric segment indexes a list)
-amount_minor_units                amount is an integer of minor units (cents)
-currency_path                     where the currency code is: JPY, KRW, ... have no minor
-                                  unit, BHD, KWD, ... have three; copied into metadata
+amount_minor_units                amount is an integer of minor units (cents, without a
+                                  currency_path; else per [minor_units])
+currency_path                     where the currency code is; stored in payments.currency
+                                  (upper case) and copied into metadata as sent
+[minor_units]                     the provider's decimals per currency: "0" = ["JPY", ...],
+                                  "2" = [...]; a currency it lacks is a 422 naming it. A
+                                  channel's entries move single currencies over the
+                                  preset's (gateway.ingest.currencies)
 [constants]                       fixed values for fields the document lacks
 event_type_path                   provider event type, translated through [status_map]
 [status_map]                      provider event type (or status) = pending | succeeded |
@@ -102,6 +107,14 @@ from typing import Any
 from gateway.config import Settings
 from gateway.domain.model import IDENTITY_FIELDS, STATUSES
 from gateway.errors import ConfigError, ServiceUnavailable, ValidationError
+from gateway.ingest.currencies import (
+    CurrencyTable,
+    currency_code,
+    major_units,
+    merge_tables,
+    parse_table,
+    unknown_currency,
+)
 from gateway.ingest.schemes.registry import build_scheme, decode_key
 from gateway.ingest.schemes.registry import spec as scheme_spec_of
 from gateway.ingest.signatures import KeyFetchRequired, Scheme, Verified
@@ -126,14 +139,8 @@ _DATE_FIELDS = ("payment_date",)
 # Providers often send numeric ids (Shopify order and customer ids); our columns are text.
 _TEXT_FIELDS = ("reference_number", "loan_account_number", "cif", "payment_channel", "event_id")
 
-# Currencies whose minor unit is not 1/100 (Stripe's lists; ISK, HUF and TWD are
-# sent by Stripe with two decimals, so they stay at the default).
-ZERO_DECIMAL_CURRENCIES = frozenset(
-    {"BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA"}
-    | {"PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"}
-)
-THREE_DECIMAL_CURRENCIES = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
-_CENT = Decimal("0.01")
+# Without a currency_path, a channel's minor units are cents, as its configuration says.
+_DEFAULT_EXPONENT = 2
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
 _MINOR_UNITS_MAX = 10**18
 
@@ -161,10 +168,13 @@ _SCALAR_KEYS = frozenset(
         "accept_body",
     }
 )
-_TABLE_KEYS = frozenset({"fields", "constants", "status_map", "status_api", "verify"})
+_TABLE_KEYS = frozenset(
+    {"fields", "constants", "status_map", "status_api", "verify", "minor_units"}
+)
 _MAPPING_KEYS = (
     "amount_minor_units",
     "currency_path",
+    "minor_units",
     "constants",
     "status_map",
     "event_type_path",
@@ -257,6 +267,7 @@ class Channel:
     burst: int | None = None
     status_api: dict[str, Any] | None = None
     currency_path: str | None = None
+    minor_units: CurrencyTable | None = None  # the provider's decimals per currency
     constants: dict[str, Any] = field(default_factory=dict)
     identity_fields: tuple[str, ...] = IDENTITY_FIELDS
     # Paths whose values qualify the event type ("AUTHORISATION" + success "true" is
@@ -391,15 +402,19 @@ class Channel:
                 return {**kept, "status": status}
 
         currency = _lookup(doc, paths["@currency_path"]) if self.currency_path else None
+        code: str | None = None
         if currency is not None:
-            if not isinstance(currency, str) or not currency.strip():
-                raise ValidationError(self.currency_path or "currency", "expected a currency code")
+            code = currency_code(currency, self.currency_path or "currency")
+            out["currency"] = code
             metadata = out.get("metadata")
             if metadata is None or isinstance(metadata, dict):
                 out["metadata"] = {**(metadata or {})}
                 out["metadata"].setdefault("currency", currency)
-        if self.amount_minor_units and "amount" in out:
-            out["amount"] = self._major_units(out["amount"], currency)
+        if "amount" in out:
+            if self.amount_minor_units:
+                out["amount"] = self._major_units(out["amount"], code)
+            elif code is not None and self.minor_units is not None:
+                self._exponent(code)  # a decimal amount in a currency the table lacks
         for name in _DATE_FIELDS:
             if name in out:
                 out[name] = _unix_to_iso(out[name], name)
@@ -424,26 +439,35 @@ class Channel:
             qualifiers.pop()
         return None, ":".join([source, *qualifiers])
 
-    def _major_units(self, amount: Any, currency: Any) -> Decimal:
+    def money_of(self, fields: Any) -> tuple[str | None, int]:
+        """The currency an extracted event names and the decimals its amount may carry:
+        the currency's exponent in this channel's table, else 2 (the generic body)."""
+        code = fields.get("currency") if self.currency_path and isinstance(fields, dict) else None
+        if not isinstance(code, str):
+            return None, _DEFAULT_EXPONENT
+        exponent = self.minor_units.exponent(code) if self.minor_units is not None else None
+        return code, _DEFAULT_EXPONENT if exponent is None else exponent
+
+    def _exponent(self, code: str) -> int:
+        exponent = self.minor_units.exponent(code) if self.minor_units is not None else None
+        if exponent is None:
+            raise unknown_currency(code, self.currency_path or "currency")
+        return exponent
+
+    def _major_units(self, amount: Any, code: str | None) -> Decimal:
         if isinstance(amount, str) and _INTEGER.fullmatch(amount):
             amount = int(amount)
         if isinstance(amount, bool) or not isinstance(amount, int):
             raise ValidationError("amount", "expected an integer amount in minor units")
         if abs(amount) > _MINOR_UNITS_MAX:
-            raise ValidationError("amount", "exceeds the maximum amount")
-        if self.currency_path and currency is None:
+            raise ValidationError(
+                "amount", f"exceeds the maximum of {_MINOR_UNITS_MAX} minor units"
+            )
+        if self.currency_path is None:
+            return major_units(amount, _DEFAULT_EXPONENT)
+        if code is None:
             raise ValidationError(self.currency_path, "the currency is missing")
-        code = currency.strip().upper() if isinstance(currency, str) else ""
-        if code in ZERO_DECIMAL_CURRENCIES:
-            exponent = 0
-        elif code in THREE_DECIMAL_CURRENCIES:
-            exponent = 3
-        else:
-            exponent = 2
-        value = Decimal(amount).scaleb(-exponent)
-        if exponent > 2 and value == value.quantize(_CENT):
-            value = value.quantize(_CENT)
-        return value
+        return major_units(amount, self._exponent(code))
 
 
 class ChannelRegistry:
@@ -578,7 +602,9 @@ def _build(
             raise fail("preset", str(exc)) from None
         cfg.update(copy.deepcopy(preset))
     for key, value in raw.items():
-        if key in _TABLE_KEYS and isinstance(value, dict) and isinstance(cfg.get(key), dict):
+        if key == "minor_units":
+            cfg[key] = merge_tables(cfg.get(key), value)
+        elif key in _TABLE_KEYS and isinstance(value, dict) and isinstance(cfg.get(key), dict):
             cfg[key] = {**cfg[key], **value}
         else:
             cfg[key] = value
@@ -646,6 +672,15 @@ def _build(
         if value is not None and not (isinstance(value, str) and _valid_path(value)):
             raise fail(key, "expected a dotted path")
         paths[key] = value
+
+    minor_units = parse_table(cfg["minor_units"], fail) if "minor_units" in cfg else None
+    if minor_units is not None and not paths["currency_path"]:
+        raise fail("minor_units", "needs currency_path")
+    if minor and paths["currency_path"] and minor_units is None:
+        raise fail(
+            "minor_units",
+            "amount_minor_units with a currency_path needs the provider's [minor_units] table",
+        )
 
     status_map = cfg.get("status_map", {})
     if not isinstance(status_map, dict):
@@ -715,6 +750,7 @@ def _build(
         burst=burst,
         status_api=dict(status_api) if status_api is not None else None,
         currency_path=paths["currency_path"],
+        minor_units=minor_units,
         constants=dict(constants),
         identity_fields=tuple(f for f in IDENTITY_FIELDS if f in identity),
         event_qualifier_paths=tuple(lists["event_qualifier_paths"]),

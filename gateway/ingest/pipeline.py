@@ -161,7 +161,8 @@ class Pipeline:
         window = self._windows.get(
             settings.partition_retention_months, settings.payment_date_max_future_days
         )
-        payment = validate_payment(fields, window=window)
+        currency, places = channel.money_of(fields)
+        payment = validate_payment(fields, window=window, currency=currency, places=places)
         if channel.identity_fields != IDENTITY_FIELDS:
             payment = dataclasses.replace(payment, identity=channel.identity_fields)
         known = self.dedup.lookup_local(payment.reference_number)

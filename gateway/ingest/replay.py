@@ -115,7 +115,8 @@ async def predict(
             datetime.now(UTC), settings.partition_retention_months,
             settings.payment_date_max_future_days,
         )  # fmt: skip
-        payment = validate_payment(fields, window=window)
+        currency, places = channel.money_of(fields)
+        payment = validate_payment(fields, window=window, currency=currency, places=places)
         if channel.identity_fields != IDENTITY_FIELDS:
             payment = dataclasses.replace(payment, identity=channel.identity_fields)
     except orjson.JSONDecodeError:

@@ -269,7 +269,8 @@ gc_pause = Histogram(
 
 WEBHOOK_OUTCOMES = (
     "created", "duplicate", "updated", "deferred", "retired", "stale", "ignored", "conflict",
-    "invalid", "unauthorized", "forbidden", "rate_limited", "unavailable", "error",
+    "invalid", "unauthorized", "forbidden", "rate_limited", "payload_too_large",
+    "unavailable", "error",
 )  # fmt: skip
 SIGNATURE_REASONS = (
     "missing_signature", "malformed_signature", "signature_mismatch", "missing_timestamp",

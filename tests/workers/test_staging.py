@@ -175,11 +175,13 @@ async def test_mixed_batch_records_new_rows_and_marks_every_row(
         empty: ("error", "cif: must not be empty"),
         ctrl: ("error", "loan_account_number: contains control or invalid characters"),
         n3: ("recorded", None),
-        fut: ("error", "payment_date: too far in the future"),
+        fut: ("error", got[fut][1]),
         l1: ("error", "amount: must be greater than zero"),
         l2: ("recorded", None),
     }
-    assert got[old][1].startswith("payment_date: too old")
+    # Both name the limit they crossed (the oldest date accepted, the days allowed ahead).
+    assert got[old][1].startswith("payment_date: too old: the oldest date accepted is 20")
+    assert got[fut][1].startswith("payment_date: too far in the future: 31 days ahead, the")
     assert pid[new1] == payments["NEW-1"]["id"]
     assert str(pid[same]) == webhook_ids["WH-SAME"]
     assert str(pid[other]) == webhook_ids["WH-OTHER"]

@@ -63,8 +63,10 @@ async def sql_verdicts(db: asyncpg.Pool, ids: list[int], window: DateWindow) -> 
     async with db.acquire() as conn:
         server = ServerFunctions(await server_version(conn))
     sql = staging_sql.classify_sql(staging_sql.default_rules(server), server)
-    too_old = f"too old: before {window.earliest:%Y-%m-%d}"
-    found = await db.fetch(sql, ids, window.earliest, window.latest, too_old)
+    found = await db.fetch(
+        sql, ids, window.earliest, window.latest, window.too_old_detail(),
+        window.too_late_detail(),
+    )  # fmt: skip
     return {r["id"]: r["problem"] for r in found}
 
 

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from workers.cli import dev, dlq, events, migrate, partitions, reconcile, serve, token, worker
+from workers.cli import (
+    dev,
+    dlq,
+    events,
+    migrate,
+    partitions,
+    payments,
+    reconcile,
+    serve,
+    token,
+    worker,
+)
 from workers.cli.command import Command
 
 COMMANDS: tuple[Command, ...] = (
@@ -13,6 +24,7 @@ COMMANDS: tuple[Command, ...] = (
     migrate.COMMAND,
     partitions.COMMAND,
     dlq.COMMAND,
+    payments.COMMAND,
     events.COMMAND,
     reconcile.COMMAND,
     token.COMMAND,

@@ -8,7 +8,7 @@
     paygate migrate              apply pending migrations and create the monthly partitions
     paygate events tail          the events topic as JSON lines (--from-beginning, --follow,
                                  --max N, --key REF)
-    paygate partitions | dlq | reconcile | token   (see each module)
+    paygate partitions | dlq | reconcile | token | payments   (see each module)
 
 Settings come from the environment (see docs/configuration.md); a bad value stops start-up with
 a message naming the variable.

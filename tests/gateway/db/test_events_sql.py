@@ -57,6 +57,15 @@ async def test_webhook_events_match_the_python_builder(db: asyncpg.Pool) -> None
         payment("E-QUOTES", loan_account_number="L\"\\'", payment_channel='"ch"\\'),
         payment("E-META", metadata={"nested": {"list": [1, 2.5, "x", None, True]}, "é": "😀"}),
         payment("E-STATUS", status="pending", metadata={}),
+        # sql/110: a third decimal, a currency, a provider's offset kept beside its day.
+        payment("E-KWD", amount=Decimal("12.345"), currency="KWD"),
+        payment("E-KWD-ROUND", amount=Decimal("12.34"), currency="KWD"),
+        payment("E-JPY", amount=Decimal("5000.00"), currency="JPY"),
+        payment(
+            "E-OFFSET",
+            payment_date=DAY.replace(hour=1),
+            payment_at=DAY.replace(hour=1) - timedelta(hours=5, minutes=30),
+        ),
     ]
     candidates = [Candidate(p, "generic", f"msg-{p.reference_number}", b"{}") for p in tricky]
     async with db.acquire() as conn:
@@ -81,8 +90,14 @@ async def test_webhook_events_match_the_python_builder(db: asyncpg.Pool) -> None
             source="webhook",
             metadata=p.metadata,
             status=p.status,
+            currency=p.currency,
+            payment_at=p.payment_at,
         )
         assert_same_recorded_event(stored, expected)
+        if p.currency is not None:  # on the topic right after the amount it qualifies
+            assert f'"amount" : "{p.amount}", "currency" : "{p.currency}"'.encode() in bytes(
+                stored["payload"]
+            )
     ids = await db.fetch("SELECT event_id FROM payment_service.outbox")
     assert len({r["event_id"] for r in ids}) == len(candidates)  # one id per event
     assert {r["event_id"].version for r in ids} == {8}  # derived from the payment id

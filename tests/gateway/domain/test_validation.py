@@ -301,8 +301,12 @@ def test_payment_date_window_edges_are_inclusive() -> None:
     assert "too old" in too_old.detail
     too_new = reject("payment_date", (WINDOW.latest + timedelta(microseconds=1)).isoformat())
     assert "future" in too_new.detail
-    # The window applies after conversion to UTC.
-    assert "too old" in reject("payment_date", "2025-03-01T00:30:00+01:00").detail
+    # The window applies to the provider's own calendar day, not to the UTC one: 1 March
+    # 00:30 at +01:00 is 28 February in UTC, and it is accepted as sent.
+    first = validate_payment(valid_doc(payment_date="2025-03-01T00:30:00+01:00"), window=WINDOW)
+    assert first.payment_date == datetime(2025, 3, 1, 0, 30)
+    assert first.payment_at == datetime(2025, 2, 28, 23, 30)
+    assert "too old" in reject("payment_date", "2025-02-28T23:30:00-01:00").detail
 
 
 # -- whole documents ------------------------------------------------------------
@@ -327,6 +331,7 @@ def test_valid_document_becomes_a_payment() -> None:
         payment_channel="bank_transfer",
         status="pending",
         provider_event_at=datetime(2026, 3, 1, 10, 31),
+        payment_at=datetime(2026, 3, 1, 10, 30),  # sent with a zone (Z)
     )
     assert payment.metadata is metadata
 
@@ -356,8 +361,8 @@ def test_every_known_status_is_accepted(status: str) -> None:
 def test_maximum_lengths_are_accepted() -> None:
     doc = valid_doc(
         reference_number="r" * 255,
-        loan_account_number="a" * 20,
-        cif="c" * 20,
+        loan_account_number="a" * 500,
+        cif="c" * 500,
         payment_channel="p" * 100,
     )
     payment = validate_payment(doc, window=WINDOW)
@@ -399,13 +404,13 @@ def deep(levels: int) -> Any:
         ("reference_number", ["REF"], "not list"),
         ("loan_account_number", DROP, "required"),
         ("loan_account_number", "", "empty"),
-        ("loan_account_number", "a" * 21, "longer than 20"),
+        ("loan_account_number", "a" * 501, "longer than 500"),
         ("loan_account_number", 123, "not int"),
         ("loan_account_number", False, "not bool"),
         ("loan_account_number", "LN\x001", "control"),
         ("cif", DROP, "required"),
         ("cif", " ", "empty"),
-        ("cif", "c" * 21, "longer than 20"),
+        ("cif", "c" * 501, "longer than 500"),
         ("cif", 42, "not int"),
         ("cif", 4.2, "not float"),
         ("cif", {"id": 1}, "not dict"),
@@ -515,7 +520,7 @@ def test_staging_aware_date_is_converted_to_utc() -> None:
         ("payment_date", None, "required"),
         ("reference_number", "r" * 256, "longer than 255"),
         ("reference_number", "  ", "empty"),
-        ("loan_account_number", "a" * 21, "longer than 20"),
+        ("loan_account_number", "a" * 501, "longer than 500"),
         ("cif", None, "required"),
         ("payment_channel", "p" * 101, "longer than 100"),
         ("metadata", "{not json", "not valid JSON"),

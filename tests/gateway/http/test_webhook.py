@@ -108,7 +108,7 @@ async def test_validation_errors_name_the_field(client: Any, db: Any) -> None:
         "amount": [payment_doc(amount="0"), payment_doc(amount="-5"), payment_doc(amount="1.001"),
                    payment_doc(amount="NaN"), payment_doc(amount="99999999999999.00"),
                    payment_doc(amount=True)],
-        "cif": [payment_doc(cif="C" * 21), payment_doc(cif=123)],
+        "cif": [payment_doc(cif="C" * 501), payment_doc(cif=123)],
         "loan_account_number": [payment_doc(loan_account_number=None)],
         "reference_number": [payment_doc(reference_number="R" * 256)],
         "payment_date": [payment_doc(payment_date="yesterday"),

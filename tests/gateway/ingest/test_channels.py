@@ -298,6 +298,26 @@ def test_repr_hides_secrets(tmp_path: Path) -> None:
             "channels.x.verify.notification_url",
         ),
         ('[channels.x]\n[channels.x.fields]\nreference = "id"\n', "channels.x.fields.reference"),
+        (  # minor units in a named currency: the provider's table must say what they are
+            '[channels.x]\namount_minor_units = true\ncurrency_path = "c"\n'
+            '[channels.x.fields]\namount = "a"\n',
+            "channels.x.minor_units",
+        ),
+        (
+            '[channels.x]\ncurrency_path = "c"\n[channels.x.minor_units]\n2 = ["usd"]\n'
+            '[channels.x.fields]\namount = "a"\n',
+            "channels.x.minor_units.2",
+        ),
+        (
+            '[channels.x]\ncurrency_path = "c"\n[channels.x.minor_units]\n4 = ["CLF"]\n'
+            '[channels.x.fields]\namount = "a"\n',
+            "channels.x.minor_units.4",
+        ),
+        (
+            '[channels.x]\n[channels.x.minor_units]\n2 = ["USD"]\n'
+            '[channels.x.fields]\namount = "a"\n',
+            "channels.x.minor_units",
+        ),
         ('[channels.x]\n[channels.x.fields]\namount = "a..b"\n', "channels.x.fields.amount"),
         (
             '[channels.x]\nevent_type_path = "type"\n[channels.x.fields]\namount = "a"\n',
@@ -362,6 +382,7 @@ def test_stripe_payment_intent_succeeded(tmp_path: Path) -> None:
         "payment_date": "2024-05-31T16:08:32+00:00",
         "payment_channel": "stripe",
         "metadata": {"loan_account_number": "LN-0000123", "cif": "CIF987", "currency": "usd"},
+        "currency": "USD",
         "status": "succeeded",
         "event_id": "evt_3PMXq2LkdIwHu7ix0a1b2c3d",
         "event_time": "2024-05-31T16:08:37+00:00",
@@ -408,7 +429,7 @@ def test_legacy_charge_without_payment_intent_uses_the_charge_id(tmp_path: Path)
         (1050, "usd", Decimal("10.50")),
         (1050, "JPY", Decimal("1050")),
         (5, "krw", Decimal("5")),
-        (12340, "kwd", Decimal("12.34")),
+        (12340, "kwd", Decimal("12.340")),
         (12345, "kwd", Decimal("12.345")),
         (1, "eur", Decimal("0.01")),
         (99999999999999, "usd", Decimal("999999999999.99")),
