@@ -92,7 +92,7 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
     pending = app[appkeys.SOURCE_GUARD].check(request, channel)  # allowlist, rate: before the body
     if pending is not None:
         await pending  # the shared limiter is leasing this channel's next tokens
-    body = await read_body(request, app[appkeys.SETTINGS].client_timeout_seconds)
+    body = await read_body(request)
     try:
         try:
             verified = channel.verify(request.headers, body, now=time.time())

@@ -4,8 +4,8 @@
   read (`appkeys.SOURCE_GUARD`);
 - the delivery-id replay guard (`appkeys.REPLAY_GUARD`);
 - a global in-flight bound on webhook requests (`appkeys.INFLIGHT`, entered by the webhook
-  handler), and bearer-JWT auth for the rest of /api/v1/ (a request gate run by the
-  request context, so errors render as JSON);
+  handler), and bearer-JWT auth for the ops routes (the gates of `ops:read` and
+  `ops:write` routes, run by the request context, so errors render as JSON);
 - SIGHUP reloads the channels file (`reload.reload_on_sighup`).
 
 docs/security.md lists which limit fails open and which fails closed, and why.
@@ -14,14 +14,12 @@ docs/security.md lists which limit fails open and which fails closed, and why.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-
-from aiohttp import web
 
 from gateway.config import Settings
 from gateway.ingest.channels import ChannelRegistry
-from gateway.security.auth import ops_gate
+from gateway.security.access import Access, Gate
+from gateway.security.auth import READ, WRITE, ops_gate
 from gateway.security.guard import ChannelSourceGuard
 from gateway.security.inflight import InFlight
 from gateway.security.ratelimit import RateLimiter
@@ -41,7 +39,7 @@ class SourceSecurity:
     shared_limiter: SharedRateLimiter | None
     replay_guard: DeliveryReplayGuard
     inflight: InFlight
-    ops_gate: Callable[[web.Request], None]
+    ops_gates: dict[Access, Gate]
 
 
 def build(settings: Settings, channels: ChannelRegistry) -> SourceSecurity:
@@ -75,5 +73,8 @@ def build(settings: Settings, channels: ChannelRegistry) -> SourceSecurity:
         shared_limiter=shared,
         replay_guard=DeliveryReplayGuard(tolerance_of),
         inflight=InFlight(settings.max_in_flight_requests),
-        ops_gate=ops_gate(settings.admin_jwt_secret),
+        ops_gates={
+            Access.OPS_READ: ops_gate(settings.admin_jwt_secret, READ),
+            Access.OPS_WRITE: ops_gate(settings.admin_jwt_secret, WRITE),
+        },
     )
