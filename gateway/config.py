@@ -140,6 +140,10 @@ class Settings:
     # there is no REDIS_URL at all); `local` keeps one bucket per process
     rate_limit_backend: str = env("RATE_LIMIT_BACKEND", "redis", _choice("redis", "local"))
     rate_limit_fallback_floor: float = env("RATE_LIMIT_FALLBACK_FLOOR", 0.0, _fraction)
+    # A source whose webhooks fail verification is refused (429) before its next body is
+    # read once it has failed this often; 0 turns it off. Per process.
+    unverified_rate_per_source: float = env("UNVERIFIED_RATE_PER_SOURCE", 1.0, _float(0.0))
+    unverified_burst_per_source: int = env("UNVERIFIED_BURST_PER_SOURCE", 30, _int(1))
 
     # Kafka
     kafka_topic: str = env("KAFKA_TOPIC", "payment.events")

@@ -227,6 +227,11 @@ status_poll = Counter(
 rate_limited = Counter(
     "paygate_rate_limited_total", "Requests refused by a limit.", ["channel", "limit"]
 )
+unverified_refused = Counter(
+    "paygate_unverified_refused_total",
+    "Webhooks refused before their body was read: their source failed verification too often.",
+    ["channel"],
+)
 rate_limit_fallback = Gauge(
     "paygate_rate_limit_fallback",
     "1 while this process decides shared rate limits on its own share (Redis unreachable).",

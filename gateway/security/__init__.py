@@ -1,7 +1,8 @@
 """Source security and the ops API's door, built once per app by `gateway.app`:
 
-- allowlist + per-channel token bucket, run by the webhook handler before the body is
-  read (`appkeys.SOURCE_GUARD`);
+- allowlist and the failed-verification budget per source, run by the webhook handler
+  before the body is read, and the per-channel token bucket, charged after the signature
+  passes (`appkeys.SOURCE_GUARD`);
 - the delivery-id replay guard (`appkeys.REPLAY_GUARD`);
 - a global in-flight bound on webhook requests (`appkeys.INFLIGHT`, entered by the webhook
   handler), and bearer-JWT auth for the ops routes (the gates of `ops:read` and
@@ -26,6 +27,7 @@ from gateway.security.ratelimit import RateLimiter
 from gateway.security.reload import ReloadableChannels
 from gateway.security.replay import DeliveryReplayGuard
 from gateway.security.shared_ratelimit import SharedRateLimiter
+from gateway.security.unverified import UnverifiedSources
 
 log = logging.getLogger("paygate.security")
 
@@ -69,7 +71,13 @@ def build(settings: Settings, channels: ChannelRegistry) -> SourceSecurity:
     )
     return SourceSecurity(
         channels=registry,
-        source_guard=ChannelSourceGuard(settings.trusted_proxies, shared or RateLimiter()),
+        source_guard=ChannelSourceGuard(
+            settings.trusted_proxies,
+            shared or RateLimiter(),
+            UnverifiedSources(
+                settings.unverified_rate_per_source, settings.unverified_burst_per_source
+            ),
+        ),
         shared_limiter=shared,
         replay_guard=DeliveryReplayGuard(tolerance_of),
         inflight=InFlight(settings.max_in_flight_requests),
