@@ -118,6 +118,8 @@ class Settings:
     shutdown_timeout_seconds: float = env("SHUTDOWN_TIMEOUT_SECONDS", 15.0, _float(0.1))
     max_in_flight_requests: int = env("MAX_IN_FLIGHT_REQUESTS", 4096, _int(1))
     client_timeout_seconds: float = env("CLIENT_TIMEOUT_SECONDS", 10.0, _float(0.1))
+    # Connections open at once from one address (IPv6: a /64), per process; 0: no bound.
+    max_connections_per_source: int = env("MAX_CONNECTIONS_PER_SOURCE", 1024, _int(0))
     tls_cert_file: str = env("TLS_CERT_FILE", "")
     tls_key_file: str = env("TLS_KEY_FILE", "")
 

@@ -68,8 +68,16 @@ _HTTP_CODES = {
     408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    429: "rate_limited",
     431: "headers_too_large",
+    500: "internal_error",
+    504: "timeout",
 }
+
+
+def error_code(status: int) -> str:
+    """The machine-readable code of an HTTP error status we did not raise ourselves."""
+    return _HTTP_CODES.get(status, "http_error")
 
 
 def json_response(
@@ -173,7 +181,7 @@ def _unavailable(exc: Exception) -> ServiceUnavailable:
 
 
 def _http_error_response(exc: web.HTTPException) -> web.Response:
-    code = _HTTP_CODES.get(exc.status, "http_error")
+    code = error_code(exc.status)
     allow = exc.headers.get("Allow")
     headers = {"Allow": allow} if allow is not None else None
     return json_response({"error": code, "detail": exc.reason}, exc.status, headers)
