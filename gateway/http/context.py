@@ -97,6 +97,8 @@ NO_STORE = "no-store"
 
 
 def with_request_context(handler: Handler, access: Access) -> Handler:
+    private = access.private  # looked up once, not per request
+
     @functools.wraps(handler)
     async def in_request_context(request: web.Request) -> web.StreamResponse:
         incoming = request.headers.get("X-Request-ID", "")
@@ -120,7 +122,7 @@ def with_request_context(handler: Handler, access: Access) -> Handler:
                     response.force_close()  # the rest of the body is not worth waiting for
             except web.HTTPException as exc:
                 if exc.status < 400:
-                    if access.private:
+                    if private:
                         exc.headers.setdefault("Cache-Control", NO_STORE)
                     raise
                 response = _http_error_response(exc)
@@ -142,7 +144,7 @@ def with_request_context(handler: Handler, access: Access) -> Handler:
                         500,
                     )  # fmt: skip
             response.headers["X-Request-ID"] = rid
-            if access.private:
+            if private:
                 response.headers.setdefault("Cache-Control", NO_STORE)
             return response
         finally:
