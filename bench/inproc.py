@@ -1,8 +1,8 @@
 """CPU per webhook inside the server process, without the network or a load generator.
 
 On two shared cores the end-to-end benches swing by ±10% from run to run, too much to
-judge a change worth 5 µs. This drives the real application (`create_app`, the same
-aiohttp server settings as `paygate serve`) through aiohttp's own protocol object
+judge a change worth 5 µs. This drives the real application (`create_app`, on the
+runner `paygate serve` uses) through aiohttp's own protocol object
 over an in-memory transport, with `--connections` requests in flight, and divides
 the process's CPU time by the requests answered. Postgres and Redis are real
 (embedded) and run in their own processes, so only the server's Python is counted.
@@ -35,6 +35,8 @@ from aiohttp import web
 
 from bench.bare import create_bare_app
 from bench.stack import bench_stack, mode_requests
+from gateway import appkeys
+from gateway.http.server import GatewayRunner
 from gateway.security.slow_clients import server_kwargs
 from workers.cli.serve import GC_THRESHOLDS
 
@@ -129,7 +131,12 @@ async def drive(
 async def run_app(
     app: web.Application, settings: Any, seed: list[bytes], reqs: list[bytes], connections: int
 ) -> tuple[float, float, dict[int, int]]:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, **server_kwargs(settings))
+    kwargs: dict[str, Any] = {"access_log": None, "handle_signals": False}
+    runner = (  # paygate's own runner, as `paygate serve` has it; the bare app has no settings
+        GatewayRunner(app, **kwargs)
+        if appkeys.SETTINGS in app
+        else web.AppRunner(app, **kwargs, **server_kwargs(settings))
+    )
     await runner.setup()
     try:
         if seed:  # record the payments the duplicates repeat (as run_all does)

@@ -27,7 +27,7 @@ from gateway.clients.rate_leases import lease_store
 from gateway.clients.redis import RedisCache
 from gateway.config import Settings
 from gateway.db.pool import create_pool
-from gateway.http.console.session import console_gate
+from gateway.http.console.session import console_gates
 from gateway.http.metrics import metrics_handler
 from gateway.http.routes import add_routes
 from gateway.ingest.channels import load_channels
@@ -40,6 +40,7 @@ from gateway.notify import Wakeup
 from gateway.observability import exposition, gauges, metrics
 from gateway.observability.probes import HealthProbes
 from gateway.observability.stats import StatsService
+from gateway.security.access import Access
 from gateway.security.reload import reload_on_sighup
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,12 @@ def create_app(
     app[appkeys.SOURCE_GUARD] = guard.source_guard
     app[appkeys.REPLAY_GUARD] = guard.replay_guard
     app[appkeys.INFLIGHT] = guard.inflight
-    app[appkeys.REQUEST_GATES] = [guard.ops_gate, console_gate(settings.admin_jwt_secret)]
+    app[appkeys.ACCESS_GATES] = {
+        Access.PUBLIC: None,
+        Access.SIGNED: None,  # the webhook handler verifies the channel's signature
+        **guard.ops_gates,
+        **console_gates(settings.admin_jwt_secret),
+    }
     statuses = StatusService(
         settings,
         lambda: app[appkeys.POOL],

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from gateway.ingest.writer import GroupCommitWriter
     from gateway.observability.probes import HealthProbes
     from gateway.observability.stats import StatsService
+    from gateway.security.access import Access
     from gateway.security.inflight import InFlight
 
 
@@ -52,9 +53,11 @@ REPLAY_GUARD: web.AppKey[ReplayGuard] = web.AppKey("replay_guard")
 STATUS_APPLIER: web.AppKey[StatusApplier] = web.AppKey("status_applier")
 # The bound on webhook requests in flight in this process (checked by the webhook handler).
 INFLIGHT: web.AppKey[InFlight] = web.AppKey("inflight")
-# Checks the request context (gateway.http.context) runs before every handler (ops API
-# auth): each raises a PaygateError to refuse. Cheaper than one wrapper per check.
-REQUEST_GATES: web.AppKey[list[Callable[[web.Request], None]]] = web.AppKey("request_gates")
+# The gate of each access a route may declare (gateway.security.access), run by the request
+# context before the handler: it raises a PaygateError to refuse; None means anyone.
+ACCESS_GATES: web.AppKey[dict[Access, Callable[[web.Request], None] | None]] = web.AppKey(
+    "access_gates"
+)
 
 # Extra /health checks (DEFAULT-partition rows, dead letters), from the gauge refresher.
 HEALTH_EXTRAS: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("health_extras")

@@ -118,6 +118,8 @@ class Settings:
     shutdown_timeout_seconds: float = env("SHUTDOWN_TIMEOUT_SECONDS", 15.0, _float(0.1))
     max_in_flight_requests: int = env("MAX_IN_FLIGHT_REQUESTS", 4096, _int(1))
     client_timeout_seconds: float = env("CLIENT_TIMEOUT_SECONDS", 10.0, _float(0.1))
+    # Connections open at once from one address (IPv6: a /64), per process; 0: no bound.
+    max_connections_per_source: int = env("MAX_CONNECTIONS_PER_SOURCE", 1024, _int(0))
     tls_cert_file: str = env("TLS_CERT_FILE", "")
     tls_key_file: str = env("TLS_KEY_FILE", "")
 
@@ -140,6 +142,10 @@ class Settings:
     # there is no REDIS_URL at all); `local` keeps one bucket per process
     rate_limit_backend: str = env("RATE_LIMIT_BACKEND", "redis", _choice("redis", "local"))
     rate_limit_fallback_floor: float = env("RATE_LIMIT_FALLBACK_FLOOR", 0.0, _fraction)
+    # A source whose webhooks fail verification is refused (429) before its next body is
+    # read once it has failed this often; 0 turns it off. Per process.
+    unverified_rate_per_source: float = env("UNVERIFIED_RATE_PER_SOURCE", 1.0, _float(0.0))
+    unverified_burst_per_source: int = env("UNVERIFIED_BURST_PER_SOURCE", 30, _int(1))
 
     # Kafka
     kafka_topic: str = env("KAFKA_TOPIC", "payment.events")

@@ -13,12 +13,24 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 
 from gateway.clients.kafka import ensure_topic
 from gateway.config import Settings
 from gateway.db.migrations import migrate
 from gateway.db.pool import create_pool
 from tests.stack import MissingServers, TestStack
+
+
+class AppServer(TestServer):
+    """The test server on the runner `paygate serve` uses (gateway.http.server): the
+    slow-client limits, JSON protocol errors and the per-source connection bound."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        from gateway.http.server import GatewayRunner
+
+        return GatewayRunner(self.app, **kwargs)
+
 
 TEST_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXBheWdhdGUtdGVzdHMtMDE="  # base64 of a test key
 
@@ -147,7 +159,7 @@ async def make_client(
             await ensure_topic(s)
         # database_gauges=False: what `paygate serve` builds in a host's extra processes.
         app = create_app(s, database_gauges=database_gauges)
-        client = TestClient(TestServer(app))
+        client = TestClient(AppServer(app))
         await client.start_server()
         clients.append(client)
         return client

@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.security.access import Access
 
 OPS_ROUTES = (
     ("GET", "/api/v1/payments/stats"),
@@ -67,7 +68,9 @@ def test_the_built_app_has_its_source_controls() -> None:
         appkeys.STATUS_APPLIER,
     ):
         assert key in app, key
-    assert app[appkeys.REQUEST_GATES], "no request gate: the ops API would be open"
+    gates = app[appkeys.ACCESS_GATES]
+    for access in (Access.OPS_READ, Access.OPS_WRITE, Access.CONSOLE_READ, Access.CONSOLE_WRITE):
+        assert gates[access] is not None, f"no gate for {access}: those routes would be open"
 
 
 def test_every_worker_is_registered() -> None:

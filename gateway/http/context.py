@@ -1,6 +1,8 @@
-"""The request context every route runs in: request id in and out, the request gates
-(appkeys.REQUEST_GATES), and every error rendered as `{"error": code, "detail": ...}`.
-Input problems are 4xx; only our own bugs are 500.
+"""The request context every route runs in: request id in and out, the gate of the
+route's declared access (appkeys.ACCESS_GATES, gateway.security.access), the body read
+deadline (gateway.http.body), `Cache-Control: no-store` on every answer of an ops or
+console route, and every error rendered as `{"error": code, "detail": ...}`. Input
+problems are 4xx; only our own bugs are 500.
 
 It wraps each route's handler (`add_route` below, called by gateway.http.routes)
 instead of being an aiohttp middleware. With any middleware at all aiohttp runs every
@@ -8,9 +10,11 @@ request through two more coroutine frames (the middleware and its own current-ap
 fix-up); on the bench machine that, with our per-request metrics, was a quarter of the
 server's CPU for a duplicate webhook. Unknown paths and methods reach `no_such_route`,
 registered last, so their 404/405 are rendered here too. Checks are added as gates
-rather than wrappers. A database that cannot take the work (down, failing over, read-only:
-`gateway.db.primary.unavailable`) is a 503 with `Retry-After`, not a 500, wherever in a
-handler it surfaces.
+rather than wrappers; the gate comes from the route that matched, so no spelling of a
+path (`%2F`, dot segments) can reach a handler past another route's gate. A database
+that cannot take the work (down, failing over, read-only: `gateway.db.primary.unavailable`)
+is a 503 with `Retry-After`, not a 500, wherever in a handler it surfaces. A body that
+cannot be parsed (bad chunking) is a 400 naming only the kind of error.
 """
 
 from __future__ import annotations
@@ -26,12 +30,15 @@ import asyncpg
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestPayloadError
 
 from gateway import appkeys
 from gateway.db import primary
 from gateway.db.errors import describe_text
-from gateway.errors import PaygateError, ServiceUnavailable
+from gateway.errors import BadRequest, PaygateError, ServiceUnavailable
+from gateway.http.body import RequestTimeout, body_deadline
 from gateway.observability.logs import request_id_var
+from gateway.security.access import Access, missing_gates
 
 log = logging.getLogger("paygate.http")
 
@@ -61,8 +68,16 @@ _HTTP_CODES = {
     408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    429: "rate_limited",
     431: "headers_too_large",
+    500: "internal_error",
+    504: "timeout",
 }
+
+
+def error_code(status: int) -> str:
+    """The machine-readable code of an HTTP error status we did not raise ourselves."""
+    return _HTTP_CODES.get(status, "http_error")
 
 
 def json_response(
@@ -77,26 +92,43 @@ def error_response(exc: PaygateError) -> web.Response:
     return json_response(exc.body(), exc.status, exc.headers())
 
 
-_in_context: weakref.WeakSet[Handler] = weakref.WeakSet()
+_access_of: weakref.WeakKeyDictionary[Handler, Access] = weakref.WeakKeyDictionary()
+NO_STORE = "no-store"
 
 
-def with_request_context(handler: Handler) -> Handler:
+def with_request_context(handler: Handler, access: Access) -> Handler:
+    private = access.private  # looked up once, not per request
+
     @functools.wraps(handler)
     async def in_request_context(request: web.Request) -> web.StreamResponse:
         incoming = request.headers.get("X-Request-ID", "")
         rid = incoming if incoming and _SAFE_ID.match(incoming) else new_request_id()
         token = request_id_var.set(rid)
+        app = request.app
+        deadline = (
+            None
+            if request.content.is_eof()  # the body came with the headers (or there is none)
+            else body_deadline(request, app[appkeys.SETTINGS].client_timeout_seconds)
+        )
         try:
             try:
-                for gate in request.app.get(appkeys.REQUEST_GATES, ()):
+                gate = app[appkeys.ACCESS_GATES][access]
+                if gate is not None:
                     gate(request)
                 response = await handler(request)
             except PaygateError as exc:
                 response = _render_error(request, exc)
+                if isinstance(exc, RequestTimeout):
+                    response.force_close()  # the rest of the body is not worth waiting for
             except web.HTTPException as exc:
                 if exc.status < 400:
+                    if private:
+                        exc.headers.setdefault("Cache-Control", NO_STORE)
                     raise
                 response = _http_error_response(exc)
+            except RequestPayloadError as exc:  # a malformed body (chunking, encoding)
+                response = _render_error(request, BadRequest(_payload_detail(exc)))
+                response.force_close()
             except Exception as exc:
                 if primary.unavailable(exc):
                     log.warning(
@@ -112,12 +144,23 @@ def with_request_context(handler: Handler) -> Handler:
                         500,
                     )  # fmt: skip
             response.headers["X-Request-ID"] = rid
+            if private:
+                response.headers.setdefault("Cache-Control", NO_STORE)
             return response
         finally:
+            if deadline is not None:
+                deadline.cancel()
             request_id_var.reset(token)
 
-    _in_context.add(in_request_context)
+    _access_of[in_request_context] = access
     return in_request_context
+
+
+def _payload_detail(exc: RequestPayloadError) -> str:
+    """The kind of body error, never the bytes that caused it."""
+    cause = exc.__cause__ or (exc.args[0] if exc.args else None)
+    kind = type(cause).__name__ if isinstance(cause, BaseException) else "malformed"
+    return f"the request body could not be read ({kind})"
 
 
 def _render_error(request: web.Request, exc: PaygateError) -> web.Response:
@@ -140,7 +183,7 @@ def _unavailable(exc: Exception) -> ServiceUnavailable:
 
 
 def _http_error_response(exc: web.HTTPException) -> web.Response:
-    code = _HTTP_CODES.get(exc.status, "http_error")
+    code = error_code(exc.status)
     allow = exc.headers.get("Allow")
     headers = {"Allow": allow} if allow is not None else None
     return json_response({"error": code, "detail": exc.reason}, exc.status, headers)
@@ -148,15 +191,25 @@ def _http_error_response(exc: web.HTTPException) -> web.Response:
 
 def in_context(handler: Handler) -> bool:
     """Whether a route's handler runs in the request context."""
-    return handler in _in_context
+    return handler in _access_of
 
 
-def add_route(app: web.Application, method: str, path: str, handler: Handler) -> None:
-    """Register a route whose handler runs in the request context (GET also answers HEAD)."""
+def access_of(handler: Handler) -> Access | None:
+    """The access a registered route declared (None: not in the request context)."""
+    return _access_of.get(handler)
+
+
+def add_route(
+    app: web.Application, method: str, path: str, handler: Handler, access: Access
+) -> None:
+    """Register a route whose handler runs in the request context behind the gate of
+    `access` (GET also answers HEAD)."""
+    if not isinstance(access, Access):
+        raise TypeError(f"{method} {path}: a route must declare its access, got {access!r}")
     if method == "GET":
-        app.router.add_get(path, with_request_context(handler))
+        app.router.add_get(path, with_request_context(handler, access))
     else:
-        app.router.add_route(method, path, with_request_context(handler))
+        app.router.add_route(method, path, with_request_context(handler, access))
 
 
 async def no_such_route(request: web.Request) -> web.StreamResponse:
@@ -171,18 +224,27 @@ async def no_such_route(request: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound()
 
 
-async def require_request_context(app: web.Application) -> None:
-    """On startup: refuse to serve a route registered without the request context, since
-    it would skip the request gates (the ops API's token check) along with the rest."""
+def check_routes(app: web.Application) -> None:
+    """Refuse an app with a route outside the request context (it would skip its gate,
+    along with the rest) or an access that has no gate registered."""
     outside = sorted(
         {route.resource.canonical for route in app.router.routes()
          if route.resource is not None and not in_context(route.handler)}
     )  # fmt: skip
     if outside:
         raise RuntimeError(f"routes outside the request context: {', '.join(outside)}")
+    gates = app.get(appkeys.ACCESS_GATES)
+    missing = missing_gates(gates or {})
+    if missing:
+        raise RuntimeError(f"no gate for the access {', '.join(a.value for a in missing)}")
+
+
+async def require_routes_checked(app: web.Application) -> None:
+    """On startup: the same check, for routes added after the factory built the app."""
+    check_routes(app)
 
 
 def add_fallback_route(app: web.Application) -> None:
     """After every other route: the router tries this catch-all last (it is indexed
     under "/", the shortest prefix)."""
-    app.router.add_route("*", "/{path:.*}", with_request_context(no_such_route))
+    app.router.add_route("*", "/{path:.*}", with_request_context(no_such_route, Access.PUBLIC))

@@ -189,7 +189,9 @@ async def post_bulk_replay(request: web.Request) -> web.Response:
 
 def render_body(raw: bytes) -> dict[str, Any]:
     """The stored bytes for a reader: pretty JSON (numbers exactly as sent), else the text,
-    else base64. `raw` is always the exact text when the bytes are UTF-8."""
+    else base64. `raw` is always the exact text when the bytes are UTF-8; `pretty` is None
+    for a document nested deeper than PRETTY_MAX_DEPTH (it was recorded: only the view of
+    it falls back to the raw text)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -198,7 +200,18 @@ def render_body(raw: bytes) -> dict[str, Any]:
         doc = json.loads(text, parse_float=Decimal, object_pairs_hook=_Pairs)
     except (ValueError, RecursionError):
         return {"encoding": "text", "raw": text, "pretty": None}
-    return {"encoding": "json", "raw": text, "pretty": _pretty(doc, 0)}
+    try:
+        pretty = _pretty(doc, 0)
+    except _TooDeep:  # a body nested past PRETTY_MAX_DEPTH is shown as it came
+        pretty = None
+    return {"encoding": "json", "raw": text, "pretty": pretty}
+
+
+PRETTY_MAX_DEPTH = 64  # far below the recursion limit, far above any provider's payload
+
+
+class _TooDeep(Exception):
+    pass
 
 
 class _Pairs(list[tuple[str, Any]]):
@@ -206,6 +219,8 @@ class _Pairs(list[tuple[str, Any]]):
 
 
 def _pretty(value: Any, depth: int) -> str:
+    if depth > PRETTY_MAX_DEPTH:
+        raise _TooDeep
     pad, inner = "  " * depth, "  " * (depth + 1)
     if isinstance(value, _Pairs):
         if not value:

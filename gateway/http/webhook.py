@@ -1,7 +1,8 @@
 """POST /api/v1/payments/webhook[/{channel}]: the request path of ARCHITECTURE.md.
 
-in-flight bound -> channel -> source controls -> raw bytes -> signature -> the ingest
-pipeline (parse, validate, L1, group-commit writer) -> answer. Only a committed write
+in-flight bound -> channel -> allowlist and failing sources -> raw bytes -> signature ->
+the channel's rate limit -> the ingest pipeline (parse, validate, L1, group-commit
+writer) -> answer. Only a committed write
 earns a 2xx.
 """
 
@@ -91,10 +92,9 @@ async def handle_webhook(request: web.Request) -> web.Response:
 
 async def _process(request: web.Request, channel: Channel) -> tuple[web.Response, str]:
     app = request.app
-    pending = app[appkeys.SOURCE_GUARD].check(request, channel)  # allowlist, rate: before the body
-    if pending is not None:
-        await pending  # the shared limiter is leasing this channel's next tokens
-    body = await read_body(request, app[appkeys.SETTINGS].client_timeout_seconds)
+    guard = app[appkeys.SOURCE_GUARD]
+    guard.admit(request, channel)  # allowlist, failing sources: before the body is read
+    body = await read_body(request)
     try:
         try:
             verified = channel.verify(request.headers, body, now=time.time())
@@ -102,7 +102,11 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
             verified = await channel.verify_after(need, request.headers, body, now=time.time())
     except SignatureError as exc:
         metrics.signature_failures.labels(channel.name, exc.reason).inc()
+        guard.failed(request, channel)
         raise
+    pending = guard.charge(channel)  # the channel's rate: only verified deliveries spend it
+    if pending is not None:
+        await pending  # the shared limiter is leasing this channel's next tokens
     pipeline = app[appkeys.PIPELINE]
     scheme_id = (verified.delivery_id or "")[:DELIVERY_ID_MAX] or None
     # An id read beside the signature is recorded, never a key (gateway.ingest.pipeline).

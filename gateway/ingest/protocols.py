@@ -16,9 +16,16 @@ if TYPE_CHECKING:
 
 
 class SourceGuard(Protocol):
-    def check(self, request: web.Request, channel: Channel) -> Awaitable[None] | None:
-        """Raise Forbidden (allowlist) or TooManyRequests (rate limit), before the body is
-        read; an awaitable when the decision needs a lease from the shared limiter first."""
+    def admit(self, request: web.Request, channel: Channel) -> None:
+        """Before the body is read: raise Forbidden (allowlist) or TooManyRequests (a
+        source whose deliveries keep failing verification)."""
+
+    def failed(self, request: web.Request, channel: Channel) -> None:
+        """This request's delivery failed verification (charges its source)."""
+
+    def charge(self, channel: Channel) -> Awaitable[None] | None:
+        """After verification: the channel's rate limit (TooManyRequests); an awaitable
+        when the decision needs a lease from the shared limiter first."""
 
 
 class ReplayGuard(Protocol):

@@ -236,6 +236,11 @@ status_poll = Counter(
 rate_limited = Counter(
     "paygate_rate_limited_total", "Requests refused by a limit.", ["channel", "limit"]
 )
+unverified_refused = Counter(
+    "paygate_unverified_refused_total",
+    "Webhooks refused before their body was read: their source failed verification too often.",
+    ["channel"],
+)
 rate_limit_fallback = Gauge(
     "paygate_rate_limit_fallback",
     "1 while this process decides shared rate limits on its own share (Redis unreachable).",
@@ -309,6 +314,7 @@ def zero_known_series() -> None:
         for value in values:
             metric.labels(value)
     rate_limited.labels("all", "in_flight")
+    rate_limited.labels("all", "connections")
 
 
 def zero_channel_series(channels: Iterable[str]) -> None:
@@ -321,6 +327,7 @@ def zero_channel_series(channels: Iterable[str]) -> None:
             signature_failures.labels(channel, reason)
         for limit in CHANNEL_LIMITS:
             rate_limited.labels(channel, limit)
+        unverified_refused.labels(channel)
 
 
 zero_known_series()

@@ -1,11 +1,12 @@
 """Source security and the ops API's door, built once per app by `gateway.app`:
 
-- allowlist + per-channel token bucket, run by the webhook handler before the body is
-  read (`appkeys.SOURCE_GUARD`);
+- allowlist and the failed-verification budget per source, run by the webhook handler
+  before the body is read, and the per-channel token bucket, charged after the signature
+  passes (`appkeys.SOURCE_GUARD`);
 - the delivery-id replay guard (`appkeys.REPLAY_GUARD`);
 - a global in-flight bound on webhook requests (`appkeys.INFLIGHT`, entered by the webhook
-  handler), and bearer-JWT auth for the rest of /api/v1/ (a request gate run by the
-  request context, so errors render as JSON);
+  handler), and bearer-JWT auth for the ops routes (the gates of `ops:read` and
+  `ops:write` routes, run by the request context, so errors render as JSON);
 - SIGHUP reloads the channels file (`reload.reload_on_sighup`).
 
 docs/security.md lists which limit fails open and which fails closed, and why.
@@ -14,20 +15,19 @@ docs/security.md lists which limit fails open and which fails closed, and why.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-
-from aiohttp import web
 
 from gateway.config import Settings
 from gateway.ingest.channels import ChannelRegistry
-from gateway.security.auth import ops_gate
+from gateway.security.access import Access, Gate
+from gateway.security.auth import READ, WRITE, ops_gate
 from gateway.security.guard import ChannelSourceGuard
 from gateway.security.inflight import InFlight
 from gateway.security.ratelimit import RateLimiter
 from gateway.security.reload import ReloadableChannels
 from gateway.security.replay import DeliveryReplayGuard
 from gateway.security.shared_ratelimit import SharedRateLimiter
+from gateway.security.unverified import UnverifiedSources
 
 log = logging.getLogger("paygate.security")
 
@@ -41,7 +41,7 @@ class SourceSecurity:
     shared_limiter: SharedRateLimiter | None
     replay_guard: DeliveryReplayGuard
     inflight: InFlight
-    ops_gate: Callable[[web.Request], None]
+    ops_gates: dict[Access, Gate]
 
 
 def build(settings: Settings, channels: ChannelRegistry) -> SourceSecurity:
@@ -71,9 +71,18 @@ def build(settings: Settings, channels: ChannelRegistry) -> SourceSecurity:
     )
     return SourceSecurity(
         channels=registry,
-        source_guard=ChannelSourceGuard(settings.trusted_proxies, shared or RateLimiter()),
+        source_guard=ChannelSourceGuard(
+            settings.trusted_proxies,
+            shared or RateLimiter(),
+            UnverifiedSources(
+                settings.unverified_rate_per_source, settings.unverified_burst_per_source
+            ),
+        ),
         shared_limiter=shared,
         replay_guard=DeliveryReplayGuard(tolerance_of),
         inflight=InFlight(settings.max_in_flight_requests),
-        ops_gate=ops_gate(settings.admin_jwt_secret),
+        ops_gates={
+            Access.OPS_READ: ops_gate(settings.admin_jwt_secret, READ),
+            Access.OPS_WRITE: ops_gate(settings.admin_jwt_secret, WRITE),
+        },
     )

@@ -1,8 +1,9 @@
 """Ops API authentication: HS256 bearer JWTs signed with ADMIN_JWT_SECRET.
 
-Everything under /api/v1/ except the webhook endpoints needs a token whose role allows
-the method: GET/HEAD/OPTIONS need `ops:read`, anything else `ops:write` (which also
-grants read). The token's `sub` becomes `request[PRINCIPAL].subject` for the audit log.
+Each ops route declares the role it needs (`gateway.security.access`: `ops:read` or
+`ops:write`, which also grants read); the request context runs this gate for it, so
+which path text reached the route does not matter. The token's `sub` becomes
+`request[PRINCIPAL].subject` for the audit log.
 Without ADMIN_JWT_SECRET the ops API answers 503 `ops_api_disabled`: it fails closed
 rather than open. Only HS256 is accepted, so `alg: none` and key-confusion tokens fail.
 """
@@ -17,7 +18,6 @@ import jwt
 from aiohttp import web
 
 from gateway.errors import Forbidden, ServiceUnavailable, Unauthorized
-from gateway.security.inflight import is_webhook_path
 
 READ = "ops:read"
 WRITE = "ops:write"
@@ -25,7 +25,6 @@ ROLES = (READ, WRITE)
 ALGORITHM = "HS256"
 LEEWAY_SECONDS = 30
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-OPS_PREFIX = "/api/v1/"
 
 
 @dataclass(frozen=True)
@@ -79,10 +78,6 @@ def required_role(method: str) -> str:
     return READ if method.upper() in _READ_METHODS else WRITE
 
 
-def needs_auth(path: str) -> bool:
-    return path.startswith(OPS_PREFIX) and not is_webhook_path(path)
-
-
 def bearer_token(header: str) -> str | None:
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -95,7 +90,7 @@ class _Unauthorized(Unauthorized):
         return {"WWW-Authenticate": 'Bearer realm="paygate-ops"'}
 
 
-def authenticate(request: web.Request, secret: str) -> Principal:
+def authenticate(request: web.Request, secret: str, role: str) -> Principal:
     if not secret:
         raise ServiceUnavailable(
             "the ops API is disabled: ADMIN_JWT_SECRET is not set", code="ops_api_disabled"
@@ -107,17 +102,15 @@ def authenticate(request: web.Request, secret: str) -> Principal:
         principal = decode_token(token, secret)
     except Unauthorized as exc:
         raise _Unauthorized(exc.detail) from None
-    role = required_role(request.method)
     if not principal.allows(role):
         raise Forbidden(f"this action needs the {role} role", code="forbidden")
     return principal
 
 
-def ops_gate(secret: str) -> Callable[[web.Request], None]:
-    """The request gate (appkeys.REQUEST_GATES) guarding the ops API."""
+def ops_gate(secret: str, role: str) -> Callable[[web.Request], None]:
+    """The gate (appkeys.ACCESS_GATES) of the ops routes that declare `role`."""
 
     def require_ops_token(request: web.Request) -> None:
-        if needs_auth(request.path):
-            request[PRINCIPAL] = authenticate(request, secret)
+        request[PRINCIPAL] = authenticate(request, secret, role)
 
     return require_ops_token

@@ -1,12 +1,13 @@
 """Limits against slow and oversized clients.
 
 aiohttp reads request headers inside its protocol, so their size and count limits are
-server arguments (`server_kwargs`, given to `web.AppRunner`). The body is read by the
-handler: `gateway.http.body.read_body` bounds it by CLIENT_TIMEOUT_SECONDS (408 when the
-client trickles).
-aiohttp has no header-read deadline of its own; a client sending headers slowly holds
-one connection until `keepalive_timeout`-independent TCP limits apply, so deployments
-facing the internet directly should still sit behind a proxy with a header timeout.
+server arguments (`server_kwargs`, given by `gateway.http.server.GatewayRunner`, which
+also closes a new connection that has not sent a whole request head within
+CLIENT_TIMEOUT_SECONDS, and bounds connections per source address). Every body is read
+under one deadline, CLIENT_TIMEOUT_SECONDS from the handler's start, whatever route
+reads it (`gateway.http.body`: 408 and the connection closed). Later requests on a
+kept-alive connection: aiohttp closes one that stays incomplete past the keep-alive
+timeout.
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ from contextlib import suppress
 from aiohttp import web
 
 from gateway.config import Settings
+from gateway.http.server import GatewayRunner
 from gateway.notify import WAKEUP_SOCKET_ENV
 from gateway.observability.gc_pauses import observe_gc_pauses
-from gateway.security.slow_clients import server_kwargs
 from workers.cli.command import CHILD_ENV, Command
 from workers.cli.reachability import require_urls
 from workers.cli.supervisor import Child, stop_all
@@ -119,12 +119,11 @@ async def serve(
     servers, workers = _children(settings, with_workers=with_workers)
     # The first process of the host counts the database-derived gauges for all of them.
     app = create_app(settings, database_gauges=not os.environ.get(CHILD_ENV))
-    runner = web.AppRunner(
+    runner = GatewayRunner(  # + header limits, keep-alive bound, connections per source
         app,
         access_log=None,
         handle_signals=False,
         shutdown_timeout=settings.shutdown_timeout_seconds,
-        **server_kwargs(settings),  # header size/count limits, keep-alive bound
     )
     grace = settings.shutdown_timeout_seconds + 5
     await runner.setup()

@@ -16,6 +16,7 @@ from gateway.errors import NotFound, ValidationError
 from gateway.http.console.forms import action_form, back
 from gateway.http.console.render import render
 from gateway.http.console.session import SESSION
+from gateway.http.ops_deliveries import render_body
 from gateway.ingest import replay as replaying
 
 PAGE = 50
@@ -52,10 +53,12 @@ async def list_page(request: web.Request) -> web.Response:
 
 
 def pretty(body: bytes) -> str:
-    try:
-        return orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2).decode()
-    except orjson.JSONDecodeError:
+    """As the API shows it: indented JSON with numbers as sent; the raw text when it is
+    not JSON or nested too deep to indent."""
+    shown = render_body(body)
+    if shown["encoding"] == "base64":
         return body.decode("utf-8", errors="replace")
+    return str(shown["pretty"] or shown["raw"])
 
 
 async def _row(request: web.Request) -> Any:

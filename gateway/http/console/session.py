@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -26,7 +25,8 @@ import jwt
 from aiohttp import web
 
 from gateway.errors import Forbidden, Unauthorized
-from gateway.security.auth import ALGORITHM, READ, ROLES, Principal, decode_token, required_role
+from gateway.security.access import Access, Gate
+from gateway.security.auth import ALGORITHM, READ, ROLES, WRITE, Principal, decode_token
 
 PREFIX = "/console"
 COOKIE = "paygate_session"
@@ -34,7 +34,6 @@ LOGIN_COOKIE = "paygate_login_csrf"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION_SECONDS = 8 * 3600
-PUBLIC = ("/console/login", "/console/static/")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -97,10 +96,6 @@ def set_cookie(response: web.StreamResponse, request: web.Request, name: str, va
     )  # fmt: skip
 
 
-def in_console(path: str) -> bool:
-    return path == PREFIX or path.startswith(PREFIX + "/")
-
-
 def _same_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
@@ -109,29 +104,35 @@ def _same_origin(request: web.Request) -> bool:
     return parts.netloc == request.host and parts.scheme == request.scheme
 
 
-def console_gate(secret: str) -> Callable[[web.Request], None]:
-    """The request gate for /console: a session for everything but sign-in and static
-    files, the API's role for the method, and a same-origin check on actions."""
+def console_gates(secret: str) -> dict[Access, Gate]:
+    """The gates of the console's routes, by the access each declares: a session (and
+    its role) for the pages and actions, a same-origin check on every action."""
 
-    def require_console_session(request: web.Request) -> None:
-        path = request.path
-        if not in_console(path) or path.startswith(PUBLIC):
-            if in_console(path) and request.method not in SAFE_METHODS:
-                _check_origin(request)
-            return
-        session = read_session(secret, request.cookies.get(COOKIE))
-        if session is None:
-            if request.method in SAFE_METHODS:
-                raise web.HTTPSeeOther(f"{PREFIX}/login")
-            raise Unauthorized("sign in first", code="unauthorized")
-        role = required_role(request.method)
-        if not session.principal.allows(role):
-            raise Forbidden(f"this action needs the {role} role", code="forbidden")
+    def sign_in(request: web.Request) -> None:
         if request.method not in SAFE_METHODS:
             _check_origin(request)
-        request[SESSION] = session
 
-    return require_console_session
+    def session_with(role: str | None) -> Gate:
+        def require_console_session(request: web.Request) -> None:
+            session = read_session(secret, request.cookies.get(COOKIE))
+            if session is None:
+                if request.method in SAFE_METHODS:
+                    raise web.HTTPSeeOther(f"{PREFIX}/login")
+                raise Unauthorized("sign in first", code="unauthorized")
+            if role is not None and not session.principal.allows(role):
+                raise Forbidden(f"this action needs the {role} role", code="forbidden")
+            if request.method not in SAFE_METHODS:
+                _check_origin(request)
+            request[SESSION] = session
+
+        return require_console_session
+
+    return {
+        Access.CONSOLE_SIGN_IN: sign_in,
+        Access.CONSOLE_SESSION: session_with(None),
+        Access.CONSOLE_READ: session_with(READ),
+        Access.CONSOLE_WRITE: session_with(WRITE),
+    }
 
 
 def _check_origin(request: web.Request) -> None:

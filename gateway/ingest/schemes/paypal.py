@@ -11,9 +11,10 @@ certificate. The webhook id is the one PayPal assigned to our listener URL
 The certificate URL must be https on one of PayPal's API hosts, under
 /v1/notifications/certs/ (`[verify] cert_hosts` replaces the host list; tests point
 it at a local server); the certificate must chain to a trusted CA and be issued to
-paypal.com (gateway.ingest.schemes.paypal_certs). On a cache miss verify() raises
-KeyFetchRequired: the handler fetches, then verifies again. Nothing falls back to
-unverified: no certificate, no pass.
+paypal.com (gateway.ingest.schemes.paypal_certs). The transmission time is checked
+first; on a cache miss verify() raises KeyFetchRequired: the handler fetches (bounded:
+paypal_certs), then verifies again. Nothing falls back to unverified: no certificate,
+no pass.
 
 The body enters the signature only through its CRC-32, which is not a cryptographic
 hash: someone who saw a genuine delivery could build another body with the same CRC.
@@ -117,7 +118,9 @@ class PayPalScheme:
         if len(transmission_id) > _MAX_ID_CHARS or len(signature) > _MAX_SIG_CHARS:
             raise SignatureError("malformed_signature", "a PayPal signature header is too long")
         timestamp = _transmission_time(raw_time)
-        check_url(cert_url, self.cert_hosts)
+        # Before anything is fetched: a stale or future time costs nobody a download.
+        _check_tolerance(timestamp, now, tolerance)
+        url = check_url(cert_url, self.cert_hosts)
         try:
             raw_sig = base64.b64decode(signature, validate=True)
         except (binascii.Error, ValueError):
@@ -125,9 +128,8 @@ class PayPalScheme:
                 "malformed_signature", "PAYPAL-TRANSMISSION-SIG is not base64"
             ) from None
 
-        key = self.certificates.get(cert_url, datetime.now(UTC))
+        key = self.certificates.get(url, datetime.now(UTC))
         if key is None:
-            url = cert_url
             raise KeyFetchRequired(lambda: self.certificates.fetch(url))
         message = signed_message(transmission_id, raw_time, self.webhook_id, body)
         try:
@@ -136,7 +138,6 @@ class PayPalScheme:
             raise SignatureError(
                 "signature_mismatch", "the signature does not verify for this webhook id"
             ) from None
-        _check_tolerance(timestamp, now, tolerance)
         return Verified(delivery_id=transmission_id, timestamp=timestamp)
 
 

@@ -9,15 +9,24 @@ Anything else is a 401 `untrusted_certificate`. A fetch that fails for reasons o
 the network or of PayPal's server (timeout, 5xx) is a 503: the delivery is
 retried, nothing is recorded unverified.
 
-The cache is keyed by URL, bounded, and a fetch per URL is shared by the requests
-that wait for it, so a burst of deliveries costs one download.
+Anyone can name a certificate URL in an unsigned request, so what a URL can cost is
+bounded: the scheme checks the transmission time first; the URL is canonicalised
+(`check_url`: lower-case scheme and host, no default port, no empty `?` or `#`, a plain
+path) so spellings of one URL share one cache entry; only a certificate that checks out
+enters the cache (bounded, least recently added out first), and a failed fetch is
+remembered for FAILURE_SECONDS and answered again without fetching; a fetch per URL is
+shared by the requests that wait for it; at most MAX_CONCURRENT_FETCHES downloads run at
+once and MAX_FETCHES_PER_MINUTE start per minute, past which a request is a 503 at once
+(fails closed: PayPal retries, and a certificate already cached is not affected).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -44,6 +53,11 @@ MAX_CHAIN = 6
 MAX_ENTRIES = 64
 FETCH_TIMEOUT_SECONDS = 5.0
 RETRY_AFTER_SECONDS = 30
+FAILURE_SECONDS = 60.0  # a failed fetch is answered from memory this long
+MAX_FAILURES = 256
+MAX_CONCURRENT_FETCHES = 2  # PayPal signs with one certificate at a time (two in a rotation)
+MAX_FETCHES_PER_MINUTE = 10
+_PLAIN_PATH = re.compile(r"^[A-Za-z0-9._~/-]+$")
 
 
 def _untrusted(detail: str) -> SignatureError:
@@ -131,8 +145,9 @@ def _issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def check_url(url: str, hosts: frozenset[str]) -> None:
-    """Only https URLs on the allowed hosts, under PayPal's certificate path."""
+def check_url(url: str, hosts: frozenset[str]) -> str:
+    """The canonical form of an https URL on the allowed hosts, under PayPal's
+    certificate path: what is cached and fetched, whatever spelling the header used."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -148,9 +163,12 @@ def check_url(url: str, hosts: frozenset[str]) -> None:
         or parts.fragment
         or where not in hosts
         or not parts.path.startswith(CERT_PATH_PREFIX)
+        or not _PLAIN_PATH.match(parts.path)  # no %-escapes: one spelling per path
         or ".." in parts.path
+        or "//" in parts.path
     ):
         raise _untrusted("PAYPAL-CERT-URL is not a PayPal certificate URL")
+    return f"https://{where}{parts.path}"
 
 
 class CertificateCache:
@@ -166,6 +184,8 @@ class CertificateCache:
         self.max_entries = max_entries
         self._keys: OrderedDict[str, tuple[RSAPublicKey, datetime]] = OrderedDict()
         self._fetches: dict[str, asyncio.Future[None]] = {}
+        self._failures: OrderedDict[str, tuple[Exception, float]] = OrderedDict()
+        self._started: deque[float] = deque()  # when the fetches of the last minute began
 
     def get(self, url: str, now: datetime) -> RSAPublicKey | None:
         entry = self._keys.get(url)
@@ -185,13 +205,41 @@ class CertificateCache:
             self._keys.popitem(last=False)
 
     async def fetch(self, url: str) -> None:
-        """Download, check and keep the certificate at `url`, once for all who wait."""
+        """Download, check and keep the certificate at `url` (canonical: `check_url`),
+        once for all who wait; a failure is raised again without a download for
+        FAILURE_SECONDS."""
+        now = time.monotonic()
+        failure = self._failures.get(url)
+        if failure is not None:
+            if now < failure[1]:
+                raise failure[0].with_traceback(None)  # not a traceback per re-raise
+            del self._failures[url]
         pending = self._fetches.get(url)
         if pending is None:
-            pending = asyncio.ensure_future(self._download(url))
+            self._admit(now)
+            pending = asyncio.ensure_future(self._remember_failure(url))
             self._fetches[url] = pending
             pending.add_done_callback(lambda _: self._fetches.pop(url, None))
         await asyncio.shield(pending)
+
+    def _admit(self, now: float) -> None:
+        """Refuse a new download past the bounds at once (503), rather than queue it."""
+        while self._started and now - self._started[0] >= 60.0:
+            self._started.popleft()
+        if len(self._fetches) >= MAX_CONCURRENT_FETCHES:
+            raise _unavailable("too many PayPal certificate fetches at once")
+        if len(self._started) >= MAX_FETCHES_PER_MINUTE:
+            raise _unavailable("too many PayPal certificate fetches this minute")
+        self._started.append(now)
+
+    async def _remember_failure(self, url: str) -> None:
+        try:
+            await self._download(url)
+        except (SignatureError, ServiceUnavailable) as exc:
+            self._failures[url] = (exc, time.monotonic() + FAILURE_SECONDS)
+            while len(self._failures) > MAX_FAILURES:
+                self._failures.popitem(last=False)
+            raise
 
     async def _download(self, url: str) -> None:
         timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_SECONDS)

@@ -10,8 +10,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from gateway import appkeys
 from gateway.app import create_app
 from gateway.http.context import in_context, with_request_context
+from gateway.security.access import Access
 from tests.conftest import make_settings
 
 
@@ -78,7 +80,8 @@ async def test_a_database_that_cannot_take_the_work_is_a_503_anywhere_in_a_handl
         raise exc
 
     app = web.Application()
-    app.router.add_get("/fails", with_request_context(failing))
+    app[appkeys.ACCESS_GATES] = {Access.PUBLIC: None}
+    app.router.add_get("/fails", with_request_context(failing, Access.PUBLIC))
     async with TestClient(TestServer(app)) as client:
         resp = await client.get("/fails")
         assert resp.status == status

@@ -5,7 +5,6 @@ that are 2xx only when every event is committed and record nothing twice on a re
 
 from __future__ import annotations
 
-import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,14 +16,13 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.ingest.schemes import adyen, paddle, paypal, square
 from gateway.ingest.schemes.hmac_hex import HexBodyScheme
 from gateway.ingest.schemes.registry import build_scheme, decode_key
 from tests.conftest import make_settings
-from tests.paypal_ca import pem, private_ca
+from tests.paypal_ca import CertServer, cert_server, pem, private_ca
 from tests.webhooks import payment_doc, post_webhook
 from workers.cli.devstack import free_port
 
@@ -46,39 +44,17 @@ def ref(prefix: str) -> str:
 
 
 @pytest.fixture
-async def cert_server(tmp_path: Path) -> AsyncIterator[tuple[str, str, list[str]]]:
-    """An https server on 127.0.0.1 serving the test signing certificate, as PayPal's
-    certificate URL would; yields (host:port, CA file, the paths it served)."""
-    ca = private_ca()
-    cert_pem, key_pem = ca.tls_pair()
-    (tmp_path / "tls.pem").write_bytes(cert_pem)
-    (tmp_path / "tls.key").write_bytes(key_pem)
-    (tmp_path / "ca.pem").write_bytes(pem(ca.root))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tmp_path / "tls.pem", tmp_path / "tls.key")
-    served: list[str] = []
-
-    async def cert(request: web.Request) -> web.Response:
-        served.append(request.path)
-        return web.Response(body=pem(ca.signing), content_type="application/x-pem-file")
-
-    app = web.Application()
-    app.router.add_get("/v1/notifications/certs/{name}", cert)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
-    try:
-        yield f"127.0.0.1:{port}", str(tmp_path / "ca.pem"), served
-    finally:
-        await runner.cleanup()
+async def certs(tmp_path: Path) -> AsyncIterator[CertServer]:
+    """The https server standing in for PayPal's certificate URL."""
+    async with cert_server(tmp_path) as server:
+        yield server
 
 
 @pytest.fixture
 async def client(
-    make_client: Any, stack: Any, tmp_path: Path, cert_server: tuple[str, str, list[str]]
+    make_client: Any, stack: Any, tmp_path: Path, certs: CertServer
 ) -> TestClient[Any, Any]:
-    host, ca_file, served = cert_server
+    host, ca_file, served = certs.host, certs.ca_file, certs.served
     path = tmp_path / "channels.toml"
     path.write_text(f"""
 [channels.adyen]

@@ -113,7 +113,16 @@ def test_the_body_and_the_webhook_id_are_signed(scheme: paypal.PayPalScheme, ca_
     assert reason(other, headers()) == "signature_mismatch"
 
 
-def test_a_stale_transmission_fails_after_the_signature(scheme: paypal.PayPalScheme) -> None:
+def test_a_stale_transmission_fails_before_the_certificate_is_needed(ca_file: str) -> None:
+    fresh = build_scheme("paypal", {"webhook_id": WEBHOOK_ID, "ca_file": ca_file})
+    with pytest.raises(SignatureError) as info:  # not KeyFetchRequired: nothing to fetch
+        fresh.verify(headers(), BODY, [], now=NOW + 301, tolerance=300)
+    assert info.value.reason == "timestamp_out_of_tolerance"
+
+
+def test_a_stale_transmission_fails_with_a_cached_certificate(
+    scheme: paypal.PayPalScheme,
+) -> None:
     with pytest.raises(SignatureError) as info:
         scheme.verify(headers(), BODY, [], now=NOW + 301, tolerance=300)
     assert info.value.reason == "timestamp_out_of_tolerance"
@@ -159,6 +168,36 @@ def test_cert_hosts_default_to_paypal_and_may_name_a_port() -> None:
     with pytest.raises(SignatureError):
         check_url("https://api.paypal.com:8443/v1/notifications/certs/CERT-1", default)
     check_url("https://127.0.0.1:8443/v1/notifications/certs/C", frozenset({"127.0.0.1:8443"}))
+
+
+@pytest.mark.parametrize(
+    "spelled",
+    [
+        "https://api.paypal.com/v1/notifications/certs/CERT-1",
+        "HTTPS://API.PayPal.com/v1/notifications/certs/CERT-1",
+        "https://api.paypal.com:443/v1/notifications/certs/CERT-1",
+        "https://api.paypal.com/v1/notifications/certs/CERT-1?",
+        "https://api.paypal.com/v1/notifications/certs/CERT-1#",
+        "https://api.paypal.com/v1/notifications/certs/CERT-1?#",
+    ],
+)
+def test_spellings_of_a_certificate_url_have_one_canonical_form(spelled: str) -> None:
+    hosts = frozenset(paypal.PAYPAL_CERT_HOSTS)
+    assert check_url(spelled, hosts) == "https://api.paypal.com/v1/notifications/certs/CERT-1"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.paypal.com/v1/notifications/certs/%43ERT-1",
+        "https://api.paypal.com/v1/notifications/certs//CERT-1",
+        "https://api.paypal.com/v1/notifications/certs/CERT-1?x=1",
+        "https://api.paypal.com/v1/notifications/certs/CERT 1",
+    ],
+)
+def test_other_spellings_are_refused(url: str) -> None:
+    with pytest.raises(SignatureError):
+        check_url(url, frozenset(paypal.PAYPAL_CERT_HOSTS))
 
 
 def test_paypal_needs_its_webhook_id() -> None:

@@ -15,7 +15,6 @@ from gateway.security.auth import (
     bearer_token,
     decode_token,
     mint_token,
-    needs_auth,
     required_role,
 )
 
@@ -75,23 +74,6 @@ def test_write_grants_read_but_not_the_reverse() -> None:
 )
 def test_required_role(method: str, role: str) -> None:
     assert required_role(method) == role
-
-
-@pytest.mark.parametrize(
-    "path, protected",
-    [
-        ("/api/v1/payments/stats", True),
-        ("/api/v1/dlq", True),
-        ("/api/v1/reconciliation/runs/1", True),
-        ("/api/v1/payments/webhook", False),
-        ("/api/v1/payments/webhook/stripe", False),
-        ("/api/v1/payments/webhookx", True),
-        ("/health", False),
-        ("/metrics", False),
-    ],
-)
-def test_needs_auth(path: str, protected: bool) -> None:
-    assert needs_auth(path) is protected
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway import appkeys
 from gateway.app import create_app
 from gateway.http.context import add_route
+from gateway.security.access import Access
 from gateway.security.auth import PRINCIPAL, READ, WRITE, mint_token
 from gateway.security.reload import reload_channels
 from tests import stack as stack_mod
@@ -147,10 +148,9 @@ async def _probe(request: web.Request) -> web.Response:
 
 async def ops_client(stack: stack_mod.TestStack, **overrides: Any) -> TestClient[Any, Any]:
     app = create_app(make_settings(stack, **overrides))
-    add_route(
-        app, "GET", "/api/v1/_probe", _probe
-    )  # in the request context, as every route must be
-    add_route(app, "POST", "/api/v1/_probe", _probe)
+    # in the request context and declaring who may call it, as every route must
+    add_route(app, "GET", "/api/v1/_probe", _probe, Access.OPS_READ)
+    add_route(app, "POST", "/api/v1/_probe", _probe, Access.OPS_WRITE)
     client = TestClient(TestServer(app))
     await client.start_server()
     return client
