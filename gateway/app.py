@@ -27,6 +27,8 @@ from gateway.clients.rate_leases import lease_store
 from gateway.clients.redis import RedisCache
 from gateway.config import Settings
 from gateway.db.pool import create_pool
+from gateway.db.revocations import PostgresRevocations
+from gateway.http.console.routes import CONSOLE_ACCESS
 from gateway.http.console.session import console_gate
 from gateway.http.metrics import metrics_handler
 from gateway.http.routes import add_routes
@@ -38,6 +40,7 @@ from gateway.ingest.status_updates import StatusService
 from gateway.ingest.writer import GroupCommitWriter
 from gateway.notify import Wakeup
 from gateway.observability import exposition, gauges, metrics
+from gateway.observability.outcomes import OutcomeTally
 from gateway.observability.probes import HealthProbes
 from gateway.observability.stats import StatsService
 from gateway.security.reload import reload_on_sighup
@@ -55,12 +58,17 @@ def create_app(
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[appkeys.SETTINGS] = settings
     app[appkeys.OUTBOX_WAKE] = Wakeup.from_env()
-    guard = security.build(settings, load_channels(settings))
+    revocations = PostgresRevocations(lambda: app[appkeys.POOL])
+    app[appkeys.REVOCATIONS] = revocations
+    guard = security.build(settings, load_channels(settings), revocations)
     app[appkeys.CHANNELS] = guard.channels
     app[appkeys.SOURCE_GUARD] = guard.source_guard
     app[appkeys.REPLAY_GUARD] = guard.replay_guard
     app[appkeys.INFLIGHT] = guard.inflight
-    app[appkeys.REQUEST_GATES] = [guard.ops_gate, console_gate(settings.admin_jwt_secret)]
+    app[appkeys.REQUEST_GATES] = [
+        guard.ops_gate,
+        console_gate(settings, revocations, CONSOLE_ACCESS),
+    ]
     statuses = StatusService(
         settings,
         lambda: app[appkeys.POOL],
@@ -69,6 +77,7 @@ def create_app(
     )
     app[appkeys.STATUS_APPLIER] = statuses
     app[appkeys.STATS] = StatsService()
+    app[appkeys.OUTCOMES] = OutcomeTally()
     app[appkeys.REFUSALS] = RefusalRecorder(lambda: app[appkeys.POOL])
 
     async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -142,6 +151,14 @@ def create_app(
             yield
         metrics.flush_pending()
 
+    async def outcomes_ctx(app: web.Application) -> AsyncIterator[None]:
+        """Webhook outcome counts reach the table every second, and once more after the
+        last request has been answered."""
+        tally, pool = app[appkeys.OUTCOMES], app[appkeys.POOL]
+        async with _background(tally.run(pool), "paygate-outcomes-flush"):
+            yield
+        await tally.flush(pool)
+
     async def sighup_ctx(app: web.Application) -> AsyncIterator[None]:
         async with reload_on_sighup(app[appkeys.CHANNELS], settings):
             yield
@@ -155,6 +172,7 @@ def create_app(
             writer_ctx,
             gauges_ctx,
             held_metrics_ctx,
+            outcomes_ctx,
             sighup_ctx,
         ]
     )

@@ -89,7 +89,9 @@ def with_request_context(handler: Handler) -> Handler:
         try:
             try:
                 for gate in request.app.get(appkeys.REQUEST_GATES, ()):
-                    gate(request)
+                    pending = gate(request)  # an awaitable when it must ask the database
+                    if pending is not None:
+                        await pending
                 response = await handler(request)
             except PaygateError as exc:
                 response = _render_error(request, exc)

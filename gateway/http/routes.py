@@ -20,6 +20,7 @@ from gateway.http import (
     ops_deliveries,
     ops_payments,
     ops_reconciliation,
+    ops_tokens,
     stats,
     webhook,
 )
@@ -79,8 +80,9 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("GET", "/api/v1/dlq", ops.get_dlq),
     Route("POST", "/api/v1/dlq/replay", ops.post_dlq_replay),
+    Route("POST", "/api/v1/tokens/revoke", ops_tokens.post_revoke),
     # console (B): the operator console's pages and actions (gateway/http/console)
-    *(Route(method, path, handler) for method, path, handler in CONSOLE_ROUTES),
+    *(Route(method, path, handler) for method, path, handler, _ in CONSOLE_ROUTES),
 )
 
 

@@ -14,7 +14,7 @@ docs/security.md lists which limit fails open and which fails closed, and why.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -28,6 +28,7 @@ from gateway.security.ratelimit import RateLimiter
 from gateway.security.reload import ReloadableChannels
 from gateway.security.replay import DeliveryReplayGuard
 from gateway.security.shared_ratelimit import SharedRateLimiter
+from gateway.security.tokens import Revocations, policy_of
 
 log = logging.getLogger("paygate.security")
 
@@ -41,10 +42,12 @@ class SourceSecurity:
     shared_limiter: SharedRateLimiter | None
     replay_guard: DeliveryReplayGuard
     inflight: InFlight
-    ops_gate: Callable[[web.Request], None]
+    ops_gate: Callable[[web.Request], Awaitable[None] | None]
 
 
-def build(settings: Settings, channels: ChannelRegistry) -> SourceSecurity:
+def build(
+    settings: Settings, channels: ChannelRegistry, revocations: Revocations | None = None
+) -> SourceSecurity:
     if settings.admin_jwt_secret and len(settings.admin_jwt_secret.encode()) < 32:
         log.warning("ADMIN_JWT_SECRET is shorter than 32 bytes; use a longer random secret")
     registry = (
@@ -75,5 +78,5 @@ def build(settings: Settings, channels: ChannelRegistry) -> SourceSecurity:
         shared_limiter=shared,
         replay_guard=DeliveryReplayGuard(tolerance_of),
         inflight=InFlight(settings.max_in_flight_requests),
-        ops_gate=ops_gate(settings.admin_jwt_secret),
+        ops_gate=ops_gate(settings.admin_jwt_secret, policy_of(settings), revocations),
     )

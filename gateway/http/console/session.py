@@ -1,15 +1,23 @@
 """Console sessions: an ops token exchanged for a cookie, and CSRF protection.
 
-Signing in checks the ops token exactly as the API does (gateway.security.auth) and sets
+Signing in checks the ops token exactly as the API does (gateway.security.tokens) and sets
 `paygate_session`: a short JWT signed with a key derived from ADMIN_JWT_SECRET (so a
 session cookie is not an API token), HttpOnly (no script reads it), SameSite=Strict (no
-other site's page sends it), Secure under TLS, and never longer-lived than the token.
+other site's page sends it), Secure when the browser reached us over https (behind a
+trusted proxy too: gateway.security.scheme), and never longer-lived than the token.
 
-Every state-changing request needs two things besides the cookie: an Origin header, when
-the browser sends one, naming this host, and a CSRF token (a form field or the
-X-CSRF-Token header) that is an HMAC of the session's random id, so a page that cannot
-read ours cannot know it. The sign-in form itself carries a double-submit token, so no
-other site can sign a browser in as someone else.
+A session has an id (`sid`) and remembers the id of the token it came from (`tid`); every
+request checks both against the revocation list, so signing out (which revokes the
+session's id) ends the session everywhere at once, and revoking the token ends every
+session made from it. The cookie alone is never enough.
+
+Each console route declares who may call it (`CONSOLE_ROUTES`): nobody in particular
+(sign-in, static files), any signed-in session (signing out), or a role. Every
+state-changing request needs two things besides the cookie: an Origin header, when the
+browser sends one, naming this host and scheme, and a CSRF token (a form field or the
+X-CSRF-Token header) that is an HMAC of the session's id, so a page that cannot read ours
+cannot know it. The sign-in form itself carries a double-submit token, so no other site
+can sign a browser in as someone else.
 """
 
 from __future__ import annotations
@@ -18,15 +26,19 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import jwt
 from aiohttp import web
 
+from gateway.config import Settings
 from gateway.errors import Forbidden, Unauthorized
-from gateway.security.auth import ALGORITHM, READ, ROLES, Principal, decode_token, required_role
+from gateway.security import tokens
+from gateway.security.auth import required_role
+from gateway.security.scheme import external_scheme
+from gateway.security.tokens import ALGORITHM, READ, ROLES, Principal, Revocations, TokenPolicy
 
 PREFIX = "/console"
 COOKIE = "paygate_session"
@@ -34,8 +46,13 @@ LOGIN_COOKIE = "paygate_login_csrf"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION_SECONDS = 8 * 3600
-PUBLIC = ("/console/login", "/console/static/")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+HSTS = "max-age=31536000"
+# Who may call a console route (its declaration in CONSOLE_ROUTES): nobody in particular,
+# any signed-in session whatever its role, or the role named.
+PUBLIC = "public"
+SIGNED_IN = "signed_in"
+Access = Mapping[tuple[str, str], str]  # (method, route path) -> PUBLIC, SIGNED_IN or a role
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +60,11 @@ class Session:
     principal: Principal
     sid: str
     expires: int
+    tid: str = ""  # the id of the ops token it was made from
 
 
 SESSION: web.RequestKey[Session] = web.RequestKey("console_session")
+SCHEME: web.RequestKey[str] = web.RequestKey("console_scheme")
 
 
 def _key(secret: str) -> bytes:
@@ -56,21 +75,30 @@ def csrf_token(secret: str, sid: str) -> str:
     return hmac.new(_key(secret), b"csrf:" + sid.encode(), hashlib.sha256).hexdigest()
 
 
-def new_session(secret: str, ops_token: str, *, now: float | None = None) -> tuple[str, Session]:
-    """The cookie value and session for a valid ops token; Unauthorized/Forbidden otherwise."""
-    principal = decode_token(ops_token, secret)
+async def new_session(
+    secret: str,
+    ops_token: str,
+    revocations: Revocations,
+    policy: TokenPolicy = tokens.DEFAULT_POLICY,
+    *,
+    now: float | None = None,
+) -> tuple[str, Session]:
+    """The cookie value and session for a valid, unrevoked ops token; Unauthorized or
+    Forbidden otherwise."""
+    claims = tokens.verify(ops_token, secret, policy)
+    await tokens.check_not_revoked(revocations, claims.token_id)
+    principal = claims.principal
     if not principal.allows(READ):
         raise Forbidden("this token carries no ops role (ops:read or ops:write)")
-    claims = jwt.decode(ops_token, options={"verify_signature": False})
     issued = int(time.time() if now is None else now)
-    expires = min(int(claims["exp"]), issued + SESSION_SECONDS)
+    expires = min(claims.expires, issued + SESSION_SECONDS)
     sid = secrets.token_urlsafe(18)
     cookie = jwt.encode(
         {"sub": principal.subject, "roles": sorted(principal.roles), "iat": issued,
-         "exp": expires, "sid": sid, "typ": "console"},
+         "exp": expires, "sid": sid, "tid": claims.token_id, "typ": "console"},
         _key(secret).hex(), algorithm=ALGORITHM,
     )  # fmt: skip
-    return cookie, Session(principal, sid, expires)
+    return cookie, Session(principal, sid, expires, claims.token_id)
 
 
 def read_session(secret: str, cookie: str | None) -> Session | None:
@@ -86,15 +114,27 @@ def read_session(secret: str, cookie: str | None) -> Session | None:
     if claims.get("typ") != "console" or not isinstance(claims.get("sid"), str):
         return None
     roles = frozenset(r for r in claims.get("roles", []) if r in ROLES)
-    return Session(Principal(str(claims["sub"]), roles), claims["sid"], int(claims["exp"]))
+    tid = claims.get("tid")
+    return Session(Principal(str(claims["sub"]), roles), claims["sid"], int(claims["exp"]),
+                   tid if isinstance(tid, str) else "")  # fmt: skip
+
+
+def scheme(request: web.Request) -> str:
+    """The scheme the browser used (the gate sets it for every console request)."""
+    return request.get(SCHEME) or request.scheme
 
 
 def set_cookie(response: web.StreamResponse, request: web.Request, name: str, value: str,
                max_age: int) -> None:  # fmt: skip
     response.set_cookie(
         name, value, max_age=max(0, max_age), path=PREFIX, httponly=True, samesite="Strict",
-        secure=request.secure,
+        secure=scheme(request) == "https",
     )  # fmt: skip
+
+
+def security_headers(request: web.Request) -> dict[str, str]:
+    """HSTS once the browser came over https (telling a plain-http visitor is meaningless)."""
+    return {"Strict-Transport-Security": HSTS} if scheme(request) == "https" else {}
 
 
 def in_console(path: str) -> bool:
@@ -106,32 +146,64 @@ def _same_origin(request: web.Request) -> bool:
     if origin is None:
         return True  # not sent (older browsers, same-origin GET): the token still decides
     parts = urlsplit(origin)
-    return parts.netloc == request.host and parts.scheme == request.scheme
+    return parts.netloc == request.host and parts.scheme == scheme(request)
 
 
-def console_gate(secret: str) -> Callable[[web.Request], None]:
-    """The request gate for /console: a session for everything but sign-in and static
-    files, the API's role for the method, and a same-origin check on actions."""
+def _declared(request: web.Request, access: Access) -> str:
+    """Who the matched route lets in (an undeclared console path, such as one that
+    matched nothing: the role for its method)."""
+    route = request.match_info.route
+    path = route.resource.canonical if route.resource is not None else ""
+    method = "GET" if request.method == "HEAD" else request.method
+    return access.get((method, path)) or required_role(request.method)
 
-    def require_console_session(request: web.Request) -> None:
-        path = request.path
-        if not in_console(path) or path.startswith(PUBLIC):
-            if in_console(path) and request.method not in SAFE_METHODS:
-                _check_origin(request)
-            return
-        session = read_session(secret, request.cookies.get(COOKIE))
-        if session is None:
-            if request.method in SAFE_METHODS:
-                raise web.HTTPSeeOther(f"{PREFIX}/login")
-            raise Unauthorized("sign in first", code="unauthorized")
-        role = required_role(request.method)
-        if not session.principal.allows(role):
-            raise Forbidden(f"this action needs the {role} role", code="forbidden")
+
+def console_gate(
+    settings: Settings, revocations: Revocations, access: Access
+) -> Callable[[web.Request], Awaitable[None] | None]:
+    """The request gate for /console: what the matched route declares, a session that is
+    not revoked, and a same-origin check on actions."""
+    secret = settings.admin_jwt_secret
+    trusted = settings.trusted_proxies
+
+    def require_console_session(request: web.Request) -> Awaitable[None] | None:
+        if not in_console(request.path):
+            return None
+        request[SCHEME] = external_scheme(
+            request.scheme, request.remote, trusted, force_https=settings.force_https,
+            x_forwarded_proto=request.headers.getall("X-Forwarded-Proto", ()),
+            forwarded=request.headers.getall("Forwarded", ()),
+        )  # fmt: skip
+        needed = _declared(request, access)
         if request.method not in SAFE_METHODS:
             _check_origin(request)
-        request[SESSION] = session
+        if needed == PUBLIC:
+            return None
+        session = read_session(secret, request.cookies.get(COOKIE))
+        if session is None:
+            return _signed_out(request)
+        allowed = needed == SIGNED_IN or session.principal.allows(needed)
+        return _live_session(request, revocations, session, None if allowed else needed)
 
     return require_console_session
+
+
+async def _signed_out(request: web.Request) -> None:
+    if request.method in SAFE_METHODS:
+        raise web.HTTPSeeOther(f"{PREFIX}/login")
+    raise Unauthorized("sign in first", code="unauthorized")
+
+
+async def _live_session(
+    request: web.Request, revocations: Revocations, session: Session, missing_role: str | None
+) -> None:
+    """A signed-out (revoked) session, or one whose token was revoked, is no session; a
+    live one without the role is refused on a page that still shows who is signed in."""
+    if await revocations.any_revoked([session.sid, session.tid]):
+        await _signed_out(request)
+    request[SESSION] = session
+    if missing_role is not None:
+        raise Forbidden(f"this action needs the {missing_role} role", code="forbidden")
 
 
 def _check_origin(request: web.Request) -> None:
