@@ -62,6 +62,7 @@ def create_app(
     app[appkeys.REVOCATIONS] = revocations
     guard = security.build(settings, load_channels(settings), revocations)
     app[appkeys.CHANNELS] = guard.channels
+    metrics.zero_channel_series(guard.channels.names())  # in the first scrape
     app[appkeys.SOURCE_GUARD] = guard.source_guard
     app[appkeys.REPLAY_GUARD] = guard.replay_guard
     app[appkeys.INFLIGHT] = guard.inflight

@@ -18,6 +18,7 @@ from gateway.errors import ConfigError
 from gateway.security import tokens
 from gateway.security.auth import ROLES
 from workers.cli.command import Command
+from workers.cli.discovery import ADMIN_SECRET_FILE, locate
 
 
 def _ttl(raw: str) -> int:
@@ -40,8 +41,12 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
+    settings = await locate(settings)
     if not settings.admin_jwt_secret:
-        raise ConfigError("ADMIN_JWT_SECRET is not set")
+        raise ConfigError(
+            f"ADMIN_JWT_SECRET is not set, and no `paygate dev` has kept one in "
+            f"{settings.data_dir}/{ADMIN_SECRET_FILE} (start one with `make run`)"
+        )
     policy = tokens.policy_of(settings)
     if args.ttl > policy.max_ttl:
         raise ConfigError(
@@ -56,4 +61,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-COMMAND = Command("token", "mint an ops API bearer token (needs ADMIN_JWT_SECRET)", run, _arguments)
+COMMAND = Command(
+    "token",
+    "mint an ops API bearer token (ADMIN_JWT_SECRET, else the dev stack's)",
+    run,
+    _arguments,
+)
