@@ -75,8 +75,12 @@ async def main_async(args: argparse.Namespace) -> None:
         us = statistics.median(x[0] for x in results[key])
         wal = statistics.median(x[1] for x in results[key])
         print(f"{label:15} {us:7.1f} µs/payment  {wal:7.0f} WAL bytes/payment")
-    ratio_us = statistics.median(a[0] / b[0] for a, b in zip(results[True], results[False]))
-    ratio_wal = statistics.median(a[1] / b[1] for a, b in zip(results[True], results[False]))
+    ratio_us = statistics.median(
+        a[0] / b[0] for a, b in zip(results[True], results[False], strict=True)
+    )
+    ratio_wal = statistics.median(
+        a[1] / b[1] for a, b in zip(results[True], results[False], strict=True)
+    )
     print(f"ratio (with/without, median of rounds): time {ratio_us:.3f}, WAL {ratio_wal:.3f}")
 
 
