@@ -31,24 +31,28 @@ class OutcomeTally:
     """This process's answers not yet added to the table."""
 
     def __init__(self) -> None:
-        self._pending: Counter[tuple[str, str]] = Counter()
+        self._pending: dict[tuple[str, str], int] = {}
         self._lock = asyncio.Lock()
 
     def add(self, channel: str, outcome: str) -> None:
-        self._pending[(channel, outcome)] += 1  # names from configuration and code: short
+        # A plain dict: `Counter[k] += 1` measured twice the cost on the request path.
+        key = (channel, outcome)
+        pending = self._pending
+        pending[key] = pending.get(key, 0) + 1
 
     async def flush(self, pool: asyncpg.Pool) -> None:
         async with self._lock:  # one flush at a time: a page's and the task's
             if not self._pending:
                 return
-            batch, self._pending = self._pending, Counter()
+            batch, self._pending = self._pending, {}
             rows: Counter[tuple[str, str]] = Counter()
             for (channel, outcome), n in batch.items():
                 rows[(channel[:NAME_MAX], outcome[:OUTCOME_MAX])] += n
             try:
                 await counts.add_webhook_outcomes(pool, rows, FLUSH_TIMEOUT)
             except Exception as exc:  # any failure: the counts wait for the next round
-                self._pending.update(batch)  # kept for the next round
+                for key, n in batch.items():  # kept for the next round
+                    self._pending[key] = self._pending.get(key, 0) + n
                 log.warning("webhook outcome counts not saved yet: %s", type(exc).__name__)
 
     async def run(self, pool: asyncpg.Pool, interval: float = FLUSH_SECONDS) -> None:
