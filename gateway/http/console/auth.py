@@ -12,7 +12,7 @@ from gateway.errors import PaygateError
 from gateway.http.console import session as sessions
 from gateway.http.console.forms import action_form
 from gateway.http.console.render import render
-from gateway.security.tokens import policy_of
+from gateway.security.tokens import check_not_revoked, policy_of
 
 
 async def login_page(request: web.Request) -> web.Response:
@@ -34,10 +34,10 @@ async def login(request: web.Request) -> web.StreamResponse:
         if not settings.admin_jwt_secret:
             raise PaygateError("the console is disabled: ADMIN_JWT_SECRET is not set",
                                code="ops_api_disabled")  # fmt: skip
-        cookie, session = await sessions.new_session(
-            settings.admin_jwt_secret, token.strip(), request.app[appkeys.REVOCATIONS],
-            policy_of(settings),
-        )  # fmt: skip
+        cookie, session = sessions.new_session(
+            settings.admin_jwt_secret, token.strip(), policy_of(settings)
+        )
+        await check_not_revoked(request.app[appkeys.REVOCATIONS], session.tid)
     except PaygateError as exc:
         fresh = secrets.token_urlsafe(24)
         status = exc.status if exc.status in (401, 403) else 401

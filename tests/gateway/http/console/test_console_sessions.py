@@ -87,6 +87,9 @@ async def test_a_revoked_ops_token_ends_the_sessions_made_from_it(
     assert answer.status == 200
     await page.goto(base(client) + "/console/payments")
     assert page.url.endswith("/console/login")
+    await page.fill("textarea[name=token]", ops_token)  # nor can it sign in again
+    await page.click("button[type=submit]")
+    assert "invalid or expired token" in await page.inner_text(".error")
 
 
 def _cookies(resp: ClientResponse) -> dict[str, Morsel[str]]:
