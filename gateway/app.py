@@ -27,6 +27,7 @@ from gateway.clients.rate_leases import lease_store
 from gateway.clients.redis import RedisCache
 from gateway.config import Settings
 from gateway.db.pool import create_pool
+from gateway.db.revocations import PostgresRevocations
 from gateway.http.console.session import console_gates
 from gateway.http.metrics import metrics_handler
 from gateway.http.routes import add_routes
@@ -38,6 +39,7 @@ from gateway.ingest.status_updates import StatusService
 from gateway.ingest.writer import GroupCommitWriter
 from gateway.notify import Wakeup
 from gateway.observability import exposition, gauges, metrics
+from gateway.observability.outcomes import OutcomeTally
 from gateway.observability.probes import HealthProbes
 from gateway.observability.stats import StatsService
 from gateway.security.access import Access
@@ -56,7 +58,9 @@ def create_app(
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[appkeys.SETTINGS] = settings
     app[appkeys.OUTBOX_WAKE] = Wakeup.from_env()
-    guard = security.build(settings, load_channels(settings))
+    revocations = PostgresRevocations(lambda: app[appkeys.POOL])
+    app[appkeys.REVOCATIONS] = revocations
+    guard = security.build(settings, load_channels(settings), revocations)
     app[appkeys.CHANNELS] = guard.channels
     metrics.zero_channel_series(guard.channels.names())  # in the first scrape
     app[appkeys.SOURCE_GUARD] = guard.source_guard
@@ -66,7 +70,7 @@ def create_app(
         Access.PUBLIC: None,
         Access.SIGNED: None,  # the webhook handler verifies the channel's signature
         **guard.ops_gates,
-        **console_gates(settings.admin_jwt_secret),
+        **console_gates(settings, revocations),
     }
     statuses = StatusService(
         settings,
@@ -76,6 +80,7 @@ def create_app(
     )
     app[appkeys.STATUS_APPLIER] = statuses
     app[appkeys.STATS] = StatsService()
+    app[appkeys.OUTCOMES] = OutcomeTally()
     app[appkeys.REFUSALS] = RefusalRecorder(lambda: app[appkeys.POOL])
 
     async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -149,6 +154,14 @@ def create_app(
             yield
         metrics.flush_pending()
 
+    async def outcomes_ctx(app: web.Application) -> AsyncIterator[None]:
+        """Webhook outcome counts reach the table every second, and once more after the
+        last request has been answered."""
+        tally, pool = app[appkeys.OUTCOMES], app[appkeys.POOL]
+        async with _background(tally.run(pool), "paygate-outcomes-flush"):
+            yield
+        await tally.flush(pool)
+
     async def sighup_ctx(app: web.Application) -> AsyncIterator[None]:
         async with reload_on_sighup(app[appkeys.CHANNELS], settings):
             yield
@@ -162,6 +175,7 @@ def create_app(
             writer_ctx,
             gauges_ctx,
             held_metrics_ctx,
+            outcomes_ctx,
             sighup_ctx,
         ]
     )

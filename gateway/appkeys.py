@@ -18,6 +18,7 @@ from aiohttp import web
 from gateway.config import Settings
 from gateway.ingest.protocols import ReplayGuard, SourceGuard, StatusApplier
 from gateway.notify import Wakeup
+from gateway.security.tokens import Revocations
 
 if TYPE_CHECKING:
     from gateway.clients.redis import RedisCache
@@ -26,9 +27,10 @@ if TYPE_CHECKING:
     from gateway.ingest.pipeline import Pipeline
     from gateway.ingest.refusals import RefusalRecorder
     from gateway.ingest.writer import GroupCommitWriter
+    from gateway.observability.outcomes import OutcomeTally
     from gateway.observability.probes import HealthProbes
     from gateway.observability.stats import StatsService
-    from gateway.security.access import Access
+    from gateway.security.access import Access, Gate
     from gateway.security.inflight import InFlight
 
 
@@ -45,6 +47,8 @@ CHANNELS: web.AppKey[ChannelRegistry] = web.AppKey("channels")
 REFUSALS: web.AppKey[RefusalRecorder] = web.AppKey("refusals")
 PROBES: web.AppKey[HealthProbes] = web.AppKey("probes")
 STATS: web.AppKey[StatsService] = web.AppKey("stats")
+# Every webhook answered, by channel and outcome, on its way to webhook_outcomes.
+OUTCOMES: web.AppKey[OutcomeTally] = web.AppKey("outcomes")
 
 # The request path's parts (each always present: a missing one is a KeyError, never a
 # request that skips its check).
@@ -54,10 +58,11 @@ STATUS_APPLIER: web.AppKey[StatusApplier] = web.AppKey("status_applier")
 # The bound on webhook requests in flight in this process (checked by the webhook handler).
 INFLIGHT: web.AppKey[InFlight] = web.AppKey("inflight")
 # The gate of each access a route may declare (gateway.security.access), run by the request
-# context before the handler: it raises a PaygateError to refuse; None means anyone.
-ACCESS_GATES: web.AppKey[dict[Access, Callable[[web.Request], None] | None]] = web.AppKey(
-    "access_gates"
-)
+# context before the handler: it raises a PaygateError to refuse (or returns an awaitable
+# that does, when it must ask the database); None means anyone.
+ACCESS_GATES: web.AppKey[dict[Access, Gate | None]] = web.AppKey("access_gates")
+# The revocation list of ops tokens and console sessions (gateway.db.revocations).
+REVOCATIONS: web.AppKey[Revocations] = web.AppKey("revocations")
 
 # Extra /health checks (DEFAULT-partition rows, dead letters), from the gauge refresher.
 HEALTH_EXTRAS: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("health_extras")

@@ -215,6 +215,13 @@ class Settings:
 
     # Ops API
     admin_jwt_secret: str = env("ADMIN_JWT_SECRET", "", secret=True)
+    # What an ops token must claim, and the longest lifetime one may have (longer is refused)
+    ops_token_issuer: str = env("OPS_TOKEN_ISSUER", "paygate")
+    ops_token_audience: str = env("OPS_TOKEN_AUDIENCE", "paygate-ops")
+    ops_token_max_ttl_seconds: int = env("OPS_TOKEN_MAX_TTL_SECONDS", 86400, _int(60, 30 * 86400))
+    # The console is reached over https whatever the connection says (a TLS-terminating
+    # proxy that is not in TRUSTED_PROXIES or sends no X-Forwarded-Proto)
+    force_https: bool = env("FORCE_HTTPS", False, _bool)
 
     # Embedded development stack (`paygate dev`)
     data_dir: str = env("PAYGATE_DATA_DIR", ".paygate")

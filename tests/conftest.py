@@ -39,7 +39,7 @@ TABLES = (
     "payments", "payment_references", "webhook_events", "outbox", "payment_staging",
     "staging_process_log", "audit_log", "pending_status_updates", "reconciliation_items",
     "reconciliation_runs", "payment_reviews", "status_poll_state", "delivery_replays",
-    "exception_comments",
+    "exception_comments", "revoked_tokens", "webhook_outcomes",
 )  # fmt: skip
 
 

@@ -52,6 +52,9 @@ class Query:
     name: str
     sql: str
     args: tuple[Any, ...]
+    # Text an index condition must hold: for a filter that a walk on another index could
+    # also answer (reading every row to find a rare one), the index meant for it.
+    index_cond: str | None = None
 
 
 @dataclass(frozen=True)
@@ -198,13 +201,21 @@ def queries(s: Sample) -> list[Query]:
     out: list[Query] = []
     day = timedelta(days=1)
 
-    def search(name: str, after: Any = None, **f: Any) -> None:
-        sql, args = payment_search.search_sql(payment_search.PaymentFilter(**f), after, PAGE)
-        out.append(Query(f"payments: {name}", sql, tuple(args)))
+    def search(name: str, after: Any = None, ascending: bool = False, **f: Any) -> None:
+        sql, args = payment_search.search_sql(
+            payment_search.PaymentFilter(**f), after, PAGE, ascending=ascending
+        )
+        cond = "lower((reference_number)::text) ~>=~" if f.get("reference_prefix") else None
+        out.append(Query(f"payments: {name}", sql, tuple(args), cond))
 
     search("newest")
     search("next page", after=(s.now - 3 * day, s.payment_id))
+    search("previous page", after=(s.now - 3 * day, s.payment_id), ascending=True)
     search("reference", reference_number=s.reference)
+    # What an operator types: the start of a reference, in any case.
+    search("reference prefix", reference_prefix=s.reference[:-1].lower())
+    search("reference prefix, next page", reference_prefix=s.reference[:-1].lower(),
+           after=(s.now - 3 * day, s.payment_id))  # fmt: skip
     search("cif", cif=s.cif)
     search("loan account", loan_account_number=s.account)
     search("pending", status="pending")
@@ -237,6 +248,8 @@ def queries(s: Sample) -> list[Query]:
 
     dl("newest")
     dl("next page", after=(s.now - 3 * day, 10**9))
+    dl("previous page", after=(s.now - 3 * day, 10**9), oldest=True)
+    dl("invalid, previous page", outcome="invalid", after=(s.now - day, 10**9), oldest=True)
     dl("invalid", outcome="invalid")
     dl("ignored, partner", outcome="ignored", channel="partner")
     dl("conflict", outcome="conflict")
@@ -252,12 +265,15 @@ def queries(s: Sample) -> list[Query]:
     out.append(Query("runs: next page", reconciliation._RUNS, (s.now - 5 * day, s.run_id, PAGE)))
     out.append(Query("run items", reconciliation._ITEMS, (s.run_id, None, 0, PAGE)))
 
-    def exc(name: str, after: Any = None, **f: Any) -> None:
-        sql, args = exceptions.list_sql(exceptions.ExceptionFilter(**f), after, PAGE)
+    def exc(name: str, after: Any = None, newest_first: bool = False, **f: Any) -> None:
+        sql, args = exceptions.list_sql(
+            exceptions.ExceptionFilter(**f), after, PAGE, newest_first=newest_first
+        )
         out.append(Query(f"exceptions: {name}", sql, tuple(args)))
 
     exc("queue")
     exc("queue, next page", after=(s.now - 2 * day, wf.ITEM, s.item_id))
+    exc("queue, previous page", after=(s.now - 2 * day, wf.ITEM, s.item_id), newest_first=True)
     exc("all", state="all")
     exc("resolved", state="resolved")
     exc("assigned to", state="assigned", assignee="dana")
@@ -300,8 +316,13 @@ async def empty_relations(conn: asyncpg.Connection) -> frozenset[str]:
     return frozenset(r["relname"] for r in rows)
 
 
-def problems(node: dict[str, Any], empty: frozenset[str] = frozenset()) -> list[str]:
+def problems(
+    node: dict[str, Any], empty: frozenset[str] = frozenset(), index_cond: str | None = None
+) -> list[str]:
     found = []
+    conds = [n.get("Index Cond", "") + n.get("Recheck Cond", "") for n in nodes(node)]
+    if index_cond is not None and not any(index_cond in c for c in conds):
+        found.append(f"no index condition {index_cond!r}")
     for n in nodes(node):
         kind = n["Node Type"]
         relation = n.get("Relation Name", "")
@@ -326,7 +347,10 @@ async def check_all(
     conn: asyncpg.Connection, sample: Sample
 ) -> dict[str, tuple[dict[str, Any], list[str]]]:
     empty = await empty_relations(conn)
-    return {q.name: ((p := await plan(conn, q)), problems(p, empty)) for q in queries(sample)}
+    return {
+        q.name: ((p := await plan(conn, q)), problems(p, empty, q.index_cond))
+        for q in queries(sample)
+    }
 
 
 async def _main() -> None:

@@ -8,7 +8,8 @@ rows, and DEFAULT partitions are normally empty.
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import date, datetime
 from typing import TypeAlias
 
 import asyncpg
@@ -62,6 +63,42 @@ _WEBHOOKS_TODAY = """
 SELECT outcome, count(*) AS n FROM payment_service.webhook_events
 WHERE received_at >= $1 GROUP BY outcome
 """
+
+
+# Every webhook answered (sql/152), kept this many days.
+OUTCOME_DAYS_KEPT = 400
+_ADD_OUTCOMES = f"""
+WITH pruned AS (
+    DELETE FROM payment_service.webhook_outcomes
+    WHERE day < (now() AT TIME ZONE 'UTC')::date - {OUTCOME_DAYS_KEPT}
+)
+INSERT INTO payment_service.webhook_outcomes AS w (day, channel, outcome, answered)
+SELECT (now() AT TIME ZONE 'UTC')::date, c, o, n
+FROM unnest($1::text[], $2::text[], $3::bigint[]) AS t(c, o, n)
+ON CONFLICT (day, channel, outcome) DO UPDATE SET answered = w.answered + EXCLUDED.answered
+"""
+
+_ANSWERED_ON = """
+SELECT outcome, sum(answered)::bigint AS n FROM payment_service.webhook_outcomes
+WHERE day = $1 GROUP BY outcome
+"""
+
+
+async def add_webhook_outcomes(
+    db: Executor, answered: Mapping[tuple[str, str], int], timeout: float
+) -> None:
+    """Add (channel, outcome) -> count to today's row of each (UTC)."""
+    keys = sorted(answered)  # the same row order in every process: no deadlock between them
+    await db.execute(
+        _ADD_OUTCOMES, [k[0] for k in keys], [k[1] for k in keys], [answered[k] for k in keys],
+        timeout=timeout,
+    )  # fmt: skip
+
+
+async def webhooks_answered(db: Executor, day: date, timeout: float) -> dict[str, int]:
+    """Webhooks answered on `day` (UTC) by every instance, by outcome: refusals included."""
+    rows = await db.fetch(_ANSWERED_ON, day, timeout=timeout)
+    return {r["outcome"]: int(r["n"]) for r in rows}
 
 
 async def default_partition_rows(db: Executor, schema: str = SCHEMA) -> dict[str, int]:

@@ -66,7 +66,10 @@ class ExceptionFilter:
 Cursor = tuple[datetime, str, int]
 
 
-def list_sql(f: ExceptionFilter, after: Cursor | None, limit: int) -> tuple[str, list[Any]]:
+def list_sql(
+    f: ExceptionFilter, after: Cursor | None, limit: int, *, newest_first: bool = False
+) -> tuple[str, list[Any]]:
+    """One page, oldest first past `after`; `newest_first` walks back from it instead."""
     params = keyset.Params()
     arg = params.add
     branches = []
@@ -93,23 +96,28 @@ def list_sql(f: ExceptionFilter, after: Cursor | None, limit: int) -> tuple[str,
                 )
         if after is not None:
             at, after_kind, after_id = after
-            if kind < after_kind:
-                where.append(f"created_at > {arg(at)}")
-            elif kind == after_kind:
+            # Rows of a kind sorting before the cursor's (after it, walking back) at the
+            # cursor's very time are past it; the others only from the next instant.
+            before = kind < after_kind if not newest_first else kind > after_kind
+            strictly, loosely = (">", ">=") if not newest_first else ("<", "<=")
+            if kind == after_kind:
                 a = arg(at)
-                where.append(keyset.after("created_at", a, arg(after_id), ascending=True))
+                where.append(keyset.after("created_at", a, arg(after_id),
+                                          ascending=not newest_first))  # fmt: skip
             else:
-                where.append(f"created_at >= {arg(at)}")
+                where.append(f"created_at {strictly if before else loosely} {arg(at)}")
         columns = _ITEM_COLUMNS if kind == wf.ITEM else _REVIEW_COLUMNS
+        order = "created_at DESC, id DESC" if newest_first else "created_at, id"
         branches.append(
             f"(SELECT {columns} FROM payment_service.{_TABLES[kind]}"
-            f" WHERE {' AND '.join(where)} ORDER BY created_at, id LIMIT {arg(limit)})"
+            f" WHERE {' AND '.join(where)} ORDER BY {order} LIMIT {arg(limit)})"
         )
     if not branches:
         return "SELECT NULL LIMIT 0", []
+    order = "created_at DESC, kind DESC, id DESC" if newest_first else "created_at, kind, id"
     sql = (
         "SELECT * FROM (" + " UNION ALL ".join(branches) + ") x"
-        f" ORDER BY created_at, kind, id LIMIT {arg(limit)}"
+        f" ORDER BY {order} LIMIT {arg(limit)}"
     )
     return sql, params.values
 
@@ -136,9 +144,14 @@ def _state_where(kind: str, state: str) -> list[str]:
 
 
 async def list_exceptions(
-    pool: asyncpg.Pool, f: ExceptionFilter, after: Cursor | None, limit: int
+    pool: asyncpg.Pool,
+    f: ExceptionFilter,
+    after: Cursor | None,
+    limit: int,
+    *,
+    newest_first: bool = False,
 ) -> list[asyncpg.Record]:
-    sql, args = list_sql(f, after, limit)
+    sql, args = list_sql(f, after, limit, newest_first=newest_first)
     return await pool.fetch(sql, *args)
 
 

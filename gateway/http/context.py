@@ -114,7 +114,9 @@ def with_request_context(handler: Handler, access: Access) -> Handler:
             try:
                 gate = app[appkeys.ACCESS_GATES][access]
                 if gate is not None:
-                    gate(request)
+                    pending = gate(request)  # an awaitable when it must ask the database
+                    if pending is not None:
+                        await pending
                 response = await handler(request)
             except PaygateError as exc:
                 response = _render_error(request, exc)

@@ -22,6 +22,7 @@ from gateway.http import (
     ops_deliveries,
     ops_payments,
     ops_reconciliation,
+    ops_tokens,
     stats,
     webhook,
 )
@@ -95,6 +96,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("GET", "/api/v1/dlq", ops.get_dlq, OPS_READ),
     Route("POST", "/api/v1/dlq/replay", ops.post_dlq_replay, OPS_WRITE),
+    Route("POST", "/api/v1/tokens/revoke", ops_tokens.post_revoke, OPS_WRITE),
     # console (B): the operator console's pages and actions (gateway/http/console)
     *(Route(method, path, handler, access) for method, path, handler, access in CONSOLE_ROUTES),
 )

@@ -15,7 +15,8 @@ _DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceErr
 
 async def stats_handler(request: web.Request) -> web.Response:
     try:
-        body = await request.app[appkeys.STATS].get(request.app[appkeys.POOL])
+        app = request.app
+        body = await app[appkeys.STATS].get(app[appkeys.POOL], app[appkeys.OUTCOMES])
     except _DB_ERRORS:
         raise ServiceUnavailable(
             "statistics need the database", code="database_unavailable"

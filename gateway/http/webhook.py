@@ -59,6 +59,7 @@ async def handle_webhook(request: web.Request) -> web.Response:
     bound = app[appkeys.INFLIGHT]
     if not bound.enter():
         metrics.rate_limited.labels("all", "in_flight").inc()
+        app[appkeys.OUTCOMES].add("all", "overloaded")
         raise ServiceUnavailable("too many requests in flight", code="overloaded", retry_after=1)
     channel: Channel | None = None
     outcome = "error"
@@ -67,6 +68,7 @@ async def handle_webhook(request: web.Request) -> web.Response:
         channel = app[appkeys.CHANNELS].get(name)
         if channel is None:
             _requests("unknown", "not_found").inc()
+            app[appkeys.OUTCOMES].add("unknown", "not_found")
             raise NotFound(f"unknown channel {name[:64]!r}", code="unknown_channel")
         response, outcome = await _process(request, channel)
         return response
@@ -78,6 +80,7 @@ async def handle_webhook(request: web.Request) -> web.Response:
         if channel is not None:
             elapsed = time.perf_counter() - started
             _requests(channel.name, outcome).inc()
+            app[appkeys.OUTCOMES].add(channel.name, outcome)
             _durations(channel.name).observe(elapsed)
             level = logging.DEBUG if outcome in _QUIET else logging.INFO
             if log.isEnabledFor(level):

@@ -1,11 +1,12 @@
 """Seed 004's processing statistics (`/api/v1/payments/stats`), computed at most once per
 STATS_CACHE_SECONDS.
 
-Staging figures and webhook deliveries that reached the database come from Postgres
-(today's staging_process_log rows, the partial index on unprocessed staging rows,
-today's webhook_events by outcome). Duplicates answered from memory or Redis never
-write webhook_events, so they, and the average response time (the duration histogram's
-sum/count), come from this host's in-process counters since midnight UTC.
+Staging figures come from Postgres (today's staging_process_log rows, the partial index on
+unprocessed staging rows). Webhooks received today and the duplicate rate come from
+webhook_outcomes (gateway.observability.outcomes): every answer of every instance, the
+refusals and the duplicates answered from memory included, the same numbers the console's
+overview shows. The average response time (the duration histogram's sum/count) comes from
+this host's in-process counters since midnight UTC.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncpg
 
 from gateway.db import counts
 from gateway.observability.exposition import counter_totals, metrics_registry, multiprocess_dir
+from gateway.observability.outcomes import OutcomeTally
 
 STATS_CACHE_SECONDS = 5.0  # the stats endpoint recomputes at most this often
 QUERY_TIMEOUT = 2.0
@@ -49,14 +51,12 @@ def midnight_utc(now: datetime | None = None) -> datetime:
 
 
 def webhook_stats(
-    outcomes: Mapping[str, int], local: Mapping[str, float]
+    answered: Mapping[str, int], local: Mapping[str, float]
 ) -> dict[str, float | int]:
-    """Seed 004's `webhooks` block from today's webhook_events rows (every delivery that
-    reached the database, shared by all instances) plus this host's duplicates answered
-    from memory or Redis, which never reach the database."""
-    local_dups = int(local.get("local_duplicates", 0))
-    received = sum(outcomes.values()) + local_dups
-    duplicates = outcomes.get("duplicate", 0) + local_dups
+    """Seed 004's `webhooks` block: `answered` is today's webhooks by outcome (every
+    instance, every answer), `local` this host's duration counters."""
+    received = sum(answered.values())
+    duplicates = answered.get("duplicate", 0)
     count = local.get("duration_count", 0.0)
     avg_ms = local.get("duration_sum", 0.0) / count * 1000 if count else 0.0
     return {
@@ -82,11 +82,14 @@ class StatsService:
     def local_today(self) -> dict[str, float]:
         return self.baseline.today(counter_totals(metrics_registry()))
 
-    async def get(self, pool: asyncpg.Pool) -> dict[str, Any]:
+    async def get(self, pool: asyncpg.Pool, tally: OutcomeTally | None = None) -> dict[str, Any]:
+        """`tally`: this process's answers not yet in the table, added first."""
         async with self._lock:
             now = time.monotonic()
             if self._cached is not None and now - self._cached[0] < STATS_CACHE_SECONDS:
                 return self._cached[1]
+            if tally is not None:
+                await tally.flush(pool)
             body = await self._compute(pool)
             self._cached = (time.monotonic(), body)
             return body
@@ -96,7 +99,7 @@ class StatsService:
         local = self.local_today()
         async with pool.acquire(timeout=QUERY_TIMEOUT) as conn:
             row = await counts.staging_today(conn, since, QUERY_TIMEOUT * 2)
-            outcomes = await counts.webhooks_today(conn, since, QUERY_TIMEOUT * 2)
+            outcomes = await counts.webhooks_answered(conn, since.date(), QUERY_TIMEOUT * 2)
         avg_batch = row["average_batch_ms"]
         return {
             "staging": {

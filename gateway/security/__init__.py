@@ -27,6 +27,7 @@ from gateway.security.ratelimit import RateLimiter
 from gateway.security.reload import ReloadableChannels
 from gateway.security.replay import DeliveryReplayGuard
 from gateway.security.shared_ratelimit import SharedRateLimiter
+from gateway.security.tokens import Revocations, policy_of
 from gateway.security.unverified import UnverifiedSources
 
 log = logging.getLogger("paygate.security")
@@ -44,7 +45,9 @@ class SourceSecurity:
     ops_gates: dict[Access, Gate]
 
 
-def build(settings: Settings, channels: ChannelRegistry) -> SourceSecurity:
+def build(
+    settings: Settings, channels: ChannelRegistry, revocations: Revocations | None = None
+) -> SourceSecurity:
     if settings.admin_jwt_secret and len(settings.admin_jwt_secret.encode()) < 32:
         log.warning("ADMIN_JWT_SECRET is shorter than 32 bytes; use a longer random secret")
     registry = (
@@ -69,6 +72,7 @@ def build(settings: Settings, channels: ChannelRegistry) -> SourceSecurity:
         if settings.shared_rate_limits
         else None
     )
+    policy = policy_of(settings)
     return SourceSecurity(
         channels=registry,
         source_guard=ChannelSourceGuard(
@@ -82,7 +86,7 @@ def build(settings: Settings, channels: ChannelRegistry) -> SourceSecurity:
         replay_guard=DeliveryReplayGuard(tolerance_of),
         inflight=InFlight(settings.max_in_flight_requests),
         ops_gates={
-            Access.OPS_READ: ops_gate(settings.admin_jwt_secret, READ),
-            Access.OPS_WRITE: ops_gate(settings.admin_jwt_secret, WRITE),
+            access: ops_gate(settings.admin_jwt_secret, role, policy, revocations)
+            for access, role in ((Access.OPS_READ, READ), (Access.OPS_WRITE, WRITE))
         },
     )

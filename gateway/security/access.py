@@ -11,11 +11,13 @@ refuses to build.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-Gate = Callable[[web.Request], None]
+# A gate raises a PaygateError to refuse; it returns an awaitable when the decision needs
+# I/O (a revocation lookup), which the request context awaits before the handler.
+Gate = Callable[[web.Request], Awaitable[None] | None]
 
 
 class Access(enum.Enum):

@@ -5,73 +5,47 @@ Each ops route declares the role it needs (`gateway.security.access`: `ops:read`
 which path text reached the route does not matter. The token's `sub` becomes
 `request[PRINCIPAL].subject` for the audit log.
 Without ADMIN_JWT_SECRET the ops API answers 503 `ops_api_disabled`: it fails closed
-rather than open. Only HS256 is accepted, so `alg: none` and key-confusion tokens fail.
+rather than open. What a token must claim, how long it may live and its revocation are
+gateway.security.tokens.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Iterable
 
-import jwt
 from aiohttp import web
 
 from gateway.errors import Forbidden, ServiceUnavailable, Unauthorized
+from gateway.security import tokens
+from gateway.security.access import Gate
+from gateway.security.tokens import (
+    READ,
+    ROLES,
+    WRITE,
+    Claims,
+    Principal,
+    Revocations,
+    TokenPolicy,
+)
 
-READ = "ops:read"
-WRITE = "ops:write"
-ROLES = (READ, WRITE)
-ALGORITHM = "HS256"
-LEEWAY_SECONDS = 30
+__all__ = ["READ", "ROLES", "WRITE", "Principal"]
+
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-
-@dataclass(frozen=True)
-class Principal:
-    subject: str
-    roles: frozenset[str]
-
-    def allows(self, role: str) -> bool:
-        return role in self.roles or (role == READ and WRITE in self.roles)
-
-
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("ops_principal")
+TOKEN: web.RequestKey[Claims] = web.RequestKey("ops_token")
 
 
 def mint_token(
     secret: str, subject: str, roles: Iterable[str], *, ttl: int = 3600, now: float | None = None
 ) -> str:
-    issued = int(time.time() if now is None else now)
-    claims = {"sub": subject, "roles": sorted(set(roles)), "iat": issued, "exp": issued + ttl}
-    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+    """A token under the default policy (tests, the bench)."""
+    return tokens.mint(secret, subject, roles, ttl=ttl, now=now)
 
 
-def decode_token(token: str, secret: str) -> Principal:
+def decode_token(token: str, secret: str, policy: TokenPolicy = tokens.DEFAULT_POLICY) -> Principal:
     """The principal of a valid token; Unauthorized for anything else (no reason leaked)."""
-    try:
-        claims = jwt.decode(
-            token,
-            secret,
-            algorithms=[ALGORITHM],
-            options={"require": ["exp", "iat", "sub"]},
-            leeway=LEEWAY_SECONDS,
-        )
-    except jwt.PyJWTError:
-        raise Unauthorized("invalid or expired token") from None
-    sub = claims.get("sub")
-    if not isinstance(sub, str) or not sub or len(sub) > 255:
-        raise Unauthorized("invalid or expired token")
-    return Principal(sub, frozenset(_roles(claims)))
-
-
-def _roles(claims: dict[str, object]) -> list[str]:
-    raw = claims.get("roles", claims.get("role"))
-    if isinstance(raw, str):
-        raw = raw.split()
-    if not isinstance(raw, list):
-        return []
-    return [r for r in raw if isinstance(r, str) and r in ROLES]
+    return tokens.verify(token, secret, policy).principal
 
 
 def required_role(method: str) -> str:
@@ -90,7 +64,9 @@ class _Unauthorized(Unauthorized):
         return {"WWW-Authenticate": 'Bearer realm="paygate-ops"'}
 
 
-def authenticate(request: web.Request, secret: str, role: str) -> Principal:
+def authenticate(
+    request: web.Request, secret: str, role: str, policy: TokenPolicy = tokens.DEFAULT_POLICY
+) -> Claims:
     if not secret:
         raise ServiceUnavailable(
             "the ops API is disabled: ADMIN_JWT_SECRET is not set", code="ops_api_disabled"
@@ -99,18 +75,34 @@ def authenticate(request: web.Request, secret: str, role: str) -> Principal:
     if token is None:
         raise _Unauthorized("a bearer token is required")
     try:
-        principal = decode_token(token, secret)
+        claims = tokens.verify(token, secret, policy)
     except Unauthorized as exc:
         raise _Unauthorized(exc.detail) from None
-    if not principal.allows(role):
+    if not claims.principal.allows(role):
         raise Forbidden(f"this action needs the {role} role", code="forbidden")
-    return principal
+    return claims
 
 
-def ops_gate(secret: str, role: str) -> Callable[[web.Request], None]:
-    """The gate (appkeys.ACCESS_GATES) of the ops routes that declare `role`."""
+def ops_gate(
+    secret: str,
+    role: str,
+    policy: TokenPolicy = tokens.DEFAULT_POLICY,
+    revocations: Revocations | None = None,
+) -> Gate:
+    """The gate (appkeys.ACCESS_GATES) of the ops routes that declare `role`: the token is
+    checked here, its id against the revocation list in the awaitable it returns."""
 
-    def require_ops_token(request: web.Request) -> None:
-        request[PRINCIPAL] = authenticate(request, secret, role)
+    def require_ops_token(request: web.Request) -> Awaitable[None] | None:
+        claims = authenticate(request, secret, role, policy)
+        request[PRINCIPAL] = claims.principal
+        request[TOKEN] = claims
+        return None if revocations is None else _not_revoked(revocations, claims)
 
     return require_ops_token
+
+
+async def _not_revoked(revocations: Revocations, claims: Claims) -> None:
+    try:
+        await tokens.check_not_revoked(revocations, claims.token_id)
+    except Unauthorized as exc:
+        raise _Unauthorized(exc.detail) from None

@@ -22,11 +22,11 @@ async def replay(request: web.Request) -> web.StreamResponse:
            and len(v) < 19]  # fmt: skip
     everything = form.get("all") == "1"
     if not ids and not everything:
-        raise back("/console/dead-letters", "choose dead letters to replay")
+        raise back(request, "/console/dead-letters", "dead_letters_none_chosen")
     replayed = await dead_letters.replay(
         request.app[appkeys.POOL], ids, all_=everything,
         actor=request[SESSION].principal.subject,
     )  # fmt: skip
     if replayed:
         request.app[appkeys.OUTBOX_WAKE].ring()
-    raise back("/console/dead-letters", f"re-queued {len(replayed)} event(s)")
+    raise back(request, "/console/dead-letters", "dead_letters_requeued", count=len(replayed))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -11,15 +11,17 @@ from aiohttp import web
 from gateway import appkeys
 from gateway.db import deliveries
 from gateway.db.deliveries import OUTCOMES, DeliveryFilter
-from gateway.domain import cursors
 from gateway.errors import NotFound, ValidationError
 from gateway.http.console.forms import action_form, back
+from gateway.http.console.paging import Page, keyset_page
+from gateway.http.console.payments import day
 from gateway.http.console.render import render
 from gateway.http.console.session import SESSION
 from gateway.http.ops_deliveries import render_body
 from gateway.ingest import replay as replaying
 
 PAGE = 50
+ONE_DAY = timedelta(days=1)
 
 
 def _id(request: web.Request) -> int:
@@ -29,27 +31,39 @@ def _id(request: web.Request) -> int:
     return int(raw)
 
 
+FILTERS = ("channel", "outcome", "reference_number", "from", "to")
+
+
+def filter_of(values: dict[str, str]) -> DeliveryFilter:
+    outcome = values["outcome"] or None
+    if outcome is not None and outcome not in OUTCOMES:
+        raise ValidationError("outcome", "unknown outcome")
+    until = day(values["to"], "to")
+    return DeliveryFilter(
+        channel=values["channel"][:100] or None, outcome=outcome,
+        reference_number=values["reference_number"][:255] or None,
+        since=day(values["from"], "from"), until=until + ONE_DAY if until else None,
+    )  # fmt: skip
+
+
 async def list_page(request: web.Request) -> web.Response:
     q = request.query
-    values = {k: q.get(k, "") for k in ("channel", "outcome", "reference_number")}
-    error, rows, next_cursor = None, [], None
+    values = {k: q.get(k, "").strip() for k in FILTERS}
+    error, page = None, Page([])
     try:
-        outcome = values["outcome"] or None
-        if outcome is not None and outcome not in OUTCOMES:
-            raise ValidationError("outcome", "unknown outcome")
-        f = DeliveryFilter(channel=values["channel"][:100] or None, outcome=outcome,
-                           reference_number=values["reference_number"][:255] or None)  # fmt: skip
-        after = cursors.decode(q["cursor"], (datetime, int)) if q.get("cursor") else None
-        rows = await deliveries.list_deliveries(
-            request.app[appkeys.POOL], f, (after[0], after[1]) if after else None, PAGE
-        )
-        if len(rows) == PAGE:
-            next_cursor = cursors.encode(rows[-1]["received_at"], rows[-1]["id"])
+        f = filter_of(values)
+        pool = request.app[appkeys.POOL]
+
+        async def fetch(start: tuple[Any, ...] | None, back: bool, limit: int) -> list[Any]:
+            after = (start[0], start[1]) if start else None
+            return await deliveries.list_deliveries(pool, f, after, limit, oldest_first=back)
+
+        page = await keyset_page(q, fetch, lambda r: (r["received_at"], r["id"]),
+                                 (datetime, int), PAGE, "/console/deliveries", values)  # fmt: skip
     except ValidationError as exc:
         error = exc.detail
-    query = "&".join(f"{k}={v}" for k, v in values.items() if v)
-    return render(request, "deliveries.html", rows=rows, values=values, outcomes=OUTCOMES,
-                  error=error, next_cursor=next_cursor, query=query)  # fmt: skip
+    return render(request, "deliveries.html", rows=page.rows, page=page, values=values,
+                  outcomes=OUTCOMES, error=error)  # fmt: skip
 
 
 def pretty(body: bytes) -> str:
@@ -91,5 +105,9 @@ async def replay(request: web.Request) -> web.StreamResponse:
     )  # fmt: skip
     what = result.body.get("status") or result.body.get("error") or result.outcome
     pid = result.body.get("payment_id")
-    notice = f"replayed: {result.status} {what}" + (f", payment {pid}" if pid else "")
-    raise back(f"/console/deliveries/{delivery_id}", notice)
+    here = f"/console/deliveries/{delivery_id}"
+    if result.status < 300:
+        raise back(request, here, "replay_done", status=result.status, outcome=what,
+                   payment=f", payment {pid}" if pid else "")  # fmt: skip
+    code = "replay_refused" if result.status < 500 else "replay_failed"
+    raise back(request, here, code, status=result.status, outcome=what)

@@ -6,7 +6,8 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from gateway import appkeys
-from gateway.http.console.session import CSRF_FIELD, check_csrf
+from gateway.http.console import notices
+from gateway.http.console.session import CSRF_FIELD, SESSION, check_csrf, security_headers
 
 
 async def action_form(
@@ -27,9 +28,9 @@ def field(form: MultiDictProxy[str | bytes | bytearray | web.FileField], name: s
     return value.strip() if isinstance(value, str) else ""
 
 
-def back(location: str, notice: str | None = None) -> web.HTTPSeeOther:
-    """Post/redirect/get: where an action's browser goes next (with a one-line notice)."""
-    from urllib.parse import quote
-
-    sep = "&" if "?" in location else "?"
-    return web.HTTPSeeOther(location + (f"{sep}notice={quote(notice)}" if notice else ""))
+def back(request: web.Request, location: str, code: str, **values: object) -> web.HTTPSeeOther:
+    """Post/redirect/get: where an action's browser goes next, with the notice `code`
+    (gateway.http.console.notices) for the page it lands on."""
+    response = web.HTTPSeeOther(location, headers=security_headers(request))
+    notices.attach(response, request, request[SESSION].sid, code, values)
+    return response

@@ -12,7 +12,9 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.db import counts, overview
+from gateway.db.deliveries import OUTCOMES
 from gateway.http.console import chart
+from gateway.http.console.paging import href
 from gateway.http.console.render import render
 from gateway.observability.stats import midnight_utc, webhook_stats
 
@@ -36,12 +38,29 @@ async def _chart(request: web.Request) -> tuple[dict[str, list[int]], datetime]:
     return data, end
 
 
+def outcome_rows(
+    answered: dict[str, int], kept: dict[str, int], since: datetime
+) -> list[dict[str, Any]]:
+    """Today's answers by outcome, most first, with how many of them were kept as
+    deliveries (a link to them) and the rest answered without being stored."""
+    rows = []
+    for outcome in sorted(answered.keys() | kept.keys(), key=lambda o: (-answered.get(o, 0), o)):
+        stored = kept.get(outcome, 0)
+        link = href("/console/deliveries", {"outcome": outcome, "from": since.date()})
+        rows.append({"outcome": outcome, "answered": answered.get(outcome, 0), "kept": stored,
+                     "link": link if outcome in OUTCOMES else None})  # fmt: skip
+    return rows
+
+
 async def overview_page(request: web.Request) -> web.Response:
     app = request.app
     pool = app[appkeys.POOL]
     probes = app[appkeys.PROBES]
+    await app[appkeys.OUTCOMES].flush(pool)  # this process's last second, before reading
+    midnight = midnight_utc()
     async with pool.acquire(timeout=QUERY_TIMEOUT) as conn:
-        today = await counts.webhooks_today(conn, midnight_utc(), QUERY_TIMEOUT)
+        answered = await counts.webhooks_answered(conn, midnight.date(), QUERY_TIMEOUT)
+        kept = await counts.webhooks_today(conn, midnight, QUERY_TIMEOUT)
         pending, oldest, backlog = await counts.outbox_and_backlog(conn, QUERY_TIMEOUT)
         dead = await counts.dead_letters(conn)
         _, last_run = await counts.staging_state(conn, QUERY_TIMEOUT)
@@ -51,10 +70,9 @@ async def overview_page(request: web.Request) -> web.Response:
         probes.database(), probes.redis_ok(), probes.kafka()
     )
     local = app[appkeys.STATS].local_today()
-    figures: dict[str, Any] = webhook_stats(today, local)
+    figures: dict[str, Any] = webhook_stats(answered, local)
     return render(
-        request, "overview.html",
-        today=sorted(today.items(), key=lambda kv: -kv[1]), figures=figures,
+        request, "overview.html", today=outcome_rows(answered, kept, midnight), figures=figures,
         chart=chart.svg(data, end), legend=chart.legend(data),
         outbox={"pending": pending, "capped": pending >= counts.PENDING_COUNT_MAX,
                 "oldest_seconds": round(oldest, 1)},

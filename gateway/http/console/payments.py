@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -11,9 +11,9 @@ from aiohttp import web
 from gateway import appkeys
 from gateway.db import payment_search, timeline
 from gateway.db.payment_search import SOURCES, PaymentFilter
-from gateway.domain import cursors
 from gateway.domain.model import STATUSES
 from gateway.errors import NotFound, ValidationError
+from gateway.http.console.paging import Page, keyset_page
 from gateway.http.console.render import render
 
 PAGE = 50
@@ -43,33 +43,37 @@ def filter_of(q: Any) -> PaymentFilter:
     if source is not None and source not in SOURCES:
         raise ValidationError("source", "unknown source")
     return PaymentFilter(
-        reference_number=text("reference_number"), cif=text("cif"),
+        reference_prefix=text("reference_number"), cif=text("cif"),
         loan_account_number=text("loan_account_number"), status=status, source=source,
-        channel=text("channel"), since=day(q.get("from"), "from"), until=day(q.get("to"), "to"),
+        channel=text("channel"), since=day(q.get("from"), "from"), until=through(q.get("to")),
     )  # fmt: skip
+
+
+def through(raw: str | None) -> datetime | None:
+    """The end of the day `to` names: "to 2026-11-24" includes the 24th."""
+    last = day(raw, "to")
+    return last + timedelta(days=1) if last else None
 
 
 async def search_page(request: web.Request) -> web.Response:
     q = request.query
     values = {name: q.get(name, "") for name in FIELDS}
     error = None
-    rows: list[Any] = []
-    next_cursor = None
+    page = Page([])
     try:
         f = filter_of(q)
-        after = None
-        if q.get("cursor"):
-            at, last = cursors.decode(q["cursor"], (datetime, str))
-            after = (at, uuid.UUID(last))
-        rows = await payment_search.search(request.app[appkeys.POOL], f, after, PAGE)
-        if len(rows) == PAGE:
-            next_cursor = cursors.encode(rows[-1]["created_at"], str(rows[-1]["id"]))
+        pool = request.app[appkeys.POOL]
+
+        async def fetch(start: tuple[Any, ...] | None, back: bool, limit: int) -> list[Any]:
+            after = (start[0], uuid.UUID(start[1])) if start else None
+            return await payment_search.search(pool, f, after, limit, ascending=back)
+
+        page = await keyset_page(q, fetch, lambda r: (r["created_at"], str(r["id"])),
+                                 (datetime, str), PAGE, "/console/payments", values)  # fmt: skip
     except (ValidationError, ValueError) as exc:
         error = exc.detail if isinstance(exc, ValidationError) else "not a cursor"
-    query = "&".join(f"{k}={v}" for k, v in values.items() if v)
-    return render(request, "payments.html", rows=rows, values=values, error=error,
-                  next_cursor=next_cursor, query=query, statuses=STATUSES,
-                  sources=SOURCES)  # fmt: skip
+    return render(request, "payments.html", rows=page.rows, page=page, values=values,
+                  error=error, statuses=STATUSES, sources=SOURCES)  # fmt: skip
 
 
 async def payment_page(request: web.Request) -> web.Response:

@@ -17,7 +17,6 @@ from gateway import appkeys
 from gateway.db import exceptions as workflow_db
 from gateway.db import reconciliation as recon_db
 from gateway.db.exceptions import ExceptionFilter, Target
-from gateway.domain import cursors
 from gateway.domain import exception_workflow as wf
 from gateway.domain.statements import (
     CATEGORIES,
@@ -25,6 +24,7 @@ from gateway.domain.statements import (
 )
 from gateway.errors import Conflict, NotFound, ValidationError
 from gateway.http.console.forms import action_form, back, field
+from gateway.http.console.paging import Page, href, keyset_page
 from gateway.http.console.render import render
 from gateway.http.console.session import CSRF_FIELD, SESSION, check_csrf
 from gateway.http.ops import statement_options
@@ -51,7 +51,7 @@ async def upload(request: web.Request) -> web.StreamResponse:
     while True:
         part = await reader.next()
         if part is None:
-            raise back("/console/reconciliation", "choose a statement file")
+            raise back(request, "/console/reconciliation", "statement_missing")
         if not isinstance(part, BodyPartReader) or part.name is None:
             continue
         if part.name == CSRF_FIELD:
@@ -74,7 +74,8 @@ async def upload(request: web.Request) -> web.StreamResponse:
             default_source="console upload",
         )
     except ValidationError as exc:
-        raise back("/console/reconciliation", f"{exc.field}: {exc.detail}") from None
+        raise back(request, "/console/reconciliation", "statement_option_invalid",
+                   field=exc.field, detail=exc.detail) from None  # fmt: skip
 
     async def chunks() -> AsyncIterator[bytes]:
         while True:
@@ -89,10 +90,11 @@ async def upload(request: web.Request) -> web.StreamResponse:
             topic=request.app[appkeys.SETTINGS].kafka_topic, actor=_actor(request),
         )  # fmt: skip
     except StatementError as exc:
-        raise back("/console/reconciliation", f"statement refused: {exc}") from None
+        raise back(request, "/console/reconciliation", "statement_refused",
+                   reason=str(exc)) from None  # fmt: skip
     request.app[appkeys.OUTBOX_WAKE].ring()
-    raise back(f"/console/reconciliation/runs/{summary['run_id']}",
-               f"imported: {summary['exceptions']} exception(s)")  # fmt: skip
+    raise back(request, f"/console/reconciliation/runs/{summary['run_id']}",
+               "statement_imported", exceptions=summary["exceptions"])  # fmt: skip
 
 
 async def run_page(request: web.Request) -> web.Response:
@@ -132,23 +134,23 @@ def _filter(q: Any) -> ExceptionFilter:
 async def queue_page(request: web.Request) -> web.Response:
     q = request.query
     values = {k: q.get(k, "") for k in ("state", "kind", "category", "run_id", "assignee")}
-    error, rows, next_cursor = None, [], None
+    error, page = None, Page([])
     try:
         f = _filter(q)
-        after = None
-        if q.get("cursor"):
-            at, kind, last = cursors.decode(q["cursor"], (datetime, str, int))
-            after = (at, kind, last)
-        rows = await workflow_db.list_exceptions(request.app[appkeys.POOL], f, after, PAGE)
-        if len(rows) == PAGE:
-            last_row = rows[-1]
-            next_cursor = cursors.encode(last_row["created_at"], last_row["kind"], last_row["id"])
+        pool = request.app[appkeys.POOL]
+
+        async def fetch(start: tuple[Any, ...] | None, back: bool, limit: int) -> list[Any]:
+            after = (start[0], start[1], start[2]) if start else None
+            return await workflow_db.list_exceptions(pool, f, after, limit, newest_first=back)
+
+        page = await keyset_page(q, fetch, lambda r: (r["created_at"], r["kind"], r["id"]),
+                                 (datetime, str, int), PAGE, "/console/exceptions",
+                                 values)  # fmt: skip
     except ValidationError as exc:
         error = exc.detail
-    query = "&".join(f"{k}={v}" for k, v in values.items() if v)
-    return render(request, "exceptions.html", rows=rows, values=values, error=error,
-                  next_cursor=next_cursor, query=query, states=wf.STATE_FILTERS,
-                  resolutions=wf.RESOLUTIONS)  # fmt: skip
+    return render(request, "exceptions.html", rows=page.rows, page=page, values=values,
+                  error=error, export=href("/console/exceptions.csv", values),
+                  states=wf.STATE_FILTERS, resolutions=wf.RESOLUTIONS)  # fmt: skip
 
 
 def _target(request: web.Request) -> tuple[str, int]:
@@ -173,25 +175,26 @@ async def act(request: web.Request) -> web.StreamResponse:
     action = request.match_info["action"]
     pool, who = request.app[appkeys.POOL], _actor(request)
     here = f"/console/exceptions/{kind}/{item_id}"
+    values: dict[str, object] = {}
     try:
         if action == "assign":
             await workflow_db.assign(pool, kind, item_id, wf.assignee(field(form, "assignee")),
                                      actor=who)  # fmt: skip
-            notice = "assigned"
+            notice = "exception_assigned"
         elif action == "resolve":
             resolution = wf.resolution(field(form, "resolution"), field(form, "note") or None,
                                        field(form, "payment_id") or None)  # fmt: skip
             await workflow_db.resolve(pool, kind, item_id, resolution, actor=who)
-            notice = f"resolved: {resolution.code}"
+            notice, values["resolution"] = "exception_resolved", resolution.code
         elif action == "comment":
             await workflow_db.add_comment(pool, kind, item_id, wf.comment(field(form, "body")),
                                           actor=who)  # fmt: skip
-            notice = "comment added"
+            notice = "exception_commented"
         else:
             raise NotFound("no such action")
     except (ValidationError, Conflict) as exc:
-        raise back(here, f"refused: {exc.detail}") from None
-    raise back(here, notice)
+        raise back(request, here, "exception_refused", detail=exc.detail) from None
+    raise back(request, here, notice, **values)
 
 
 async def bulk(request: web.Request) -> web.StreamResponse:
@@ -202,7 +205,7 @@ async def bulk(request: web.Request) -> web.StreamResponse:
         if kind in wf.KINDS and num.isdigit() and len(num) < 19:
             targets.append(Target(kind, int(num)))
     if not targets:
-        raise back("/console/exceptions", "choose exceptions first")
+        raise back(request, "/console/exceptions", "bulk_none_chosen")
     action = field(form, "action")
     try:
         if action == "assign":
@@ -218,16 +221,18 @@ async def bulk(request: web.Request) -> web.StreamResponse:
         else:
             raise ValidationError("action", "choose assign or resolve")
     except ValidationError as exc:
-        raise back("/console/exceptions", f"refused: {exc.detail}") from None
+        raise back(request, "/console/exceptions", "bulk_refused", detail=exc.detail) from None
     done = sum(1 for r in results if r["ok"])
-    raise back("/console/exceptions", f"{action}: {done} done, {len(results) - done} refused")
+    refused = len(results) - done
+    raise back(request, "/console/exceptions", "bulk_partly_refused" if refused else "bulk_done",
+               action=action, done=done, refused=refused)  # fmt: skip
 
 
 async def export(request: web.Request) -> web.StreamResponse:
     try:
         f = _filter(request.query)
     except ValidationError as exc:
-        raise back("/console/exceptions", exc.detail) from None
+        raise back(request, "/console/exceptions", "export_refused", detail=exc.detail) from None
     response = web.StreamResponse(headers={
         "Content-Type": "text/csv; charset=utf-8",
         "Content-Disposition": 'attachment; filename="exceptions.csv"',

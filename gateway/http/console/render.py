@@ -13,7 +13,8 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.errors import PaygateError
-from gateway.http.console.session import CSRF_FIELD, SESSION, csrf_token
+from gateway.http.console import notices
+from gateway.http.console.session import CSRF_FIELD, SESSION, csrf_token, security_headers
 
 HEADERS = {
     # Only our own files run: no inline script, no other origin, no framing.
@@ -66,14 +67,22 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
     context.setdefault("csrf", csrf_token(secret, session.sid) if session else "")
     context.setdefault("csrf_field", CSRF_FIELD)
     context.setdefault("path", request.path)
-    context.setdefault("notice", request.query.get("notice"))
+    context.setdefault("notice", notices.take(request, session.sid if session else None))
     html = environment().get_template(template).render(**context)
-    return web.Response(
-        text=html, status=status, content_type="text/html", charset="utf-8", headers=HEADERS
-    )
+    response = web.Response(
+        text=html, status=status, content_type="text/html", charset="utf-8",
+        headers={**HEADERS, **security_headers(request)},
+    )  # fmt: skip
+    notices.clear(response, request)  # shown once
+    return response
+
+
+TITLES = {401: "Sign in first", 403: "Not allowed", 404: "Not found", 409: "Conflict",
+          422: "Not accepted", 503: "Unavailable"}  # fmt: skip
 
 
 def error_page(request: web.Request, exc: PaygateError) -> web.Response:
-    """A refusal under /console, as a page instead of JSON."""
-    return render(request, "error.html", exc.status, error=exc.code, detail=exc.detail,
-                  extra=exc.headers())  # fmt: skip
+    """A refusal under /console, as a page instead of JSON, headed by what happened."""
+    title = TITLES.get(exc.status, "Refused" if exc.status < 500 else "Something went wrong")
+    return render(request, "error.html", exc.status, title=title, error=exc.code,
+                  detail=exc.detail, extra=exc.headers())  # fmt: skip

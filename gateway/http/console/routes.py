@@ -25,13 +25,14 @@ CONSOLE_ROUTES: tuple[tuple[str, str, Handler, Access], ...] = (
     ("GET", "/console", overview.overview_page, CONSOLE_READ),
     ("GET", "/console/login", auth.login_page, CONSOLE_SIGN_IN),
     ("POST", "/console/login", auth.login, CONSOLE_SIGN_IN),
-    ("POST", "/console/logout", auth.logout, CONSOLE_SESSION),
+    ("POST", "/console/logout", auth.logout, CONSOLE_SESSION),  # every role may sign out
     ("GET", "/console/static/{name}", static.static_file, CONSOLE_SIGN_IN),
     ("GET", "/console/payments", payments.search_page, CONSOLE_READ),
     ("GET", "/console/payments/{payment}", payments.payment_page, CONSOLE_READ),
     ("GET", "/console/deliveries", deliveries.list_page, CONSOLE_READ),
     ("GET", "/console/deliveries/{delivery_id}", deliveries.detail_page, CONSOLE_READ),
-    ("GET", "/console/deliveries/{delivery_id}/replay", deliveries.confirm_page, CONSOLE_READ),
+    # The confirmation page of an action is the action's: a read-only session is refused.
+    ("GET", "/console/deliveries/{delivery_id}/replay", deliveries.confirm_page, CONSOLE_WRITE),
     ("POST", "/console/deliveries/{delivery_id}/replay", deliveries.replay, CONSOLE_WRITE),
     ("GET", "/console/reconciliation", reconciliation.runs_page, CONSOLE_READ),
     ("POST", "/console/reconciliation/upload", reconciliation.upload, CONSOLE_WRITE),

@@ -56,7 +56,7 @@ async def test_the_query_is_served_by_an_index(
     [query] = [q for q in ops_plans.queries(sample) if q.name == name]
     plan = await ops_plans.plan(conn, query)
     empty = await ops_plans.empty_relations(conn)
-    assert ops_plans.problems(plan, empty) == [], ops_plans.render(plan)
+    assert ops_plans.problems(plan, empty, query.index_cond) == [], ops_plans.render(plan)
 
 
 def test_the_check_finds_a_sequential_scan_and_a_big_sort() -> None:
@@ -69,4 +69,9 @@ def test_the_check_finds_a_sequential_scan_and_a_big_sort() -> None:
     assert ops_plans.problems(tree, frozenset({"payments_2027_03"})) == [
         "sequential scan of payments_2026_11",
         "sort of ~50000 rows",
+    ]
+    walk = {"Node Type": "Index Scan", "Index Name": "payments_2026_11_created_at_idx",
+            "Filter": "(lower((reference_number)::text) ~>=~ 'ref-1'::text)"}  # fmt: skip
+    assert ops_plans.problems(walk, index_cond="lower((reference_number)::text) ~>=~") == [
+        "no index condition 'lower((reference_number)::text) ~>=~'"
     ]

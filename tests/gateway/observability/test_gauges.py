@@ -353,7 +353,8 @@ async def test_stats_shape_and_todays_figures(
     }
     webhooks = stats["webhooks"]
     assert set(webhooks) == {"received_today", "duplicate_rate", "average_response_time_ms"}
-    # 3 created + 1 conflict reached the database; the duplicate was answered from memory.
+    # 3 created + 1 conflict reached the database; the duplicate was answered from memory:
+    # all five were answered, so all five are counted.
     assert webhooks["received_today"] == 5
     assert webhooks["duplicate_rate"] == pytest.approx(0.2)
     assert 0 <= webhooks["duplicate_rate"] <= 1
@@ -381,9 +382,9 @@ async def test_stats_is_503_without_the_database(
 # ---------------------------------------------------------------- pure pieces
 
 
-def test_webhook_stats_combines_database_rows_and_local_duplicates() -> None:
+def test_webhook_stats_counts_every_answer() -> None:
     out = webhook_stats(
-        {"created": 6, "duplicate": 1, "conflict": 1},
+        {"created": 6, "duplicate": 3, "unauthorized": 1},
         {"local_duplicates": 2, "duration_sum": 0.5, "duration_count": 10},
     )
     assert out == {"received_today": 10, "duplicate_rate": 0.3, "average_response_time_ms": 50.0}

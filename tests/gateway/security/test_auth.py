@@ -21,26 +21,34 @@ from gateway.security.auth import (
 SECRET = "unit-test-admin-secret-0123456789abcdef" * 2  # long enough for HS512 too
 
 
+def claims(**over: object) -> dict[str, object]:
+    """What `paygate token` puts in a token, with `over` changed."""
+    now = int(time.time())
+    base = {"sub": "a", "roles": [READ], "iat": now, "exp": now + 60, "jti": "t-1",
+            "iss": "paygate", "aud": "paygate-ops"}  # fmt: skip
+    return {**base, **over}
+
+
 def test_round_trip() -> None:
     principal = decode_token(mint_token(SECRET, "alice", [READ]), SECRET)
     assert principal == Principal("alice", frozenset({READ}))
 
 
 def test_single_role_claim_is_accepted() -> None:
-    now = int(time.time())
-    token = jwt.encode({"sub": "bob", "role": WRITE, "iat": now, "exp": now + 60}, SECRET)
+    body = claims(sub="bob", role=WRITE)
+    del body["roles"]
+    token = jwt.encode(body, SECRET)
     assert decode_token(token, SECRET).roles == {WRITE}
 
 
 def test_unknown_roles_are_dropped() -> None:
-    now = int(time.time())
-    token = jwt.encode({"sub": "x", "roles": ["admin", READ], "iat": now, "exp": now + 60}, SECRET)
+    token = jwt.encode(claims(sub="x", roles=["admin", READ]), SECRET)
     assert decode_token(token, SECRET).roles == {READ}
 
 
 def _bad_tokens() -> list[str]:
     now = int(time.time())
-    good = {"sub": "a", "roles": [READ], "iat": now, "exp": now + 60}
+    good = claims()
     unsigned = jwt.encode(good, None, algorithm="none")
     return [
         mint_token("another-secret-of-sufficient-length-000", "a", [READ]),  # wrong key

@@ -93,10 +93,18 @@ async def test_a_read_only_session_cannot_act(
     await sign_in(page, client, [READ])
     await page.goto(f"{base(client)}/console/deliveries/{delivery}")
     assert await page.locator("text=Replay…").count() == 0  # not offered
-    await page.goto(f"{base(client)}/console/deliveries/{delivery}/replay")
-    page.once("dialog", lambda d: d.accept())
-    await page.click("#confirm-replay")
+    # Not by URL either: the confirmation page belongs to the action (it was served to a
+    # read-only session, and only its button's POST was refused).
+    answer = await page.goto(f"{base(client)}/console/deliveries/{delivery}/replay")
+    assert answer is not None and answer.status == 403
+    assert await page.locator("#confirm-replay").count() == 0
     assert "ops:write" in await page.inner_text(".error")  # refused by the role, as the API
+    csrf = await page.get_attribute("header input[name=csrf_token]", "value")
+    posted = await page.request.post(
+        f"{base(client)}/console/deliveries/{delivery}/replay",
+        form={"csrf_token": csrf or ""}, max_redirects=0,
+    )  # fmt: skip
+    assert posted.status == 403
     assert await count(db, "SELECT count(*) FROM payment_service.delivery_replays") == 0
 
 
