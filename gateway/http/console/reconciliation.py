@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -28,9 +27,9 @@ from gateway.http.console.forms import action_form, back, field
 from gateway.http.console.render import render
 from gateway.http.console.session import CSRF_FIELD, SESSION, check_csrf
 from gateway.http.ops import statement_options
+from gateway.http.statement_upload import UploadLimits, part_chunks, spool
 
 PAGE = 50
-_CHUNK = 256 * 1024
 
 
 def _actor(request: web.Request) -> str:
@@ -63,36 +62,42 @@ async def upload(request: web.Request) -> web.StreamResponse:
         if part.name == "statement":
             break
         values[part.name] = (await part.text())[:1000].strip()
-    statement = part
+    statement_part = part
     # A blank field means its default (the configured tolerance, say); an unticked
     # checkbox is not sent at all.
     filled = {"keep_matched": "0", **{k: v for k, v in values.items() if v}}
+    settings = request.app[appkeys.SETTINGS]
     try:
+        # The run is titled by the uploaded file's name unless a source is given.
         options = statement_options(
-            filled,
-            default_tolerance=request.app[appkeys.SETTINGS].reconcile_amount_tolerance,
-            default_source="console upload",
-        )
+            filled, default_tolerance=settings.reconcile_amount_tolerance,
+            default_source=_file_name(statement_part) or "console upload",
+            default_date_tolerance=settings.reconcile_date_tolerance_days,
+        )  # fmt: skip
     except ValidationError as exc:
         raise back("/console/reconciliation", f"{exc.field}: {exc.detail}") from None
-
-    async def chunks() -> AsyncIterator[bytes]:
-        while True:
-            chunk = await statement.read_chunk(_CHUNK)
-            if not chunk:
-                return
-            yield chunk
-
+    statement = await spool(part_chunks(statement_part), UploadLimits.of(settings),
+                            _file_name(statement_part))  # fmt: skip
     try:
-        summary = await recon_db.reconcile_statement(
-            request.app[appkeys.POOL], chunks(), options,
-            topic=request.app[appkeys.SETTINGS].kafka_topic, actor=_actor(request),
+        imported = await recon_db.reconcile_statement(
+            request.app[appkeys.POOL], statement, options,
+            topic=settings.kafka_topic, actor=_actor(request),
         )  # fmt: skip
     except StatementError as exc:
         raise back("/console/reconciliation", f"statement refused: {exc}") from None
+    finally:
+        statement.close()
+    summary = imported.summary
+    here = f"/console/reconciliation/runs/{summary['run_id']}"
+    if not imported.created:
+        raise back(here, "already imported: this statement's run is shown, nothing was added")
     request.app[appkeys.OUTBOX_WAKE].ring()
-    raise back(f"/console/reconciliation/runs/{summary['run_id']}",
-               f"imported: {summary['exceptions']} exception(s)")  # fmt: skip
+    raise back(here, f"imported: {summary['exceptions']} exception(s)")
+
+
+def _file_name(part: BodyPartReader) -> str | None:
+    name = (part.filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return name[:200] if name and name.isprintable() else None
 
 
 async def run_page(request: web.Request) -> web.Response:
