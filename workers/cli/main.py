@@ -10,7 +10,7 @@
                                  --max N, --key REF)
     paygate partitions | dlq | reconcile | token   (see each module)
 
-Settings come from the environment (see the README); a bad value stops start-up with
+Settings come from the environment (see docs/configuration.md); a bad value stops start-up with
 a message naming the variable.
 """
 
