@@ -153,9 +153,10 @@ WITH g AS (
                     'payment_currency',
                         CASE WHEN category = 'currency_mismatch' THEN p_currency END,
                     'lines', line_numbers,
-                    'expected', CASE WHEN expected <> p_amount THEN expected END,
+                    'expected',
+                        CASE WHEN expected <> p_amount THEN expected::numeric(15,2)::text END,
                     'date_difference_days', date_note,
-                    'fee_rounding', fee_note,
+                    'fee_rounding', fee_note::numeric(15,2)::text,
                     'note', CASE WHEN payment_id IS NULL AND referenced
                                  THEN 'reference known, payment row not found' END))
            END

@@ -32,6 +32,7 @@ from gateway import appkeys
 from gateway.db import dead_letters
 from gateway.db.reconciliation import ITEM_COLUMNS, reconcile_statement, run_items
 from gateway.db.reconciliation import get_run as reconciliation_run
+from gateway.domain import spreadsheet
 from gateway.domain.statements import (
     CATEGORIES,
     StatementError,
@@ -220,10 +221,7 @@ async def _export_csv(
     while True:
         rows = await run_items(pool, run_id, category, after, 5000)
         for r in rows:
-            details = r["details"]
-            cells: list[Any] = ["" if r[c] is None else r[c] for c in ITEM_COLUMNS[:-1]]
-            cells.append(orjson.dumps(details).decode() if details is not None else "")
-            writer.writerow(cells)
+            writer.writerow(spreadsheet.row([r[c] for c in ITEM_COLUMNS]))
         await response.write(buf.getvalue().encode())
         buf.seek(0)
         buf.truncate()

@@ -77,6 +77,11 @@ ROUTES: tuple[Route, ...] = (
         "/api/v1/reconciliation/exceptions/{kind}/{item_id}/comments",
         ops_reconciliation.post_comment,
     ),
+    Route(
+        "POST",
+        "/api/v1/reconciliation/exceptions/{kind}/{item_id}/accept_suggestion",
+        ops_reconciliation.post_accept,
+    ),
     Route("GET", "/api/v1/dlq", ops.get_dlq),
     Route("POST", "/api/v1/dlq/replay", ops.post_dlq_replay),
     # console (B): the operator console's pages and actions (gateway/http/console)

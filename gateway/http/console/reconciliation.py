@@ -7,7 +7,6 @@ import csv
 import io
 import uuid
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -16,7 +15,7 @@ from gateway import appkeys
 from gateway.db import exceptions as workflow_db
 from gateway.db import reconciliation as recon_db
 from gateway.db.exceptions import ExceptionFilter, Target
-from gateway.domain import cursors
+from gateway.domain import cursors, spreadsheet
 from gateway.domain import exception_workflow as wf
 from gateway.domain.statements import (
     CATEGORIES,
@@ -188,6 +187,9 @@ async def act(request: web.Request) -> web.StreamResponse:
                                        field(form, "payment_id") or None)  # fmt: skip
             await workflow_db.resolve(pool, kind, item_id, resolution, actor=who)
             notice = f"resolved: {resolution.code}"
+        elif action == "accept_suggestion" and kind == wf.ITEM:
+            await workflow_db.accept_suggestion(pool, item_id, actor=who)
+            notice = "suggested match accepted: resolved as matched_manually"
         elif action == "comment":
             await workflow_db.add_comment(pool, kind, item_id, wf.comment(field(form, "body")),
                                           actor=who)  # fmt: skip
@@ -245,7 +247,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     while True:
         rows = await workflow_db.list_exceptions(request.app[appkeys.POOL], f, after, 2000)
         for r in rows:
-            out.writerow(["" if r[c] is None else _cell(r[c]) for c in workflow_db.EXPORT_COLUMNS])
+            out.writerow(spreadsheet.row([r[c] for c in workflow_db.EXPORT_COLUMNS]))
         await response.write(buf.getvalue().encode())
         buf.seek(0)
         buf.truncate()
@@ -254,19 +256,3 @@ async def export(request: web.Request) -> web.StreamResponse:
         after = (rows[-1]["created_at"], rows[-1]["kind"], rows[-1]["id"])
     await response.write_eof()
     return response
-
-
-def _cell(value: Any) -> str:
-    text = value.isoformat() if isinstance(value, datetime) else str(value)
-    # A cell a spreadsheet would run as a formula is quoted (CSV injection).
-    if text[:1] in ("=", "+", "@") or (text[:1] == "-" and not _numeric(text)):
-        return "'" + text
-    return text
-
-
-def _numeric(text: str) -> bool:
-    try:
-        Decimal(text)
-    except InvalidOperation:
-        return False
-    return True
