@@ -289,8 +289,9 @@ SELECT
 
 
 _REST_HASH = business_hash_sql(
-    "payment_service.normalize_reference(s.reference_number)", "s.loan_account_number", "s.cif", "s.amount", "s.payment_date"
-)
+    "payment_service.normalize_reference(s.reference_number)",
+    "s.loan_account_number", "s.cif", "s.amount", "s.payment_date",
+)  # fmt: skip
 
 SETTLE = f"""
 WITH rest AS (

@@ -76,7 +76,7 @@ async def test_a_repeated_line_is_a_duplicate_in_the_exception_queue(
     run = await upload(client, "TWICE-1,120.00,2026-10-05,,\nTWICE-1,120.00,2026-10-05,,\n")
     assert run["counts"]["duplicate_in_statement"] == 1 and run["counts"]["matched"] == 0
     assert run["malformed_lines"] == 0
-    status, queue = await get(client, EXCEPTIONS, category="duplicate_in_statement")
+    _, queue = await get(client, EXCEPTIONS, category="duplicate_in_statement")
     [item] = queue["items"]
     assert (item["reference_number"], item["difference"]) == ("TWICE-1", "120.00")
     assert item["details"]["lines"] == [2, 3]
@@ -140,7 +140,7 @@ async def test_a_currency_that_differs_from_the_payments_is_an_exception(
         "CUR-USD,50.00,2026-10-05,,EUR\nCUR-EUR,50.00,2026-10-05,,EUR\nCUR-NONE,50.00,2026-10-05,,EUR\n",
     )
     assert run["counts"]["currency_mismatch"] == 1 and run["counts"]["matched"] == 2
-    status, queue = await get(client, EXCEPTIONS, category="currency_mismatch")
+    _, queue = await get(client, EXCEPTIONS, category="currency_mismatch")
     [item] = queue["items"]
     assert item["reference_number"] == "CUR-USD"
     assert item["details"] == {"currency": "EUR", "payment_currency": "USD"}
@@ -184,7 +184,7 @@ async def test_lines_outside_an_explicit_period_are_flagged(
         period_start="2026-10-05", period_end="2026-10-07",
     )  # fmt: skip
     assert run["counts"]["matched"] == 1 and run["counts"]["outside_period"] == 2
-    status, queue = await get(client, EXCEPTIONS, category="outside_period")
+    _, queue = await get(client, EXCEPTIONS, category="outside_period")
     assert sorted(i["reference_number"] for i in queue["items"]) == ["EARLY", "LATE"]
 
 
@@ -236,7 +236,7 @@ async def test_a_case_only_difference_is_a_suggested_match_an_operator_accepts(
     assert resp.status == 200, accepted
     assert (accepted["state"], accepted["resolution"]) == ("resolved", "matched_manually")
     assert accepted["resolution_payment_id"] == str(payment_id)
-    status, queue = await get(client, EXCEPTIONS)
+    _, queue = await get(client, EXCEPTIONS)
     assert queue["items"] == []  # both sides of the pair are resolved
     audit = await db.fetch(
         "SELECT actor, details FROM payment_service.audit_log"
