@@ -15,7 +15,9 @@ AS $$
 $$;
 
 -- Recorded references the rule would now write differently (a trailing space, a decomposed
--- accent): found once, here, for an operator to review. They are not rewritten: a
+-- accent): found here, for an operator to review (`SELECT * FROM
+-- payment_service.reference_normalisation_report`; the function finds them again at any
+-- time, e.g. after restoring older rows). They are not rewritten: a
 -- reference is the payment's identity downstream, and the normalised form may already
 -- belong to another payment (`collides_with`).
 CREATE TABLE payment_service.reference_normalisation_report (
@@ -26,13 +28,20 @@ CREATE TABLE payment_service.reference_normalisation_report (
     collides_with    UUID,
     found_at         TIMESTAMPTZ  NOT NULL DEFAULT now()
 );
+CREATE FUNCTION payment_service.unnormalised_references()
+RETURNS TABLE (reference_number varchar, normalised text, payment_id uuid,
+               payment_date timestamp, collides_with uuid)
+LANGUAGE sql STABLE
+AS $$
+    SELECT r.reference_number, n.normalised, r.payment_id, r.payment_date, o.payment_id
+    FROM payment_service.payment_references r
+    CROSS JOIN LATERAL (SELECT payment_service.normalize_reference(r.reference_number)) n(normalised)
+    LEFT JOIN payment_service.payment_references o ON o.reference_number = n.normalised
+    WHERE n.normalised IS DISTINCT FROM r.reference_number
+$$;
 INSERT INTO payment_service.reference_normalisation_report
     (reference_number, normalised, payment_id, payment_date, collides_with)
-SELECT r.reference_number, n.normalised, r.payment_id, r.payment_date, o.payment_id
-FROM payment_service.payment_references r
-CROSS JOIN LATERAL (SELECT payment_service.normalize_reference(r.reference_number)) n(normalised)
-LEFT JOIN payment_service.payment_references o ON o.reference_number = n.normalised
-WHERE n.normalised IS DISTINCT FROM r.reference_number;
+SELECT * FROM payment_service.unnormalised_references();
 
 -- A statement's identity: a digest over the file's sha256, the options it is read and
 -- matched with, the provider and the period the uploader named. While an import of a

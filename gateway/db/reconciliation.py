@@ -330,6 +330,7 @@ async def _drop_temp(conn: asyncpg.Connection) -> None:
 ITEM_COLUMNS = (
     "id", "category", "reference_number", "payment_id", "line_number", "statement_amount",
     "internal_amount", "difference", "statement_status", "internal_status", "details",
+    "open_item_id",
 )  # fmt: skip
 _ITEMS = f"""
 SELECT {", ".join(ITEM_COLUMNS)} FROM payment_service.reconciliation_items
