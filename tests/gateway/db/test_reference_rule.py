@@ -15,7 +15,7 @@ from gateway.domain.references import forbidden, normalize_reference
 AWKWARD = [
     "plain", " lead", "trail ", "\u3000both\u2003", "\u00a0nbsp\u00a0", "\u2028sep\u2029",
     "e\u0301", "\u1100\u1161\u11a8", "A\u030a", "\u212b", "x\u0301\u0300", "\u1680 ogham",
-    "\u205f\u202fnarrow", "a  b", "😀", "ＩＮＶ", "\u0385", "\u1fee", "",
+    "\u205f\u202fnarrow", "a  b", "😀", "\uff29\uff2e\uff36", "\u0385", "\u1fee", "",
 ]  # fmt: skip
 
 

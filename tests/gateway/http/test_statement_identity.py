@@ -75,7 +75,7 @@ async def test_a_difference_is_one_open_item_across_runs_until_resolved(
                ("ID-B", "50.00", "2026-10-05", "succeeded"),
                ("ID-C", "20.00", "2026-10-05", "succeeded"))  # fmt: skip
     client = await make_client()
-    _, first = await send(client, FIRST)
+    await send(client, FIRST)
     opened = await queue(client)
     # The next statement still has B's and X's differences, and now shows C.
     status, second = await send(client, FIRST + "ID-C,20.00,2026-10-05,,\n")
