@@ -86,24 +86,31 @@ WHERE s.payment_date >= $1 AND s.payment_date < $2
 GROUP BY s.reference_number
 """
 
+# With references of several lines, their lines are left out of the singles and their
+# groups added (without any, the statement is read as it is: no anti-join per line).
+_WITH_MULTI = """
+      AND NOT EXISTS (SELECT 1 FROM pg_temp.recon_multi m
+                      WHERE m.reference_number = s.reference_number)
+    UNION ALL
+    SELECT reference_number, first_line, lines, net, has_sale, has_refund, sale_at,
+           final_status, currency, currencies, repeated, line_numbers
+    FROM pg_temp.recon_multi"""
+
 # $1 run, $2 period start, $3 period end (exclusive), $4 tolerance, $5 fee rule on,
 # $6 fee percent, $7 fee fixed, $8 keep matched, $9 date tolerance (days).
 _CLASSIFY = f"""
 WITH g AS (
-    SELECT s.reference_number, s.line_number, coalesce(m.lines, 1) AS lines,
-           coalesce(m.net, CASE WHEN s.status = 'failed' THEN 0 ELSE s.amount END) AS net,
-           coalesce(m.has_sale, s.amount > 0 AND s.status IS DISTINCT FROM 'failed') AS has_sale,
-           coalesce(m.has_refund, s.amount < 0) AS has_refund,
-           CASE WHEN m.reference_number IS NOT NULL THEN m.sale_at
-                WHEN s.amount >= 0 THEN s.payment_date END AS sale_at,
-           coalesce(m.final_status, s.status) AS final_status,
-           coalesce(m.currency, s.currency) AS currency,
-           coalesce(m.currencies, (s.currency IS NOT NULL)::int) AS currencies,
-           coalesce(m.repeated, false) AS repeated, m.line_numbers
+    -- One line per reference (nearly all): the line is the group. An anti-join, so the
+    -- planner sees every line coming (an OR over the join misled it into nested loops).
+    SELECT s.reference_number, s.line_number, 1 AS lines,
+           CASE WHEN s.status = 'failed' THEN 0 ELSE s.amount END AS net,
+           s.amount > 0 AND s.status IS DISTINCT FROM 'failed' AS has_sale,
+           s.amount < 0 AS has_refund,
+           CASE WHEN s.amount >= 0 THEN s.payment_date END AS sale_at,
+           s.status AS final_status, s.currency, (s.currency IS NOT NULL)::int AS currencies,
+           false AS repeated, NULL::int[] AS line_numbers
     FROM pg_temp.recon_statement s
-    LEFT JOIN pg_temp.recon_multi m ON m.reference_number = s.reference_number
-    WHERE s.payment_date >= $2 AND s.payment_date < $3
-      AND (m.reference_number IS NULL OR s.line_number = m.first_line)
+    WHERE s.payment_date >= $2 AND s.payment_date < $3 {{singles}}
 ), c AS (
     SELECT g.*, p.id AS payment_id, p.amount AS p_amount, p.status AS p_status,
            upper(p.currency) AS p_currency, r.reference_number IS NOT NULL AS referenced,
@@ -116,27 +123,27 @@ WITH g AS (
     LEFT JOIN payment_service.payment_references r ON r.reference_number = g.reference_number
     LEFT JOIN payment_service.payments p
            ON p.id = r.payment_id AND p.payment_date = r.payment_date
-), f AS (
-    SELECT c.*, net - (expected - round(expected * $6 / 100 + $7, 2)) AS after_fee
-    FROM c
 ), k AS (
-    SELECT f.*, CASE
+    SELECT c.*, CASE
         WHEN payment_id IS NULL THEN 'missing_internal'
         WHEN currencies > 1 OR currency <> p_currency THEN 'currency_mismatch'
         WHEN final_status IS NOT NULL AND final_status <> p_status THEN 'status_mismatch'
         WHEN abs(net - expected) <= $4
           THEN CASE WHEN net = expected THEN 'matched' ELSE 'matched_with_fee' END
         WHEN repeated THEN 'duplicate_in_statement'
-        WHEN $5 AND expected = p_amount AND expected > 0 AND abs(after_fee) <= $4 + 0.01 * lines
+        WHEN $5 AND expected = p_amount AND expected > 0
+             AND abs(net - expected + round(expected * $6 / 100 + $7, 2)) <= $4 + 0.01 * lines
           THEN 'matched_with_fee'
         ELSE 'amount_mismatch'
     END AS category
-    FROM f
+    FROM c
 ), n AS (
     SELECT k.*,
            CASE WHEN days_apart > $9 THEN days_apart END AS date_note,
+           -- Only for the few matched through the fee rule: what its rounding left.
            CASE WHEN category = 'matched_with_fee' AND abs(net - expected) > $4
-                     AND after_fee <> 0 THEN after_fee END AS fee_note
+                THEN nullif(net - expected + round(expected * $6 / 100 + $7, 2), 0)
+           END AS fee_note
     FROM k
 ), ins AS (
     INSERT INTO payment_service.reconciliation_items
@@ -202,20 +209,20 @@ SELECT count(*) FROM ins
 # A line whose reference differs from a payment of the period only in letter case: the
 # pair is suggested (on both items), never matched by itself. One-to-one pairs only.
 _SUGGEST = """
-WITH mi AS (
-    SELECT id, reference_number, line_number, lower(reference_number) AS k
+WITH pair AS (
+    SELECT (array_agg(id) FILTER (WHERE category = 'missing_internal'))[1] AS mi_id,
+           (array_agg(reference_number) FILTER (WHERE category = 'missing_internal'))[1] AS mi_ref,
+           (array_agg(line_number) FILTER (WHERE category = 'missing_internal'))[1] AS line_number,
+           (array_agg(id) FILTER (WHERE category = 'missing_in_statement'))[1] AS ms_id,
+           (array_agg(reference_number) FILTER (WHERE category = 'missing_in_statement'))[1]
+               AS ms_ref,
+           (array_agg(payment_id) FILTER (WHERE category = 'missing_in_statement'))[1]
+               AS payment_id
     FROM payment_service.reconciliation_items
-    WHERE run_id = $1 AND category = 'missing_internal'
-), ms AS (
-    SELECT id, reference_number, payment_id, lower(reference_number) AS k
-    FROM payment_service.reconciliation_items
-    WHERE run_id = $1 AND category = 'missing_in_statement'
-), pair AS (
-    SELECT mi.id AS mi_id, mi.reference_number AS mi_ref, mi.line_number,
-           ms.id AS ms_id, ms.reference_number AS ms_ref, ms.payment_id
-    FROM mi JOIN ms ON ms.k = mi.k
-    WHERE mi.k IN (SELECT k FROM mi GROUP BY k HAVING count(*) = 1)
-      AND ms.k IN (SELECT k FROM ms GROUP BY k HAVING count(*) = 1)
+    WHERE run_id = $1 AND category IN ('missing_internal', 'missing_in_statement')
+    GROUP BY lower(reference_number)
+    HAVING count(*) FILTER (WHERE category = 'missing_internal') = 1
+       AND count(*) FILTER (WHERE category = 'missing_in_statement') = 1
 ), upd AS (
     UPDATE payment_service.reconciliation_items i
     SET details = coalesce(i.details, '{}'::jsonb) || x.d
@@ -341,11 +348,13 @@ async def match(conn: asyncpg.Connection, run_id: uuid.UUID, options: StatementO
     if period is None:
         return out
     lo, hi = midnight(period[0]), midnight(period[1]) + timedelta(days=1)
-    await conn.execute(_MULTI, lo, hi, timeout=LONG)
-    await conn.execute("ANALYZE pg_temp.recon_multi", timeout=LONG)
+    multi = await conn.execute(_MULTI, lo, hi, timeout=LONG)  # "SELECT <rows>"
+    classify = _CLASSIFY.replace("{singles}", "" if multi == "SELECT 0" else _WITH_MULTI)
+    if multi != "SELECT 0":
+        await conn.execute("ANALYZE pg_temp.recon_multi", timeout=LONG)
     fee_rule = bool(options.fee_percent or options.fee_fixed)
     for row in await conn.fetch(
-        _CLASSIFY, run_id, lo, hi, options.tolerance, fee_rule, options.fee_percent,
+        classify, run_id, lo, hi, options.tolerance, fee_rule, options.fee_percent,
         options.fee_fixed, options.keep_matched, options.date_tolerance_days, timeout=LONG,
     ):  # fmt: skip
         out.counts[row["category"]] = row["n"]

@@ -62,9 +62,14 @@ def normalize_reference(value: str) -> str:
 
 def reference_or_error(value: str, max_len: int) -> str:
     """A statement cell or status-update reference under the rule; ValueError says why."""
-    if forbidden(value):
+    if value.isascii():  # a statement's million lines: the only forbidden ASCII is control
+        if not value.isprintable():
+            raise ValueError(f"reference_number {FORBIDDEN_DETAIL}")
+        ref = value.strip()
+    elif forbidden(value):
         raise ValueError(f"reference_number {FORBIDDEN_DETAIL}")
-    ref = normalize_reference(value)
+    else:
+        ref = normalize_reference(value)
     if not ref:
         raise ValueError("reference_number is empty")
     if len(ref) > max_len:

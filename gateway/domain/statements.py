@@ -190,7 +190,7 @@ def parse_date(text: str, date_format: str | None) -> datetime:
         raise ValueError("payment_date is not a valid date") from None
     # The provider's calendar date is the date (ARCHITECTURE "Dates"): an offset is
     # dropped, never converted, so 2026-11-24T01:00+05:30 stays on the 24th.
-    return parsed.replace(tzinfo=None)
+    return parsed if parsed.tzinfo is None else parsed.replace(tzinfo=None)
 
 
 def parse_row(row: list[str], cols: Columns, line: int, date_format: str | None) -> Record:
@@ -198,7 +198,7 @@ def parse_row(row: list[str], cols: Columns, line: int, date_format: str | None)
     if len(row) < cols.width:
         raise ValueError(f"expected at least {cols.width} columns, got {len(row)}")
     ref = reference_or_error(row[cols.reference], REFERENCE_MAX)
-    if "\ufffd" in ref:
+    if not ref.isascii() and "\ufffd" in ref:
         raise ValueError("reference_number is not valid UTF-8")
     amount = parse_amount(row[cols.amount])
     paid = parse_date(row[cols.payment_date], date_format)
