@@ -27,6 +27,7 @@ from typing import Any
 from gateway.config import Settings
 from gateway.errors import ConfigError
 from workers.cli.command import CHILD_ENV
+from workers.cli.reachability import Unreachable
 
 
 def _run_loop(coro: Coroutine[Any, Any, int]) -> int:
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"paygate: configuration error: {exc}", file=sys.stderr)
         return 2
+    except Unreachable as exc:
+        print(f"paygate: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -40,6 +40,12 @@ def test_an_empty_statement_has_no_period() -> None:
     assert infer_period([]) is None
 
 
+def test_every_category_is_a_metric_label_from_the_first_scrape() -> None:
+    from gateway.observability.metrics import RECONCILIATION_CATEGORIES
+
+    assert RECONCILIATION_CATEGORIES == CATEGORIES
+
+
 def test_every_category_has_a_row_in_the_docs() -> None:
     text = DOCS.read_text()
     missing = [c for c in CATEGORIES if f"| `{c}` |" not in text]
