@@ -7,10 +7,10 @@ payment and reconciliation tables there, so never point it at data you care abou
 migrates, COPYs N payments (and their references) dated over the last 28 days, and
 writes an N-line CSV statement with a mix of outcomes: ~1% amount mismatches, ~1%
 fee deductions (2.9% + 0.30), ~1% status mismatches, ~1% references we never saw,
-~1% of our payments left out, and a few malformed lines. Then it times
-`reconcile_statement` (streaming the file in 256 KiB chunks, exactly as the upload
-endpoint does) and prints a Markdown block for bench/RESULTS.md with the duration,
-lines/s and this process's RSS before, during (max) and after.
+~1% of our payments left out, and a few malformed lines. Then it times what the upload
+endpoint does: spool the statement (read in 256 KiB chunks) to a temporary file with its
+digest, then `reconcile_statement`, and prints a Markdown block for bench/RESULTS.md
+with the duration, lines/s and this process's RSS before, during (max) and after.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from gateway.db.migrations import migrate
 from gateway.db.pool import create_pool
 from gateway.db.reconciliation import reconcile_statement
 from gateway.domain.statements import StatementOptions, expected_after_fee
+from gateway.http.statement_upload import UploadLimits, spool
 from workers.cli.devstack import EmbeddedPostgres
 
 FEE_PERCENT = Decimal("2.9")
@@ -141,14 +142,19 @@ async def reconcile(settings: Settings, path: Path) -> dict[str, Any]:
     sampler = asyncio.create_task(sample())
     try:
         began = time.perf_counter()
-        summary = await reconcile_statement(
-            pool,
-            stream(path),
-            StatementOptions(fee_percent=FEE_PERCENT, fee_fixed=FEE_FIXED, source=path.name),
-            topic="payment.events",
-            actor="bench",
-        )
+        statement = await spool(stream(path), UploadLimits(2**40, 2**20, 3600.0), path.name)
+        try:
+            imported = await reconcile_statement(
+                pool,
+                statement,
+                StatementOptions(fee_percent=FEE_PERCENT, fee_fixed=FEE_FIXED, source=path.name),
+                topic="payment.events",
+                actor="bench",
+            )
+        finally:
+            statement.close()
         seconds = time.perf_counter() - began
+        summary = imported.summary
     finally:
         stop.set()
         await sampler
@@ -201,7 +207,8 @@ async def run(args: argparse.Namespace) -> int:
 {"embedded server" if server else "DATABASE_URL"}; statement {size_mib:.0f} MiB, streamed in 256 KiB chunks.
 
 - Seeding {n:,} payments + references with COPY: {load_s:.1f} s
-- Import + match (parse, COPY into a temp table, classify, missing-in-statement, events): \
+- Spool + import + match (parse, COPY into a temp table, group, classify, period, \
+missing-in-statement, open items, events): \
 **{result["seconds"]:.1f} s**, {lines / result["seconds"]:,.0f} lines/s
 - Counts: {s["counts"]}; malformed lines: {s["malformed_lines"]} (planted: {made["malformed"]})
 - Planted: {made}

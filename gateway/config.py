@@ -212,6 +212,15 @@ class Settings:
     reconcile_interval_seconds: float = env("RECONCILE_INTERVAL_SECONDS", 300.0, _float(0.01))
     reconcile_concurrency: int = env("RECONCILE_CONCURRENCY", 4, _int(1, 256))
     reconcile_amount_tolerance: Decimal = env("RECONCILE_AMOUNT_TOLERANCE", Decimal("0"), _decimal)
+    reconcile_date_tolerance_days: int = env("RECONCILE_DATE_TOLERANCE_DAYS", 3, _int(0, 366))
+    # Statement uploads: spooled to a temporary file before the import takes a connection.
+    reconcile_max_statement_bytes: int = env(
+        "RECONCILE_MAX_STATEMENT_BYTES", 256 * 1024 * 1024, _int(1024)
+    )
+    reconcile_max_line_bytes: int = env("RECONCILE_MAX_LINE_BYTES", 64 * 1024, _int(64))
+    reconcile_upload_timeout_seconds: float = env(
+        "RECONCILE_UPLOAD_TIMEOUT_SECONDS", 300.0, _float(0.1)
+    )
 
     # Ops API
     admin_jwt_secret: str = env("ADMIN_JWT_SECRET", "", secret=True)

@@ -131,7 +131,8 @@ def default_rules(server: ServerFunctions = NEWEST) -> tuple[Rule, ...]:
     """
     amount_max = format(AMOUNT_MAX, "f")
     return (
-        *_required("reference_number", "ref", REFERENCE_MAX),
+        # Checked as sent, kept normalised (gateway.domain.references): `ref` below.
+        *_required("reference_number", "raw_ref", REFERENCE_MAX),
         *_required("loan_account_number", "account", ACCOUNT_MAX),
         *_required("cif", "cif", CIF_MAX),
         Rule("amount", "amount = 'NaN'::numeric", _lit("must be a finite number")),
@@ -198,8 +199,9 @@ FROM (SELECT set_config('plan_cache_mode', 'force_custom_plan', true)) custom, (
 
 # A batch the database refused as a whole is retried one reference at a time.
 GROUPS = """
-SELECT id, reference_number FROM payment_service.payment_staging
-WHERE id = ANY($1::bigint[]) ORDER BY reference_number, id
+SELECT id, payment_service.normalize_reference(reference_number) AS reference_number
+FROM payment_service.payment_staging
+WHERE id = ANY($1::bigint[]) ORDER BY 2, id
 """
 
 REFUSE = """
@@ -221,7 +223,9 @@ FROM (
                       AND {server.is_valid_jsonb("raw_metadata #>> '{}'")}
                      THEN (raw_metadata #>> '{{}}')::jsonb ELSE raw_metadata END AS meta
     FROM (
-        SELECT s.id, s.reference_number AS ref, s.loan_account_number AS account, s.cif,
+        SELECT s.id, s.reference_number AS raw_ref,
+               payment_service.normalize_reference(s.reference_number) AS ref,
+               s.loan_account_number AS account, s.cif,
                s.amount, s.payment_date, s.payment_channel AS channel,
                s.metadata AS raw_metadata
         FROM unnest($1::bigint[]) AS u(id)
@@ -288,12 +292,14 @@ SELECT
 
 
 _REST_HASH = business_hash_sql(
-    "s.reference_number", "s.loan_account_number", "s.cif", "s.amount", "s.payment_date"
-)
+    "payment_service.normalize_reference(s.reference_number)",
+    "s.loan_account_number", "s.cif", "s.amount", "s.payment_date",
+)  # fmt: skip
 
 SETTLE = f"""
 WITH rest AS (
-    SELECT s.id, s.reference_number AS ref, u.fresh, {_REST_HASH} AS hash
+    SELECT s.id, payment_service.normalize_reference(s.reference_number) AS ref, u.fresh,
+           {_REST_HASH} AS hash
     FROM unnest($1::bigint[], $2::bool[]) AS u(id, fresh)
     JOIN payment_service.payment_staging s ON s.id = u.id
 ), fate AS MATERIALIZED (

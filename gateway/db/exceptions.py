@@ -27,12 +27,15 @@ from gateway.domain import exception_workflow as wf
 from gateway.errors import Conflict, NotFound, ValidationError
 
 _NOT_MATCHED = "category NOT IN ('matched', 'matched_with_fee')"
+# A later run's sighting of an open item (sql/140) is not an exception of its own.
+_OPEN_ITEM = f"{_NOT_MATCHED} AND open_item_id IS NULL"
 
 _ITEM_COLUMNS = f"""
 '{wf.ITEM}'::text AS kind, id, created_at, reference_number, category, run_id, payment_id,
 statement_amount, internal_amount, difference, statement_status, internal_status,
 NULL::text AS provider_status, NULL::integer AS occurrences, state, assignee, assigned_at,
-resolution, resolution_note, resolution_payment_id, resolved_at, resolved_by, details
+resolution, resolution_note, resolution_payment_id, resolved_at, resolved_by, details,
+open_item_id, seen_count, last_seen_run_id, last_seen_at, cleared_run_id, cleared_at
 """
 _REVIEW_COLUMNS = f"""
 '{wf.REVIEW}'::text AS kind, id, created_at, reference_number, reason AS category,
@@ -40,7 +43,9 @@ NULL::uuid AS run_id, payment_id, NULL::numeric AS statement_amount,
 NULL::numeric AS internal_amount, NULL::numeric AS difference,
 NULL::text AS statement_status, internal_status, provider_status, occurrences, state,
 assignee, assigned_at, resolution, resolution_note, resolution_payment_id, resolved_at,
-resolved_by, details
+resolved_by, details, NULL::bigint AS open_item_id, occurrences AS seen_count,
+NULL::uuid AS last_seen_run_id, last_seen_at, NULL::uuid AS cleared_run_id,
+NULL::timestamptz AS cleared_at
 """
 EXPORT_COLUMNS = (
     "kind", "id", "created_at", "reference_number", "category", "run_id", "payment_id",
@@ -127,7 +132,7 @@ def _state_where(kind: str, state: str) -> list[str]:
     if state not in wf.STATE_FILTERS:
         raise ValueError(f"unknown state {state!r}")
     if kind == wf.ITEM:
-        where = [_NOT_MATCHED]
+        where = [_OPEN_ITEM]
         if state in (wf.UNRESOLVED, wf.OPEN, wf.ASSIGNED):
             where.append("state <> 'resolved'")
         if state in wf.STATES:
@@ -197,6 +202,11 @@ async def _locked(conn: asyncpg.Connection, kind: str, item_id: int) -> asyncpg.
     row = await conn.fetchrow(_select_one(kind, lock=True), item_id)
     if row is None:
         raise NotFound(f"no such exception: {kind} {item_id}", code="exception_not_found")
+    if row["open_item_id"] is not None:
+        raise Conflict(
+            f"a later sighting of exception item {row['open_item_id']}: act on that one",
+            code="sighting_of_open_item",
+        )
     return row
 
 
@@ -275,6 +285,41 @@ async def add_comment(
         assert comment is not None
         await _audit(conn, actor, "exception_comment", row, comment_id=comment["id"], body=body)
         return dict(comment)
+
+
+async def accept_suggestion(pool: asyncpg.Pool, item_id: int, *, actor: str) -> dict[str, Any]:
+    """Accept the match reconciliation suggested for a line whose reference differs from a
+    payment's only in letter case: both items of the pair (the line's `missing_internal`
+    and the payment's `missing_in_statement`) are resolved `matched_manually` with that
+    payment, each step audited."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await _locked(conn, wf.ITEM, item_id)
+        _unresolved(row)
+        details = row["details"] or {}
+        other_id = details.get("suggested_item_id")
+        if details.get("suggestion") is None or not isinstance(other_id, int):
+            raise Conflict("this exception has no suggested match", code="no_suggestion")
+        other = await conn.fetchrow(_select_one(wf.ITEM, lock=True), other_id)
+        pair = [row] + ([other] if other is not None and other["state"] != wf.RESOLVED else [])
+        payment_id = row["payment_id"] or (other["payment_id"] if other is not None else None)
+        if payment_id is None:
+            raise Conflict("the suggested payment is gone", code="no_suggestion")
+        note = (
+            f"suggested match accepted: {details.get('suggested_reference')!s:.255} differs"
+            f" from {row['reference_number']} only in letter case"
+        )
+        for r in pair:
+            await conn.execute(
+                "UPDATE payment_service.reconciliation_items SET state = 'resolved',"
+                " resolution = 'matched_manually', resolution_note = $2,"
+                " resolution_payment_id = $3, resolved_at = now(), resolved_by = $4"
+                " WHERE id = $1",
+                r["id"], note, payment_id, actor[:255],
+            )  # fmt: skip
+            await _audit(conn, actor, "exception_resolved", r, resolution="matched_manually",
+                         note=note, payment_id=str(payment_id), suggestion=details["suggestion"],
+                         previous_state=r["state"])  # fmt: skip
+        return dict(await conn.fetchrow(_select_one(wf.ITEM, lock=False), item_id))
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,18 +4,24 @@ Webhooks are best effort (seed 002); the statement is the other side's ledger, a
 reconciling against it is the safety net. The work is set-based so a million-line
 statement stays a matter of seconds and of flat memory:
 
-1. the upload is streamed and parsed chunk by chunk (pure code below: column mapping,
-   Decimal amounts, dates, line numbers of malformed lines);
-2. good lines are COPYed into a session TEMP table in chunks;
-3. one INSERT ... SELECT classifies every line (matched, matched_with_fee,
-   amount_mismatch, status_mismatch, missing_internal) and one more finds the payments
-   of the period that the statement lacks (missing_in_statement).
+1. the statement is on disk already (spooled by the upload: no connection is held while
+   a client sends it), with its sha256; a statement whose identity (file, options,
+   provider, named period) matches a running or completed run is that run, returned
+   as it is, so a re-sent statement never doubles the work;
+2. the file is parsed chunk by chunk (gateway.domain.statements) and its good lines are
+   COPYed into a session TEMP table;
+3. gateway.db.reconcile_match classifies them and links the differences to the open
+   items of earlier runs.
+
+One pool connection does all of it, acquired with a timeout (503 when the pool is
+exhausted); a failure is recorded on that connection, or on a fresh one (again with a
+timeout) when that one broke.
 
 Operators act on the exceptions through the run's items (API, CSV export). Events are
 deliberately coarse: one `reconciliation.completed` outbox event per run with the
-counts, plus an audit_log row for the first EXCEPTIONS_AUDITED exceptions. One event
-per mismatch would flood the topic when a statement is badly off (the usual case for
-a wrong period or mapping), and the items table already is the work list.
+counts, plus an audit_log row for the first EXCEPTIONS_AUDITED new exceptions. One
+event per mismatch would flood the topic when a statement is badly off (the usual case
+for a wrong period or mapping), and the items table already is the work list.
 """
 
 from __future__ import annotations
@@ -25,21 +31,24 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterable
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import orjson
 
+from gateway.db import primary
 from gateway.db.errors import describe_text
+from gateway.db.reconcile_match import LONG, match, midnight
 from gateway.domain.statements import (
-    CATEGORIES,
-    EXCEPTIONS,
     Record,
     StatementError,
+    StatementFile,
     StatementOptions,
     StatementParser,
 )
+from gateway.errors import Conflict
 from gateway.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -47,6 +56,8 @@ log = logging.getLogger(__name__)
 COPY_CHUNK = 50_000
 EXCEPTIONS_AUDITED = 100
 COMPLETED_EVENT = "reconciliation.completed"
+ACQUIRE_TIMEOUT = 10.0  # seconds to wait for a pool connection before answering 503
+STALE_RUNNING = 2 * LONG  # a run "running" this long was abandoned (its process died)
 
 # -- SQL -----------------------------------------------------------------------------------
 
@@ -62,63 +73,25 @@ CREATE TEMP TABLE recon_statement (
 )
 """
 
-_DUPLICATES = """
-WITH d AS (
-    SELECT reference_number, min(line_number) AS first
-    FROM recon_statement GROUP BY reference_number HAVING count(*) > 1
-)
-DELETE FROM recon_statement s USING d
-WHERE s.reference_number = d.reference_number AND s.line_number > d.first
-RETURNING s.line_number, d.first
+_CLAIM = """
+INSERT INTO payment_service.reconciliation_runs
+    (kind, source, actor, statement_digest, statement_identity, provider, statement_bytes)
+VALUES ('statement', $1, $2, $3, $4, $5, $6)
+ON CONFLICT (statement_identity)
+    WHERE statement_identity IS NOT NULL AND status IN ('running', 'completed')
+DO NOTHING
+RETURNING id
 """
-
-_MATCH = """
-WITH c AS (
-    SELECT s.line_number, s.reference_number, p.id AS payment_id,
-           s.amount AS s_amount, p.amount AS p_amount, s.status AS s_status, p.status AS p_status,
-           CASE
-             WHEN p.id IS NULL THEN 'missing_internal'
-             WHEN s.amount <> p.amount AND abs(s.amount - p.amount) > $2
-                  AND NOT ($3 AND abs(s.amount - (p.amount - round(p.amount * $4 / 100 + $5, 2)))
-                                  <= $2)
-               THEN 'amount_mismatch'
-             WHEN s.status IS NOT NULL AND s.status <> p.status THEN 'status_mismatch'
-             WHEN s.amount <> p.amount THEN 'matched_with_fee'
-             ELSE 'matched'
-           END AS category,
-           s.currency, r.reference_number IS NOT NULL AS referenced
-    FROM recon_statement s
-    LEFT JOIN payment_service.payment_references r ON r.reference_number = s.reference_number
-    LEFT JOIN payment_service.payments p
-           ON p.id = r.payment_id AND p.payment_date = r.payment_date
-), ins AS (
-    INSERT INTO payment_service.reconciliation_items
-        (run_id, category, reference_number, payment_id, line_number, statement_amount,
-         internal_amount, difference, statement_status, internal_status, details)
-    SELECT $1, category, reference_number, payment_id, line_number, s_amount, p_amount,
-           s_amount - p_amount, s_status, p_status,
-           CASE WHEN currency IS NOT NULL OR (payment_id IS NULL AND referenced)
-                THEN jsonb_strip_nulls(jsonb_build_object(
-                    'currency', currency,
-                    'note', CASE WHEN payment_id IS NULL AND referenced
-                                 THEN 'reference known, payment row not found' END))
-           END
-    FROM c WHERE $6 OR category <> 'matched'
-)
-SELECT category, count(*) AS n FROM c GROUP BY category
+_SAME_STATEMENT = """
+SELECT * FROM payment_service.reconciliation_runs
+WHERE statement_identity = $1 AND status IN ('running', 'completed')
 """
-
-_MISSING_IN_STATEMENT = """
-WITH ins AS (
-    INSERT INTO payment_service.reconciliation_items
-        (run_id, category, reference_number, payment_id, internal_amount, internal_status)
-    SELECT $1, 'missing_in_statement', p.reference_number, p.id, p.amount, p.status
-    FROM payment_service.payments p
-    WHERE p.payment_date >= $2 AND p.payment_date < $3 AND p.status <> 'failed'
-      AND NOT EXISTS (SELECT 1 FROM recon_statement s WHERE s.reference_number = p.reference_number)
-    RETURNING 1
-)
-SELECT count(*) FROM ins
+_ABANDONED = """
+UPDATE payment_service.reconciliation_runs
+SET status = 'failed', completed_at = now(),
+    summary = jsonb_build_object('status', 'failed',
+                                 'error', 'abandoned: the import never finished')
+WHERE id = $1 AND status = 'running' AND started_at < now() - make_interval(secs => $2)
 """
 
 _AUDIT_EXCEPTIONS = """
@@ -127,7 +100,7 @@ SELECT $2, 'reconciliation_exception', reference_number, payment_id,
        jsonb_build_object('run_id', run_id, 'category', category, 'difference', difference,
                           'line_number', line_number)
 FROM payment_service.reconciliation_items
-WHERE run_id = $1 AND category <> ALL($3::text[])
+WHERE run_id = $1 AND category <> ALL($3::text[]) AND open_item_id IS NULL
 ORDER BY id LIMIT $4
 """
 
@@ -138,42 +111,88 @@ SET status = $2, summary = $3, errors = $4, total_lines = $5, malformed_lines = 
 WHERE id = $1
 """
 
-_LONG = 3600.0  # seconds: one matching statement over millions of rows may outlast the pool default
+
+@dataclass(frozen=True)
+class Imported:
+    """A run's summary, and whether this import made it (False: the statement had been
+    imported already, and this is that run)."""
+
+    summary: dict[str, Any]
+    created: bool
 
 
 async def reconcile_statement(
     pool: asyncpg.Pool,
-    chunks: AsyncIterable[bytes],
+    statement: StatementFile,
     options: StatementOptions,
     *,
     topic: str,
     actor: str,
-) -> dict[str, Any]:
+    acquire_timeout: float = ACQUIRE_TIMEOUT,
+) -> Imported:
     """Import a statement and match it; returns the run summary (also stored on the run).
 
     A statement that cannot be read at all (no header, a required column missing)
     marks the run failed and raises StatementError; malformed lines never do.
     """
     started = time.perf_counter()
-    run_id = await pool.fetchval(
-        "INSERT INTO payment_service.reconciliation_runs (kind, source, actor) "
-        "VALUES ('statement', $1, $2) RETURNING id",
-        (options.source or "upload")[:500], actor[:255],
-    )  # fmt: skip
+    identity = options.identity(statement.digest)
     parser = StatementParser(options)
-    async with pool.acquire() as conn:
+    async with pool.acquire(timeout=acquire_timeout) as conn:
+        run_id = await _claim(conn, statement, options, identity, actor)
+        if not isinstance(run_id, uuid.UUID):
+            return Imported(_existing(run_id), created=False)
         try:
             await conn.execute(_TEMP)
-            await _load(conn, parser, chunks)
-            summary = await _match(conn, run_id, parser, options, topic=topic, actor=actor)
+            await _load(conn, parser, statement.chunks())
+            summary = await _match(conn, run_id, parser, options, statement, topic, actor)
         except BaseException as exc:
-            await _fail(pool, run_id, parser, exc)
+            await _fail(pool, conn, run_id, parser, exc, acquire_timeout)
             raise
         finally:
             await _drop_temp(conn)
-    summary["duration_seconds"] = round(time.perf_counter() - started, 3)
-    await pool.execute(
-        "UPDATE payment_service.reconciliation_runs SET summary = $2 WHERE id = $1", run_id, summary
+        summary["duration_seconds"] = round(time.perf_counter() - started, 3)
+        await conn.execute(
+            "UPDATE payment_service.reconciliation_runs SET summary = $2 WHERE id = $1",
+            run_id, summary,
+        )  # fmt: skip
+    return Imported(summary, created=True)
+
+
+async def _claim(
+    conn: asyncpg.Connection,
+    statement: StatementFile,
+    options: StatementOptions,
+    identity: str,
+    actor: str,
+) -> uuid.UUID | asyncpg.Record:
+    """A new run's id, or the run of the same statement (running or completed)."""
+    args = (
+        (options.source or statement.name or "upload")[:500], actor[:255], statement.digest,
+        identity, (options.provider or None) and options.provider[:100], statement.size,
+    )  # fmt: skip
+    for _ in range(2):
+        run_id = await conn.fetchval(_CLAIM, *args)
+        if run_id is not None:
+            return run_id
+        same = await conn.fetchrow(_SAME_STATEMENT, identity)
+        if same is None:
+            continue  # it failed in between: claim again
+        if (
+            same["status"] == "running"
+            and await conn.execute(_ABANDONED, same["id"], STALE_RUNNING) == "UPDATE 1"
+        ):
+            continue
+        return same
+    raise Conflict("this statement's import changed state twice; retry", code="import_busy")
+
+
+def _existing(run: asyncpg.Record) -> dict[str, Any]:
+    summary = dict(run["summary"] or {"run_id": str(run["id"]), "status": run["status"]})
+    summary["already_imported"] = True
+    summary["detail"] = (
+        f"this statement was imported already (run {run['id']}, {run['status']}, "
+        f"started {run['started_at'].isoformat()}); nothing was imported again"
     )
     return summary
 
@@ -194,7 +213,7 @@ async def _load(
 
 async def _copy(conn: asyncpg.Connection, records: list[Record]) -> None:
     await conn.copy_records_to_table(
-        "recon_statement", records=records, schema_name="pg_temp", timeout=_LONG,
+        "recon_statement", records=records, schema_name="pg_temp", timeout=LONG,
         columns=["line_number", "reference_number", "amount", "payment_date", "status", "currency"],
     )  # fmt: skip
 
@@ -204,52 +223,28 @@ async def _match(
     run_id: uuid.UUID,
     parser: StatementParser,
     options: StatementOptions,
-    *,
+    statement: StatementFile,
     topic: str,
     actor: str,
 ) -> dict[str, Any]:
-    for row in await conn.fetch(_DUPLICATES, timeout=_LONG):
-        parser.error(
-            row["line_number"], f"duplicate reference_number (first on line {row['first']})"
-        )
-    await conn.execute("ANALYZE recon_statement", timeout=_LONG)
-    first, last = await conn.fetchrow(
-        "SELECT min(payment_date)::date, max(payment_date)::date FROM recon_statement"
-    )
-    start = options.period_start or first
-    end = options.period_end or last
-
-    counts = dict.fromkeys(CATEGORIES, 0)
-    fee_rule = bool(options.fee_percent or options.fee_fixed)
+    await conn.execute("ANALYZE recon_statement", timeout=LONG)
     async with conn.transaction():
         await conn.execute("SET LOCAL work_mem = '256MB'")
-        for row in await conn.fetch(
-            _MATCH, run_id, options.tolerance, fee_rule, options.fee_percent, options.fee_fixed,
-            options.keep_matched, timeout=_LONG,
-        ):  # fmt: skip
-            counts[row["category"]] = row["n"]
-        if start is not None and end is not None:
-            counts["missing_in_statement"] = await conn.fetchval(
-                _MISSING_IN_STATEMENT, run_id, _midnight(start), _midnight(end) + timedelta(days=1),
-                timeout=_LONG,
-            )  # fmt: skip
-        exceptions = sum(counts[c] for c in EXCEPTIONS)
+        found = await match(conn, run_id, options)
         await conn.execute(
             _AUDIT_EXCEPTIONS, run_id, actor, ["matched", "matched_with_fee"], EXCEPTIONS_AUDITED
         )
         summary: dict[str, Any] = {
             "run_id": str(run_id),
             "status": "completed",
-            "source": options.source,
+            "source": options.source or statement.name,
+            "provider": options.provider,
+            "statement_sha256": statement.digest,
             "total_lines": parser.total,
             "malformed_lines": parser.malformed,
-            "period": {
-                "start": start.isoformat() if start else None,
-                "end": end.isoformat() if end else None,
-            },
-            "counts": counts,
-            "exceptions": exceptions,
+            **found.summary(),
             "tolerance": str(options.tolerance),
+            "date_tolerance_days": options.date_tolerance_days,
             "fee_rule": {"percent": str(options.fee_percent), "fixed": str(options.fee_fixed)},
         }
         await _completed_event(conn, run_id, summary, topic)
@@ -258,16 +253,17 @@ async def _match(
             "INSERT INTO payment_service.audit_log (actor, action, details)"
             " VALUES ($1, 'reconciliation_run', $2)",
             actor,
-            {"run_id": str(run_id), "source": options.source, "counts": counts},
+            {"run_id": str(run_id), "source": summary["source"], "counts": found.counts},
         )
+        start, end = found.period or (None, None)
         await conn.execute(
             _FINISH, run_id, "completed", summary, parser.errors, parser.total, parser.malformed,
-            _midnight(start) if start else None, _midnight(end) if end else None,
+            midnight(start) if start else None, midnight(end) if end else None,
         )  # fmt: skip
-    for category, n in counts.items():
+    for category, n in found.counts.items():
         if n:
             metrics.reconciliation_items.labels(category).inc(n)
-    log.info("reconciliation run %s: %s", run_id, counts)
+    log.info("reconciliation run %s: %s", run_id, found.counts)
     return summary
 
 
@@ -282,6 +278,7 @@ async def _completed_event(
         "run_id": str(run_id),
         "counts": summary["counts"],
         "exceptions": summary["exceptions"],
+        "new_exceptions": summary["new_exceptions"],
         "malformed_lines": summary["malformed_lines"],
         "period": summary["period"],
     }
@@ -293,29 +290,39 @@ async def _completed_event(
 
 
 async def _fail(
-    pool: asyncpg.Pool, run_id: uuid.UUID, parser: StatementParser, exc: BaseException
+    pool: asyncpg.Pool,
+    conn: asyncpg.Connection,
+    run_id: uuid.UUID,
+    parser: StatementParser,
+    exc: BaseException,
+    acquire_timeout: float,
 ) -> None:
+    """Mark the run failed with its reason: on `conn` when it still works, else on a fresh
+    connection, never waiting on the pool longer than `acquire_timeout`."""
     reason = str(exc) if isinstance(exc, StatementError) else describe_text(exc)
     if not isinstance(exc, StatementError | asyncio.CancelledError):
         log.warning("reconciliation run %s failed: %s", run_id, reason)
+    args = (
+        run_id, "failed", {"status": "failed", "error": reason[:500]}, parser.errors,
+        parser.total, parser.malformed, None, None,
+    )  # fmt: skip
     try:
-        await pool.execute(
-            _FINISH, run_id, "failed", {"status": "failed", "error": reason[:500]},
-            parser.errors, parser.total, parser.malformed, None, None,
-        )  # fmt: skip
+        if primary.usable(conn) and not conn.is_in_transaction():
+            await conn.execute(_FINISH, *args, timeout=30)
+            return
+        async with pool.acquire(timeout=acquire_timeout) as other:
+            await other.execute(_FINISH, *args, timeout=30)
     except Exception:
         log.exception("could not mark reconciliation run %s failed", run_id)
 
 
 async def _drop_temp(conn: asyncpg.Connection) -> None:
+    if not primary.usable(conn):
+        return  # a broken connection is discarded by the pool with its temp table
     try:
         await conn.execute("DROP TABLE IF EXISTS pg_temp.recon_statement")
-    except Exception:  # a broken connection is discarded by the pool with its temp table
+    except Exception:
         log.debug("could not drop the statement temp table", exc_info=True)
-
-
-def _midnight(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day)
 
 
 # -- reading a run's items (the ops API and its CSV export) ------------------------------
@@ -323,6 +330,7 @@ def _midnight(day: date) -> datetime:
 ITEM_COLUMNS = (
     "id", "category", "reference_number", "payment_id", "line_number", "statement_amount",
     "internal_amount", "difference", "statement_status", "internal_status", "details",
+    "open_item_id",
 )  # fmt: skip
 _ITEMS = f"""
 SELECT {", ".join(ITEM_COLUMNS)} FROM payment_service.reconciliation_items

@@ -48,10 +48,11 @@ _RECORDED_ID = f"SELECT {recorded_event_id_sql('$1::uuid')}"
 _RECONCILIATION = f"""
 SELECT i.id, i.run_id, i.category, i.statement_amount, i.internal_amount, i.difference,
        i.statement_status, i.internal_status, i.state, i.assignee, i.resolution,
-       i.created_at, r.source AS run_source
+       i.created_at, i.seen_count, r.source AS run_source
 FROM payment_service.reconciliation_items i
 JOIN payment_service.reconciliation_runs r ON r.id = i.run_id
-WHERE i.reference_number = $1 ORDER BY i.id LIMIT {PART_LIMIT}
+-- A later run's sighting of an open item is that item again (it counts them): not a new entry.
+WHERE i.reference_number = $1 AND i.open_item_id IS NULL ORDER BY i.id LIMIT {PART_LIMIT}
 """
 _REVIEWS = f"""
 SELECT id, source, reason, internal_status, provider_status, occurrences, state, assignee,

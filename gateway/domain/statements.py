@@ -1,5 +1,6 @@
 """Bank and provider statements, the pure half of reconciliation: the column mapping,
-Decimal amounts, dates, line numbers of malformed lines, the categories and the fee rule.
+Decimal amounts, signs, dates, line numbers of malformed lines, the categories, the fee
+rule and a statement's identity.
 
 A statement is parsed as it streams in, chunk by chunk (`StatementParser`), so a
 million-line upload stays flat in memory; gateway.db.reconciliation loads the good lines
@@ -10,16 +11,19 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from gateway.domain.model import REFERENCE_MAX, STATUSES
+from gateway.domain.references import reference_or_error
 
-COLUMNS = ("reference_number", "amount", "payment_date", "status", "currency")
+COLUMNS = ("reference_number", "amount", "payment_date", "status", "currency", "type")
 REQUIRED = ("reference_number", "amount", "payment_date")
 CATEGORIES = (
     "matched",
@@ -28,12 +32,22 @@ CATEGORIES = (
     "status_mismatch",
     "missing_internal",
     "missing_in_statement",
+    "duplicate_in_statement",
+    "currency_mismatch",
+    "outside_period",
 )
-EXCEPTIONS = frozenset(CATEGORIES) - {"matched", "matched_with_fee"}
+MATCHED = frozenset({"matched", "matched_with_fee"})
+EXCEPTIONS = frozenset(CATEGORIES) - MATCHED
 MAX_ERRORS = 1000  # malformed lines listed in the run; the count is always complete
+READ_CHUNK = 256 * 1024
 
 _AMOUNT = re.compile(r"[+-]?[0-9]{1,13}(?:\.[0-9]{1,2})?")
+_CURRENCY = re.compile(r"[A-Z]{3}")
 _STATUS_SET = frozenset(STATUSES)
+# A type column says which way the money went: these take money back (the amount is
+# negative whatever its sign in the file), the others bring it in.
+REFUND_TYPES = frozenset({"refund", "reversal", "chargeback"})
+SALE_TYPES = frozenset({"sale", "payment", "charge", "capture"})
 
 
 class StatementError(ValueError):
@@ -55,6 +69,49 @@ class StatementOptions:
     fee_fixed: Decimal = Decimal("0")
     keep_matched: bool = True  # store matched lines as items (else only counted)
     source: str | None = None
+    provider: str | None = None  # part of the statement's identity when named
+    date_tolerance_days: int = 3  # a line dated further from its payment is noted
+
+    def identity(self, file_digest: str) -> str:
+        """A statement's identity: the file (its sha256), the provider and the period the
+        uploader named, and the options that decide how the file is read and matched.
+        `source` (a label) and `keep_matched` (what is stored) are not part of it."""
+        parts = [
+            file_digest, self.provider or "", str(self.period_start), str(self.period_end),
+            self.delimiter, ",".join(f"{k}={v}" for k, v in sorted(self.mapping.items())),
+            self.date_format or "", str(self.tolerance), str(self.fee_percent),
+            str(self.fee_fixed), str(self.date_tolerance_days),
+        ]  # fmt: skip
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+@dataclass
+class StatementFile:
+    """A statement already on disk (spooled from an upload, or the CLI's file), with the
+    sha256 and size of its bytes: the import reads it in chunks."""
+
+    file: BinaryIO
+    digest: str
+    size: int
+    name: str | None = None
+
+    @classmethod
+    def open(cls, path: Path) -> StatementFile:
+        f = path.open("rb")
+        sha, size = hashlib.sha256(), 0
+        while chunk := f.read(READ_CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+        f.seek(0)
+        return cls(f, sha.hexdigest(), size, path.name)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        self.file.seek(0)
+        while chunk := self.file.read(READ_CHUNK):
+            yield chunk
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def parse_mapping(text: str) -> dict[str, str]:
@@ -89,6 +146,7 @@ class Columns:
     payment_date: int
     status: int
     currency: int
+    type: int
     width: int
 
     @classmethod
@@ -105,7 +163,7 @@ class Columns:
                 pos[col] = -1
         return cls(
             pos["reference_number"], pos["amount"], pos["payment_date"], pos["status"],
-            pos["currency"], max(pos.values()) + 1,
+            pos["currency"], pos["type"], max(pos.values()) + 1,
         )  # fmt: skip
 
 
@@ -130,20 +188,18 @@ def parse_date(text: str, date_format: str | None) -> datetime:
             parsed = datetime.fromisoformat(value)
     except ValueError:
         raise ValueError("payment_date is not a valid date") from None
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
-    return parsed
+    # The provider's calendar date is the date (ARCHITECTURE "Dates"): an offset is
+    # dropped, never converted, so 2026-11-24T01:00+05:30 stays on the 24th.
+    return parsed if parsed.tzinfo is None else parsed.replace(tzinfo=None)
 
 
 def parse_row(row: list[str], cols: Columns, line: int, date_format: str | None) -> Record:
     """One CSV row -> a record for the temp table; ValueError names what is wrong."""
     if len(row) < cols.width:
         raise ValueError(f"expected at least {cols.width} columns, got {len(row)}")
-    ref = row[cols.reference].strip()
-    if not ref:
-        raise ValueError("reference_number is empty")
-    if len(ref) > REFERENCE_MAX or not ref.isprintable() or "\ufffd" in ref:
-        raise ValueError("reference_number is too long or has invalid characters")
+    ref = reference_or_error(row[cols.reference], REFERENCE_MAX)
+    if not ref.isascii() and "\ufffd" in ref:
+        raise ValueError("reference_number is not valid UTF-8")
     amount = parse_amount(row[cols.amount])
     paid = parse_date(row[cols.payment_date], date_format)
     status: str | None = None
@@ -153,7 +209,17 @@ def parse_row(row: list[str], cols: Columns, line: int, date_format: str | None)
             raise ValueError("status is not one of " + ", ".join(STATUSES))
     currency: str | None = None
     if cols.currency >= 0:
-        currency = row[cols.currency].strip().upper()[:3] or None
+        currency = row[cols.currency].strip().upper() or None
+        if currency is not None and _CURRENCY.fullmatch(currency) is None:
+            raise ValueError("currency is not a three-letter ISO 4217 code")
+    if cols.type >= 0:
+        kind = row[cols.type].strip().lower()
+        if kind in REFUND_TYPES:
+            amount = -abs(amount)
+        elif kind and kind not in SALE_TYPES:
+            raise ValueError("type is not one of " + ", ".join(sorted(SALE_TYPES | REFUND_TYPES)))
+    if status in ("refunded", "reversed"):
+        amount = -abs(amount)  # a refund line takes the money back whatever its sign
     return (line, ref, amount, paid, status, currency)
 
 

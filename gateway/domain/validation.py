@@ -33,6 +33,7 @@ from gateway.domain.model import (
     STATUSES,
     Payment,
 )
+from gateway.domain.references import FORBIDDEN, normalize_reference
 from gateway.errors import ValidationError
 
 __all__ = [
@@ -55,9 +56,10 @@ _CURRENCY = re.compile(r"[A-Z]{3}")
 _AMOUNT_RE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)")
 _AMOUNT_STR_MAX = 40
 _TIMESTAMP_STR_MAX = 64
-# Control characters have no place in identifiers; NUL and lone surrogates
-# cannot even be stored by Postgres and would fail the whole write batch.
-BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# Control characters have no place in identifiers (NUL and lone surrogates cannot even be
+# stored), nor invisible format characters (bidi controls, zero-width): the one rule for
+# identifiers lives in gateway.domain.references.
+BAD_CHARS = FORBIDDEN
 # A JSON-escaped NUL (not an escaped backslash followed by "u0000"): jsonb rejects it.
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _STATUS_SET = frozenset(STATUSES)
@@ -320,7 +322,9 @@ def _metadata(value: object) -> dict[str, Any] | None:
 
 def _build(get: Callable[[str], Any], window: DateWindow, currency: object, places: int) -> Payment:
     """Check the fields in the order a reader of the error would expect."""
-    reference = _required_str(get("reference_number"), "reference_number", REFERENCE_MAX)
+    reference = normalize_reference(
+        _required_str(get("reference_number"), "reference_number", REFERENCE_MAX)
+    )
     account = _required_str(get("loan_account_number"), "loan_account_number", ACCOUNT_MAX)
     cif = _required_str(get("cif"), "cif", CIF_MAX)
     code = _currency(currency)

@@ -33,6 +33,7 @@ from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestPayloadError
 
 from gateway import appkeys
+from gateway.config import Settings
 from gateway.db import primary
 from gateway.db.errors import describe_text
 from gateway.errors import BadRequest, PaygateError, ServiceUnavailable
@@ -96,7 +97,9 @@ _access_of: weakref.WeakKeyDictionary[Handler, Access] = weakref.WeakKeyDictiona
 NO_STORE = "no-store"
 
 
-def with_request_context(handler: Handler, access: Access) -> Handler:
+def with_request_context(handler: Handler, access: Access, *, upload: bool = False) -> Handler:
+    """`upload`: a statement upload, whose body may take RECONCILE_UPLOAD_TIMEOUT_SECONDS
+    (it is spooled to a file, holding no connection) instead of CLIENT_TIMEOUT_SECONDS."""
     private = access.private  # looked up once, not per request
 
     @functools.wraps(handler)
@@ -108,7 +111,7 @@ def with_request_context(handler: Handler, access: Access) -> Handler:
         deadline = (
             None
             if request.content.is_eof()  # the body came with the headers (or there is none)
-            else body_deadline(request, app[appkeys.SETTINGS].client_timeout_seconds)
+            else body_deadline(request, _body_seconds(app[appkeys.SETTINGS], upload))
         )
         try:
             try:
@@ -201,17 +204,29 @@ def access_of(handler: Handler) -> Access | None:
     return _access_of.get(handler)
 
 
+def _body_seconds(settings: Settings, upload: bool) -> float:
+    if upload:
+        return settings.reconcile_upload_timeout_seconds
+    return settings.client_timeout_seconds
+
+
 def add_route(
-    app: web.Application, method: str, path: str, handler: Handler, access: Access
+    app: web.Application,
+    method: str,
+    path: str,
+    handler: Handler,
+    access: Access,
+    *,
+    upload: bool = False,
 ) -> None:
     """Register a route whose handler runs in the request context behind the gate of
     `access` (GET also answers HEAD)."""
     if not isinstance(access, Access):
         raise TypeError(f"{method} {path}: a route must declare its access, got {access!r}")
     if method == "GET":
-        app.router.add_get(path, with_request_context(handler, access))
+        app.router.add_get(path, with_request_context(handler, access, upload=upload))
     else:
-        app.router.add_route(method, path, with_request_context(handler, access))
+        app.router.add_route(method, path, with_request_context(handler, access, upload=upload))
 
 
 async def no_such_route(request: web.Request) -> web.StreamResponse:

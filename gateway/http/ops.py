@@ -3,7 +3,9 @@
     POST /api/v1/reconciliation/statements   CSV body, streamed; query parameters:
          delimiter (one character or "tab"), map (reference_number=ref,amount=amt,...),
          date_format (strptime), period_start / period_end (YYYY-MM-DD, inclusive),
-         tolerance, fee_percent, fee_fixed (decimals), keep_matched (true|false), source
+         tolerance, fee_percent, fee_fixed (decimals), keep_matched (true|false), source,
+         provider, date_tolerance_days. 201 with the run; 200 with the earlier run when the
+         same statement was imported already; 413/408 past the upload's limits
     GET  /api/v1/reconciliation/runs/{id}    summary and items; category, limit, after
          (item id cursor); format=csv streams every item (of the category) as CSV
     GET  /api/v1/dlq?limit=                  dead-lettered outbox rows
@@ -18,7 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -30,6 +32,7 @@ from gateway import appkeys
 from gateway.db import dead_letters
 from gateway.db.reconciliation import ITEM_COLUMNS, reconcile_statement, run_items
 from gateway.db.reconciliation import get_run as reconciliation_run
+from gateway.domain import spreadsheet
 from gateway.domain.statements import (
     CATEGORIES,
     StatementError,
@@ -39,9 +42,13 @@ from gateway.domain.statements import (
 )
 from gateway.errors import BadRequest, NotFound, ValidationError
 from gateway.http.context import json_response
+from gateway.http.statement_upload import (
+    UploadLimits,
+    check_declared_size,
+    request_chunks,
+    spool,
+)
 from gateway.security.auth import PRINCIPAL
-
-_READ_CHUNK = 256 * 1024
 
 
 def _actor(request: web.Request) -> str:
@@ -70,7 +77,11 @@ def _day(values: Mapping[str, str], name: str) -> date | None:
 
 
 def statement_options(
-    values: Mapping[str, str], *, default_tolerance: Decimal, default_source: str = "upload"
+    values: Mapping[str, str],
+    *,
+    default_tolerance: Decimal,
+    default_source: str | None = None,
+    default_date_tolerance: int = 3,
 ) -> StatementOptions:
     """The options of a statement import (the CSV options of `paygate reconcile`), from the
     API's query string or the console's form: one set of rules and messages for both."""
@@ -88,6 +99,12 @@ def statement_options(
     start, end = _day(values, "period_start"), _day(values, "period_end")
     if (start is None) != (end is None) or (start and end and start > end):
         raise ValidationError("period_start", "give both period_start and period_end, in order")
+    days = values.get("date_tolerance_days")
+    if days is not None and (not days.isdigit() or int(days) > 366):
+        raise ValidationError("date_tolerance_days", "must be a whole number of days, 0-366")
+    provider = (values.get("provider") or "").strip() or None
+    if provider is not None and (len(provider) > 100 or not provider.isprintable()):
+        raise ValidationError("provider", "at most 100 printable characters")
     return StatementOptions(
         delimiter=delimiter,
         mapping=mapping,
@@ -98,32 +115,35 @@ def statement_options(
         fee_percent=_decimal(values, "fee_percent"),
         fee_fixed=_decimal(values, "fee_fixed"),
         keep_matched=keep in ("true", "1"),
-        source=(values.get("source") or default_source)[:500],
+        source=(values.get("source") or default_source or "")[:500] or None,
+        provider=provider,
+        date_tolerance_days=default_date_tolerance if days is None else int(days),
     )
 
 
 async def post_statement(request: web.Request) -> web.Response:
+    settings = request.app[appkeys.SETTINGS]
     options = statement_options(
         request.query,
-        default_tolerance=request.app[appkeys.SETTINGS].reconcile_amount_tolerance,
+        default_tolerance=settings.reconcile_amount_tolerance,
+        default_date_tolerance=settings.reconcile_date_tolerance_days,
     )
-
-    async def chunks() -> AsyncIterator[bytes]:
-        async for chunk in request.content.iter_chunked(_READ_CHUNK):
-            yield chunk
-
+    limits = UploadLimits.of(settings)
+    check_declared_size(request, limits)
+    statement = await spool(request_chunks(request), limits)
     try:
-        summary = await reconcile_statement(
-            request.app[appkeys.POOL],
-            chunks(),
-            options,
-            topic=request.app[appkeys.SETTINGS].kafka_topic,
-            actor=_actor(request),
-        )
+        imported = await reconcile_statement(
+            request.app[appkeys.POOL], statement, options,
+            topic=settings.kafka_topic, actor=_actor(request),
+        )  # fmt: skip
     except StatementError as exc:
         raise ValidationError("statement", str(exc)) from None
+    finally:
+        statement.close()
+    if not imported.created:
+        return json_response(imported.summary, 200)
     request.app[appkeys.OUTBOX_WAKE].ring()
-    return json_response(summary, 201)
+    return json_response(imported.summary, 201)
 
 
 def _run_id(request: web.Request) -> uuid.UUID:
@@ -201,10 +221,7 @@ async def _export_csv(
     while True:
         rows = await run_items(pool, run_id, category, after, 5000)
         for r in rows:
-            details = r["details"]
-            cells: list[Any] = ["" if r[c] is None else r[c] for c in ITEM_COLUMNS[:-1]]
-            cells.append(orjson.dumps(details).decode() if details is not None else "")
-            writer.writerow(cells)
+            writer.writerow(spreadsheet.row([r[c] for c in ITEM_COLUMNS]))
         await response.write(buf.getvalue().encode())
         buf.seek(0)
         buf.truncate()

@@ -9,6 +9,7 @@
     POST /api/v1/exceptions/{kind}/{id}/assign              {"assignee"}
     POST /api/v1/exceptions/{kind}/{id}/resolve             {"resolution","note","payment_id"}
     POST /api/v1/exceptions/{kind}/{id}/comments            {"body"}
+    POST /api/v1/exceptions/item/{id}/accept_suggestion     a case-only suggested match
     POST /api/v1/exceptions/bulk                            {"items":[{"kind","id"}],
                                                              "action", and its fields}
 Every step is audited with the token's subject.
@@ -28,7 +29,7 @@ from gateway import appkeys
 from gateway.db import exceptions as db
 from gateway.db.exceptions import ExceptionFilter, Target
 from gateway.db.reconciliation import list_runs
-from gateway.domain import cursors
+from gateway.domain import cursors, spreadsheet
 from gateway.domain import exception_workflow as wf
 from gateway.errors import NotFound, ValidationError
 from gateway.http import ops_query as params
@@ -133,7 +134,7 @@ async def export_csv(request: web.Request) -> web.StreamResponse:
     while True:
         rows = await db.list_exceptions(pool, f, after, 2000)
         for r in rows:
-            out.writerow(["" if r[c] is None else _cell(r[c]) for c in db.EXPORT_COLUMNS])
+            out.writerow(spreadsheet.row([r[c] for c in db.EXPORT_COLUMNS]))
         await response.write(buf.getvalue().encode())
         buf.seek(0)
         buf.truncate()
@@ -143,20 +144,6 @@ async def export_csv(request: web.Request) -> web.StreamResponse:
         after = (last["created_at"], last["kind"], last["id"])
     await response.write_eof()
     return response
-
-
-def _cell(value: Any) -> str:
-    text = value.isoformat() if isinstance(value, datetime) else str(value)
-    # A cell starting with = + - @ is a formula to a spreadsheet: quote it as text.
-    return "'" + text if text[:1] in ("=", "+", "-", "@") and not _number(text) else text
-
-
-def _number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _target(request: web.Request) -> tuple[str, int]:
@@ -199,6 +186,15 @@ async def post_assign(request: web.Request) -> web.Response:
 
 async def post_resolve(request: web.Request) -> web.Response:
     return answer(await act(request, "resolve", await params.json_object(request)))
+
+
+async def post_accept(request: web.Request) -> web.Response:
+    """Accept the suggested match of a case-only reference difference (audited)."""
+    kind, item_id = _target(request)
+    if kind != wf.ITEM:
+        raise NotFound("only reconciliation items have suggested matches", code="no_suggestion")
+    found = await db.accept_suggestion(request.app[appkeys.POOL], item_id, actor=actor(request))
+    return answer(found)
 
 
 async def post_comment(request: web.Request) -> web.Response:

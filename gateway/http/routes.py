@@ -94,6 +94,12 @@ ROUTES: tuple[Route, ...] = (
         ops_reconciliation.post_comment,
         OPS_WRITE,
     ),
+    Route(
+        "POST",
+        "/api/v1/reconciliation/exceptions/{kind}/{item_id}/accept_suggestion",
+        ops_reconciliation.post_accept,
+        OPS_WRITE,
+    ),
     Route("GET", "/api/v1/dlq", ops.get_dlq, OPS_READ),
     Route("POST", "/api/v1/dlq/replay", ops.post_dlq_replay, OPS_WRITE),
     Route("POST", "/api/v1/tokens/revoke", ops_tokens.post_revoke, OPS_WRITE),
@@ -102,10 +108,18 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+# Routes whose body is a statement (spooled to a file): their body deadline is
+# RECONCILE_UPLOAD_TIMEOUT_SECONDS, not CLIENT_TIMEOUT_SECONDS.
+STATEMENT_UPLOADS = frozenset(
+    {("POST", "/api/v1/reconciliation/statements"), ("POST", "/console/reconciliation/upload")}
+)
+
+
 def add_routes(app: web.Application, settings: Settings) -> None:
     for route in ROUTES:
         if route.enabled_by is None or getattr(settings, route.enabled_by):
-            add_route(app, route.method, route.path, route.handler, route.access)
+            upload = (route.method, route.path) in STATEMENT_UPLOADS
+            add_route(app, route.method, route.path, route.handler, route.access, upload=upload)
     add_fallback_route(app)  # JSON 404/405; registered last
     check_routes(app)  # refuses to build
     app.on_startup.append(require_routes_checked)  # and routes added after the factory

@@ -28,6 +28,7 @@ from gateway.db.status import (
 from gateway.domain.event_time import check_event_time, latest_event_time
 from gateway.domain.lifecycle import Outcome
 from gateway.domain.model import REFERENCE_MAX, STATUSES, Payment
+from gateway.domain.references import forbidden, normalize_reference
 from gateway.domain.validation import parse_event_time
 from gateway.errors import ValidationError
 from gateway.ingest.dedup import Deduplicator, Known
@@ -54,8 +55,9 @@ def parse_status_update(fields: Any, *, latest: datetime) -> StatusUpdate:
     ref = fields.get("reference_number")
     if not isinstance(ref, str) or not ref.strip():
         raise ValidationError("reference_number", "is required")
-    if len(ref) > REFERENCE_MAX or any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in ref):
+    if len(ref) > REFERENCE_MAX or forbidden(ref):
         raise ValidationError("reference_number", "too long or contains control characters")
+    ref = normalize_reference(ref)
     status = fields.get("status")
     if status not in STATUSES:
         raise ValidationError("status", "must be one of " + ", ".join(STATUSES))

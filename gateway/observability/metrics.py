@@ -285,7 +285,8 @@ SIGNATURE_REASONS = (
 CHANNEL_LIMITS = ("allowlist", "rate")
 RECONCILIATION_CATEGORIES = (
     "matched", "matched_with_fee", "amount_mismatch", "status_mismatch",
-    "missing_internal", "missing_in_statement",
+    "missing_internal", "missing_in_statement", "duplicate_in_statement", "currency_mismatch",
+    "outside_period",
 )  # fmt: skip
 PARTITIONED_TABLES = ("payments", "webhook_events", "audit_log")
 

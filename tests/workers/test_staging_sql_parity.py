@@ -18,6 +18,7 @@ import orjson
 from gateway.db.events_sql import outbox_events_sql
 from gateway.db.server import ServerFunctions, server_version
 from gateway.domain.model import AMOUNT_MAX, business_hash
+from gateway.domain.references import normalize_reference
 from gateway.domain.validation import DateWindow, date_window
 from gateway.errors import ValidationError
 from gateway.notify import Wakeup
@@ -83,7 +84,9 @@ async def test_classification_matches_validate_staging_row(db: asyncpg.Pool) -> 
         row("ref\x01", payment_date=d),
         row("ref\x7f", payment_date=d),
         row("ref\x9f", payment_date=d),
-        row("ref\u200b", payment_date=d),  # zero-width space: neither
+        row("ref\u200b", payment_date=d),  # zero-width space: invisible, refused
+        row("ref\u202e1", payment_date=d),  # a bidi control: refused
+        row("  ref-e\u0301 ", payment_date=d),  # valid: recorded trimmed and composed
         row("ünï€😀", payment_date=d),
         row("ACC", loan_account_number=" ", payment_date=d),
         row("ACC2", loan_account_number="LA\n1", payment_date=d),
@@ -167,7 +170,9 @@ async def test_recorded_hashes_and_events_match_the_python_builders(
         row("P-QUOTES", loan_account_number="L\"\\'", cif="c'\"\\", payment_channel='"ch"\\'),
         row("P-META", metadata={"nested": {"list": [1, 2.5, "x", None, True]}, "é": "😀"}),
         row("P-META-EMPTY", metadata={}),
-        row("P-ZW\u200b", payment_channel="\u3000branch\u3000"),
+        row("P-ZW", payment_channel="\u3000branch\u3000"),
+        # Recorded under the one rule for references: trimmed, composed (NFC).
+        row("\u3000 P-TRIM-e\u0301\u00a0", payment_channel="x"),
     ]
     ids = await load(db, tricky)
 
@@ -182,7 +187,7 @@ async def test_recorded_hashes_and_events_match_the_python_builders(
     assert {r["result"] for r in staged.values()} == {"recorded"}
     for i in ids:
         s = staged[i]
-        ref = s["reference_number"]
+        ref = normalize_reference(s["reference_number"])
         stored = await db.fetchrow(
             "SELECT r.payload_hash, o.payload, o.event_id, o.event_type, o.key FROM"
             f" payment_service.payment_references r JOIN ({outbox_events_sql()}) o"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -31,6 +30,7 @@ from gateway.db.reconciliation import get_run, reconcile_statement
 from gateway.domain.statements import (
     CATEGORIES,
     StatementError,
+    StatementFile,
     StatementOptions,
     parse_delimiter,
     parse_mapping,
@@ -38,8 +38,6 @@ from gateway.domain.statements import (
 from gateway.errors import ConfigError
 from workers.cli.command import Command
 from workers.cli.discovery import locate
-
-_CHUNK = 256 * 1024
 
 
 def _decimal(text: str) -> Decimal:
@@ -64,14 +62,12 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fee-percent", type=_decimal, default=Decimal("0"))
     p.add_argument("--fee-fixed", type=_decimal, default=Decimal("0"))
     p.add_argument("--no-matched", action="store_true", help="count matched lines, store none")
+    p.add_argument("--provider", default=None, help="who sent it (part of its identity)")
+    p.add_argument("--date-tolerance-days", type=int, default=None,
+                   help="days a line may be from its payment before it is noted"
+                        " (default RECONCILE_DATE_TOLERANCE_DAYS)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--fail-on-exceptions", action="store_true")
-
-
-async def _read(path: Path) -> AsyncIterator[bytes]:
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            yield chunk
 
 
 def options_from_args(args: argparse.Namespace, settings: Settings) -> StatementOptions:
@@ -93,6 +89,10 @@ def options_from_args(args: argparse.Namespace, settings: Settings) -> Statement
         fee_fixed=args.fee_fixed,
         keep_matched=not args.no_matched,
         source=args.file.name,
+        provider=args.provider,
+        date_tolerance_days=settings.reconcile_date_tolerance_days
+        if args.date_tolerance_days is None
+        else args.date_tolerance_days,
     )
 
 
@@ -102,6 +102,8 @@ SHOWN_ERRORS = 20
 
 def render(summary: dict[str, Any], errors: list[dict[str, Any]] | None = None) -> str:
     """The run's summary, then each malformed line's number and what was wrong with it."""
+    if "counts" not in summary:  # the same statement's import is still running
+        return str(summary.get("detail", summary))
     counts = summary["counts"]
     width = max(len(c) for c in CATEGORIES)
     lines = [
@@ -111,6 +113,8 @@ def render(summary: dict[str, Any], errors: list[dict[str, Any]] | None = None) 
         f"exceptions {summary['exceptions']}  in {summary.get('duration_seconds', 0):.1f}s",
     ]
     lines += [f"  {c:<{width}}  {counts.get(c, 0):>10}" for c in CATEGORIES]
+    if summary.get("already_imported"):
+        lines.insert(0, summary["detail"])
     errors = errors or []
     if errors:
         lines.append("malformed lines:")
@@ -136,21 +140,24 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     options = options_from_args(args, settings)
     pool = await create_pool(settings, min_size=1, max_size=2)
+    statement = StatementFile.open(args.file)
     try:
-        summary = await reconcile_statement(
-            pool, _read(args.file), options, topic=settings.kafka_topic, actor="cli"
+        imported = await reconcile_statement(
+            pool, statement, options, topic=settings.kafka_topic, actor="cli"
         )
-        errors = await _errors(pool, summary["run_id"]) if summary["malformed_lines"] else []
+        summary = imported.summary
+        errors = await _errors(pool, summary["run_id"]) if summary.get("malformed_lines") else []
     except StatementError as exc:
         print(f"paygate reconcile: {exc}", file=sys.stderr)
         return 2
     finally:
+        statement.close()
         await pool.close()
     if args.json:
         print(orjson.dumps({**summary, "errors": errors}, option=orjson.OPT_INDENT_2).decode())
     else:
         print(render(summary, errors))
-    return 1 if args.fail_on_exceptions and summary["exceptions"] else 0
+    return 1 if args.fail_on_exceptions and summary.get("exceptions") else 0
 
 
 COMMAND = Command(

@@ -6,9 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -18,6 +16,7 @@ from gateway.db import exceptions as workflow_db
 from gateway.db import reconciliation as recon_db
 from gateway.db.exceptions import ExceptionFilter, Target
 from gateway.domain import exception_workflow as wf
+from gateway.domain import spreadsheet
 from gateway.domain.statements import (
     CATEGORIES,
     StatementError,
@@ -28,9 +27,9 @@ from gateway.http.console.paging import Page, href, keyset_page
 from gateway.http.console.render import render
 from gateway.http.console.session import CSRF_FIELD, SESSION, check_csrf
 from gateway.http.ops import statement_options
+from gateway.http.statement_upload import UploadLimits, part_chunks, spool
 
 PAGE = 50
-_CHUNK = 256 * 1024
 
 
 def _actor(request: web.Request) -> str:
@@ -63,38 +62,44 @@ async def upload(request: web.Request) -> web.StreamResponse:
         if part.name == "statement":
             break
         values[part.name] = (await part.text())[:1000].strip()
-    statement = part
+    statement_part = part
     # A blank field means its default (the configured tolerance, say); an unticked
     # checkbox is not sent at all.
     filled = {"keep_matched": "0", **{k: v for k, v in values.items() if v}}
+    settings = request.app[appkeys.SETTINGS]
     try:
+        # The run is titled by the uploaded file's name unless a source is given.
         options = statement_options(
-            filled,
-            default_tolerance=request.app[appkeys.SETTINGS].reconcile_amount_tolerance,
-            default_source="console upload",
-        )
+            filled, default_tolerance=settings.reconcile_amount_tolerance,
+            default_source=_file_name(statement_part) or "console upload",
+            default_date_tolerance=settings.reconcile_date_tolerance_days,
+        )  # fmt: skip
     except ValidationError as exc:
         raise back(request, "/console/reconciliation", "statement_option_invalid",
                    field=exc.field, detail=exc.detail) from None  # fmt: skip
-
-    async def chunks() -> AsyncIterator[bytes]:
-        while True:
-            chunk = await statement.read_chunk(_CHUNK)
-            if not chunk:
-                return
-            yield chunk
-
+    statement = await spool(part_chunks(statement_part), UploadLimits.of(settings),
+                            _file_name(statement_part))  # fmt: skip
     try:
-        summary = await recon_db.reconcile_statement(
-            request.app[appkeys.POOL], chunks(), options,
-            topic=request.app[appkeys.SETTINGS].kafka_topic, actor=_actor(request),
+        imported = await recon_db.reconcile_statement(
+            request.app[appkeys.POOL], statement, options,
+            topic=settings.kafka_topic, actor=_actor(request),
         )  # fmt: skip
     except StatementError as exc:
         raise back(request, "/console/reconciliation", "statement_refused",
                    reason=str(exc)) from None  # fmt: skip
+    finally:
+        statement.close()
+    summary = imported.summary
+    here = f"/console/reconciliation/runs/{summary['run_id']}"
+    if not imported.created:
+        raise back(request, here, "statement_already_imported")
     request.app[appkeys.OUTBOX_WAKE].ring()
-    raise back(request, f"/console/reconciliation/runs/{summary['run_id']}",
-               "statement_imported", exceptions=summary["exceptions"])  # fmt: skip
+    raise back(request, here, "statement_imported", exceptions=summary["exceptions"])
+
+
+def _file_name(part: BodyPartReader) -> str | None:
+    name = (part.filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return name[:200] if name and name.isprintable() else None
 
 
 async def run_page(request: web.Request) -> web.Response:
@@ -186,6 +191,9 @@ async def act(request: web.Request) -> web.StreamResponse:
                                        field(form, "payment_id") or None)  # fmt: skip
             await workflow_db.resolve(pool, kind, item_id, resolution, actor=who)
             notice, values["resolution"] = "exception_resolved", resolution.code
+        elif action == "accept_suggestion" and kind == wf.ITEM:
+            await workflow_db.accept_suggestion(pool, item_id, actor=who)
+            notice = "exception_suggestion_accepted"
         elif action == "comment":
             await workflow_db.add_comment(pool, kind, item_id, wf.comment(field(form, "body")),
                                           actor=who)  # fmt: skip
@@ -245,7 +253,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     while True:
         rows = await workflow_db.list_exceptions(request.app[appkeys.POOL], f, after, 2000)
         for r in rows:
-            out.writerow(["" if r[c] is None else _cell(r[c]) for c in workflow_db.EXPORT_COLUMNS])
+            out.writerow(spreadsheet.row([r[c] for c in workflow_db.EXPORT_COLUMNS]))
         await response.write(buf.getvalue().encode())
         buf.seek(0)
         buf.truncate()
@@ -254,19 +262,3 @@ async def export(request: web.Request) -> web.StreamResponse:
         after = (rows[-1]["created_at"], rows[-1]["kind"], rows[-1]["id"])
     await response.write_eof()
     return response
-
-
-def _cell(value: Any) -> str:
-    text = value.isoformat() if isinstance(value, datetime) else str(value)
-    # A cell a spreadsheet would run as a formula is quoted (CSV injection).
-    if text[:1] in ("=", "+", "@") or (text[:1] == "-" and not _numeric(text)):
-        return "'" + text
-    return text
-
-
-def _numeric(text: str) -> bool:
-    try:
-        Decimal(text)
-    except InvalidOperation:
-        return False
-    return True

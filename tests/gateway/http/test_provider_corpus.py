@@ -39,8 +39,8 @@ from gateway.ingest.schemes.registry import build_scheme
 from gateway.ingest.signatures import sign
 from tests.conftest import make_settings
 from tests.gateway.http.ops_helpers import get as ops_get
-from tests.gateway.http.test_provider_webhooks import cert_server  # noqa: F401 - a fixture
-from tests.paypal_ca import private_ca
+from tests.gateway.http.test_provider_webhooks import certs  # noqa: F401 - a fixture
+from tests.paypal_ca import CertServer, private_ca
 from tests.webhooks import payment_doc, post_webhook
 
 ADYEN_HEX = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056"
@@ -70,9 +70,9 @@ async def client(
     make_client: Any,
     stack: Any,
     tmp_path: Path,
-    cert_server: tuple[str, str, list[str]],  # noqa: F811
+    certs: CertServer,  # noqa: F811
 ) -> TestClient[Any, Any]:
-    host, ca_file, _ = cert_server
+    host, ca_file = certs.host, certs.ca_file
     path = tmp_path / "channels.toml"
     path.write_text(f"""
 [channels.stripe]
