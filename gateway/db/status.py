@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from gateway.db.event_log import append_event_sql
 from gateway.domain import events
 from gateway.domain.lifecycle import Outcome, decide
 from gateway.observability import metrics
@@ -36,7 +37,7 @@ WHERE r.reference_number = $1
 FOR UPDATE OF p
 """
 
-_APPLY = """
+_APPLY = f"""
 WITH upd AS (
     UPDATE payment_service.payments
     SET status = $3, status_updated_at = now(),
@@ -47,8 +48,7 @@ WITH upd AS (
     INSERT INTO payment_service.audit_log (actor, action, reference_number, payment_id, details)
     VALUES ($5, 'status_change', $6, $1, $7::jsonb)
 ), evt AS (
-    INSERT INTO payment_service.outbox (event_id, event_type, topic, key, payload)
-    VALUES ($8, $9, $10, $6, $11)
+    {append_event_sql(event_id="$8", event_type="$9", topic="$10", key="$6", payload="$11")}
 )
 SELECT version FROM upd
 """

@@ -15,13 +15,13 @@ from typing import Any
 import asyncpg
 import orjson
 
-from gateway.db.events_sql import outbox_events_sql
 from gateway.db.server import ServerFunctions, server_version
 from gateway.domain.model import AMOUNT_MAX, business_hash
 from gateway.domain.validation import DateWindow, date_window
 from gateway.errors import ValidationError
 from gateway.notify import Wakeup
 from tests.conftest import make_settings
+from tests.events import QUEUED
 from tests.gateway.db.test_events_sql import assert_same_recorded_event
 from tests.oracles import payment_recorded, validate_staging_row
 from tests.workers.test_staging import row
@@ -183,7 +183,7 @@ async def test_recorded_hashes_and_events_match_the_python_builders(
         ref = s["reference_number"]
         stored = await db.fetchrow(
             "SELECT r.payload_hash, o.payload, o.event_id, o.event_type, o.key FROM"
-            f" payment_service.payment_references r JOIN ({outbox_events_sql()}) o"
+            f" payment_service.payment_references r JOIN {QUEUED} o"
             " ON o.key = r.reference_number WHERE r.reference_number = $1",
             ref,
         )
