@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -26,6 +26,7 @@ from gateway.db.event_log import EVENT_LANES, LANE_CURSORS_SQL
 
 LOCK_CLASS = 0x7067_6576  # "pgev": the advisory lock class of event-log lanes
 PRESENCE = -1  # the lane number of the shared lock every relay holds
+MAX_LATER = 1000  # outage rounds remembered per lane (at most a few seconds apart)
 
 Snapshot = tuple[int, int, tuple[int, ...]]  # asyncpg's pg_snapshot: xmin, xmax, xip
 
@@ -49,17 +50,34 @@ class LaneState:
     after_seq: int = 0
     persisted_at: float = 0.0
     dirty: bool = False  # moved since it was last written
+    # Snapshots of rounds that could not publish (a broker outage): afterwards the lane
+    # goes through them one interval at a time instead of reading the whole outage's
+    # events as one interval, page after page.
+    later: list[Snapshot] = field(default_factory=list)
 
     def advance(self, target: Snapshot, complete: bool, last_seq: int | None) -> None:
         if complete:
             moved = self.target is not None or self.done != target
-            self.done, self.target, self.after_seq = target, None, 0
+            self.done, self.after_seq = target, 0
+            self.target = None
         else:
             moved = True
             self.target = target
             if last_seq is not None:
                 self.after_seq = last_seq
         self.dirty = self.dirty or moved
+
+    def remember(self, now: Snapshot) -> None:
+        """The snapshot of a round that could not publish (an outage)."""
+        if len(self.later) < MAX_LATER and (not self.later or self.later[-1] != now):
+            self.later.append(now)
+
+    def next_target(self) -> Snapshot | None:
+        """The target to read up to: the pinned one, else the first remembered, else
+        None (the round's own new snapshot)."""
+        if self.target is None and self.later:
+            self.target = self.later.pop(0)
+        return self.target
 
 
 def fair_share(lanes: int, relays: int) -> int:

@@ -147,6 +147,7 @@ class RoundPlan:
 
     lanes: dict[int, tuple[Snapshot, bool, int | None]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    now: Snapshot | None = None  # the read's own snapshot
 
     @classmethod
     def from_rows(cls, rows: Iterable[asyncpg.Record]) -> RoundPlan:
@@ -156,6 +157,7 @@ class RoundPlan:
         for r in rows:
             if r["kind"] == "lane":
                 plan.lanes[r["lane"]] = (r["target"], r["complete"], r["last_seq"])
+                plan.now = r["now"]
                 continue
             event = Event(
                 0, r["lane"], r["key"], r["event_id"], r["event_type"], r["topic"],
@@ -398,7 +400,7 @@ class OutboxRelay(Worker):
             return False
         rows = await conn.fetch(
             ROUND_SQL, [s.lane for s in states], [s.done for s in states],
-            [s.target for s in states], [s.after_seq for s in states], self.batch_size,
+            [s.next_target() for s in states], [s.after_seq for s in states], self.batch_size,
             self.batch_size, RETRY_WINDOW * self.batch_size,
         )  # fmt: skip
         plan = RoundPlan.from_rows(rows)
@@ -418,6 +420,7 @@ class OutboxRelay(Worker):
         if result.outage:
             # Nothing moves. A fresh producer after the outage: nothing of this one's
             # lingers to be retried into a broker that came back without its topic.
+            self._remember(plan)
             self._recycle = True
             self._outage_generation = max(self._outage_generation, generation)
             self._note_outage(next(iter(result.failed.values())))
@@ -427,6 +430,12 @@ class OutboxRelay(Worker):
         self._note_healthy()
         self._next_round_at = 0.0  # progress: the next round at once
         return True
+
+    def _remember(self, plan: RoundPlan) -> None:
+        for lane in plan.lanes:
+            state = self.lanes.held.get(lane)
+            if state is not None and plan.now is not None:
+                state.remember(plan.now)
 
     def _advance(self, plan: RoundPlan) -> None:
         for lane, (target, complete, last_seq) in plan.lanes.items():

@@ -115,8 +115,9 @@ FROM payment_service.outbox o"""
 # Parameters: $1 lanes, $2 their cursors, $3 their pinned targets (NULL: a new one), $4
 # the seq reached in the pinned interval, $5 log rows read per lane at most, $6 events per
 # lane at most, $7 the retry window. Rows back: kind 'lane' (lane, target, complete,
-# last_seq), 'log' (an event of the log: held when an undead outbox row of its key exists,
-# so it must queue behind it) and 'retry' (an outbox row).
+# last_seq, and the statement's own snapshot `now`), 'log' (an event of the log: held
+# when an undead outbox row of its key exists, so it must queue behind it) and 'retry'
+# (an outbox row).
 #
 # Every access is an index range: (lane, txid) from the cursor's xmax up to the target's,
 # and the cursor's in-progress transactions by value; the payment by primary key; the
@@ -152,7 +153,7 @@ WITH lanes AS MATERIALIZED (
           WHERE dead_lettered_at IS NULL ORDER BY id LIMIT $7) w
 ), events AS ({expanded_sql("taken")}
 )
-SELECT 'lane' AS kind, l.lane, l.target,
+SELECT 'lane' AS kind, l.lane, l.target, pg_current_snapshot() AS now,
        NOT EXISTS (SELECT 1 FROM page p WHERE p.lane = l.lane AND (p.rows_read >= $5
                    OR p.upto - coalesce(cardinality(p.payment_ids), 1) >= $6)) AS complete,
        (SELECT max(t.seq) FROM taken t WHERE t.lane = l.lane) AS last_seq,
@@ -163,7 +164,7 @@ SELECT 'lane' AS kind, l.lane, l.target,
        0 AS attempts, false AS held
 FROM lanes l
 UNION ALL
-SELECT 'log', e.lane, NULL, NULL, NULL, NULL, e.seq, e.idx, e.event_id, e.event_type, e.topic,
+SELECT 'log', e.lane, NULL, NULL, NULL, NULL, NULL, e.seq, e.idx, e.event_id, e.event_type, e.topic,
        e.key, e.payload, e.payment_id, e.payment_date, e.status, e.created_at, 0,
        h.held IS NOT NULL
 FROM events e
@@ -173,7 +174,7 @@ LEFT JOIN LATERAL (
     WHERE o.key = e.key AND o.dead_lettered_at IS NULL LIMIT 1
 ) h ON true
 UNION ALL
-SELECT 'retry', payment_service.event_lane(o.key), NULL, NULL, NULL, o.id, NULL, NULL,
+SELECT 'retry', payment_service.event_lane(o.key), NULL, NULL, NULL, NULL, o.id, NULL, NULL,
        o.event_id, o.event_type, o.topic, o.key, {outbox_payload_sql()}, o.payment_id,
        o.payment_date, o.status, o.created_at, o.attempts, false
 FROM payment_service.outbox o

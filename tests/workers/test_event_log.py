@@ -32,6 +32,7 @@ from tests.workers.test_outbox import (
     start_relay,
 )
 from workers.event_log_upkeep import truncate_if_consumed
+from workers.lanes import LaneState, fair_share
 from workers.outbox import OutboxRelay
 
 ROOT = Path(__file__).parents[2]
@@ -296,3 +297,31 @@ async def test_a_snapshot_held_for_a_minute_slows_neither_the_relay_nor_its_lag(
     # (main at 6859615). The lag bound leaves room for a busy machine.
     assert last[0] <= 2 * first[0] + 5, windows
     assert last[1] <= max(3 * first[1], 1.0), windows
+
+
+# -- pure: a lane's cursor -----------------------------------------------------------------
+
+
+def test_a_lane_goes_through_the_snapshots_of_an_outage_one_interval_at_a_time() -> None:
+    s0, s1, s2, s3 = ((x, x, ()) for x in (10, 20, 30, 40))
+    lane = LaneState(0, s0)
+    assert lane.next_target() is None  # a new snapshot: s1
+    lane.remember(s1)  # the round could not publish
+    assert lane.next_target() == s1  # the next one reads up to s1 only ...
+    lane.remember(s2)  # ... and could not publish either; its own snapshot was s2
+    lane.remember(s2)
+    assert (lane.target, lane.later) == (s1, [s2])
+    assert lane.next_target() == s1  # (s0, s1] first
+    lane.advance(s1, complete=False, last_seq=7)  # a page of it
+    assert (lane.done, lane.target, lane.after_seq) == (s0, s1, 7)
+    lane.advance(s1, complete=True, last_seq=9)
+    assert (lane.done, lane.target, lane.after_seq, lane.dirty) == (s1, None, 0, True)
+    assert lane.next_target() == s2
+    lane.advance(s2, complete=True, last_seq=None)
+    assert lane.next_target() is None  # then a new snapshot each round again
+    lane.advance(s3, complete=True, last_seq=None)
+    assert lane.done == s3
+
+
+def test_relays_hold_a_fair_share_of_the_lanes() -> None:
+    assert [fair_share(8, n) for n in (0, 1, 2, 3, 4, 8, 9)] == [8, 8, 4, 3, 2, 1, 1]
