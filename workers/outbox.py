@@ -11,7 +11,7 @@ and nothing the relay does holds a transaction open: there is no claim to roll b
 row to lock, and no deleted row for a later round to walk past. The cost of a round is
 what it reads, whatever old rows exist and however old the oldest open transaction is.
 
-One round (two round trips when anything was published, one when idle):
+One round (one round trip, two when its bookkeeping has something to write):
 
 1. Read the next page of each owned lane (up to `KAFKA_BATCH_SIZE` events a lane; an
    interval larger than that pins its target snapshot and is read page by page), and the
@@ -22,10 +22,11 @@ One round (two round trips when anything was published, one when idle):
    one round). So an event is sent only after its key's previous event was acknowledged.
 3. Settle in one statement: acknowledged retries deleted; failed ones rescheduled with
    exponential backoff and full jitter, dead-lettered at `OUTBOX_MAX_ATTEMPTS`; failed
-   and held log events moved to the outbox in their order; the lanes' cursors appended.
+   and held log events moved to the outbox in their order; the lanes' cursors appended
+   (at most every CURSOR_WRITE_SECONDS, and always with events moved to the outbox).
    This write is shielded from cancellation, so a stop never loses a round's bookkeeping,
-   and committed without waiting for the WAL flush: a crash before it is durable means
-   events published again, never lost.
+   and committed without waiting for the WAL flush: a cursor lost in a crash means events
+   published again, never lost.
 
 Several relays: the lanes (a hash of the key) are shared through advisory locks
 (workers.lanes); a key's events are published by one relay at a time, in order.
@@ -90,7 +91,7 @@ OUTAGE_BACKOFF_CAP_SECONDS = 5.0
 ERROR_TEXT_MAX = 300
 RETRY_WINDOW = 4  # outbox rows looked at per round, per event of the batch size
 LANE_CHECK_SECONDS = 2.0  # how often a relay counts its peers and re-balances lanes
-CURSOR_WRITE_SECONDS = 5.0  # an idle lane's cursor is written at most this often
+CURSOR_WRITE_SECONDS = 1.0  # a lane's cursor is written at most this often (see _settle)
 ROUND_SPACING_SECONDS = 0.01
 
 
@@ -406,7 +407,7 @@ class OutboxRelay(Worker):
         plan = RoundPlan.from_rows(rows)
         if not plan.events:
             self._advance(plan)
-            await self._write_cursors(conn, [s for s in states if _due(s)])
+            await self._write_cursors(conn, states)  # idle: where every lane stands
             self._note_healthy()
             return not all(complete for _, complete, _ in plan.lanes.values())
         result, unsent = await self._publish_waves(producer, plan)
@@ -534,6 +535,7 @@ class OutboxRelay(Worker):
         failed: list[list[Any]] = [[] for _ in range(5)]
         moved: list[list[Any]] = [[] for _ in range(13)]
         unsent_ns = {e.n for e in unsent}
+        moved_ns: set[int] = set()
         for event in plan.events:
             error = result.failed.get(event.n)
             if event.outbox_id is not None:
@@ -553,6 +555,7 @@ class OutboxRelay(Worker):
                 n, delay, text, dead = 0, 0.0, None, False
             else:
                 continue
+            moved_ns.add(event.n)
             values = [
                 event.event_id, event.event_type, event.topic, event.key, event.payload,
                 event.payment_id, event.payment_date, event.status, event.created_at, n,
@@ -560,8 +563,15 @@ class OutboxRelay(Worker):
             ]  # fmt: skip
             for column, value in zip(moved, values, strict=True):
                 column.append(value)
-        touched = {e.lane for e in plan.events if e.outbox_id is None}
-        states = [s for s in self.lanes.held.values() if s.dirty and (s.lane in touched or _due(s))]
+        # A lane whose events went to the outbox writes its cursor in the same statement
+        # (else a crash would put them there twice); the others at most every
+        # CURSOR_WRITE_SECONDS: a cursor lost in a crash costs events published again.
+        moved_lanes = {e.lane for e in plan.events if e.outbox_id is None and e.n in moved_ns}
+        states = [
+            s for s in self.lanes.held.values() if s.dirty and (s.lane in moved_lanes or _due(s))
+        ]
+        if not (acked_ids or failed[0] or moved[0] or states):
+            return  # every event went through; the cursors are written later
         await conn.execute(SETTLE_SQL, acked_ids, *failed, *moved, *_cursor_columns(states),
                            self._relay_name)  # fmt: skip
         _written(states)

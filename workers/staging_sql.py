@@ -296,9 +296,10 @@ WITH rest AS (
 ), fate AS MATERIALIZED (
     SELECT r.id, r.ref, t.payment_id,
         CASE WHEN t.payment_id IS NULL THEN 'error'
-             WHEN t.payload_hash = r.hash THEN 'duplicate' ELSE 'conflict' END AS result,
+             WHEN t.payload_hash = decode(r.hash, 'hex') THEN 'duplicate' ELSE 'conflict' END
+            AS result,
         CASE WHEN t.payment_id IS NULL THEN 'reference_number: vanished while recording'
-             WHEN t.payload_hash = r.hash THEN NULL
+             WHEN t.payload_hash = decode(r.hash, 'hex') THEN NULL
              WHEN r.fresh THEN 'reference_number: differs from an earlier row of this batch'
              ELSE 'reference_number: differs from the recorded payment' END AS problem
     FROM rest r

@@ -24,7 +24,7 @@ def record_ctes(*, source: str, status: str, event_at: str, topic: str, actor: s
     return f"""claimed AS (
     INSERT INTO payment_service.payment_references
         (reference_number, payment_id, payment_date, payload_hash)
-    SELECT ref, payment_id, payment_date, hash FROM input ORDER BY ref
+    SELECT ref, payment_id, payment_date, decode(hash, 'hex') FROM input ORDER BY ref
     ON CONFLICT DO NOTHING
     RETURNING payment_id
 ), won AS MATERIALIZED (

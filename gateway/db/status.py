@@ -30,7 +30,8 @@ from gateway.observability import metrics
 DEFERRED = "deferred"
 
 _LOCK = """
-SELECT p.id, p.payment_date, p.status, p.provider_event_at, r.payload_hash
+SELECT p.id, p.payment_date, p.status, p.provider_event_at,
+       encode(r.payload_hash, 'hex') AS payload_hash
 FROM payment_service.payment_references r
 JOIN payment_service.payments p ON p.id = r.payment_id AND p.payment_date = r.payment_date
 WHERE r.reference_number = $1

@@ -1,7 +1,7 @@
 """One payment and everything that touched it: the ops API's payment page.
 
-Each part is read by reference number on its own index: webhook_events
-(idx_webhook_events_reference), audit_log (idx_audit_reference), the outbox
+Each part is read on its own index: webhook_events and audit_log by payment id (and by
+reference among the rows of no payment: sql/171), the outbox
 (payment_service.outbox_events_of, on idx_outbox_key and idx_outbox_dead),
 reconciliation_items (idx_recon_items_reference) and payment_reviews
 (idx_payment_reviews_reference). A payment by id reads each monthly partition's primary
@@ -35,12 +35,14 @@ WHERE reference_number = $1 ORDER BY created_at DESC LIMIT 1
 _DELIVERIES = f"""
 SELECT id, received_at, channel, delivery_id, payment_id, outcome,
        octet_length(body) AS size, error
-FROM payment_service.webhook_events WHERE reference_number = $1
+FROM payment_service.webhook_events
+WHERE payment_id = $2 OR (payment_id IS NULL AND reference_number = $1)
 ORDER BY received_at, id LIMIT {PART_LIMIT}
 """
 _AUDIT = f"""
 SELECT id, created_at, actor, action, payment_id, details
-FROM payment_service.audit_log WHERE reference_number = $1
+FROM payment_service.audit_log
+WHERE payment_id = $2 OR (payment_id IS NULL AND reference_number = $1)
 ORDER BY created_at, id LIMIT {PART_LIMIT}
 """
 _RECORDED_ID = f"SELECT {recorded_event_id_sql('$1::uuid')}"
@@ -88,8 +90,8 @@ async def find_payment(pool: asyncpg.Pool, key: str) -> asyncpg.Record | None:
 async def timeline_parts(pool: asyncpg.Pool, payment: asyncpg.Record) -> dict[str, Any]:
     ref = payment["reference_number"]
     async with pool.acquire() as conn:
-        deliveries = await conn.fetch(_DELIVERIES, ref)
-        audit = await conn.fetch(_AUDIT, ref)
+        deliveries = await conn.fetch(_DELIVERIES, ref, payment["id"])
+        audit = await conn.fetch(_AUDIT, ref, payment["id"])
         recorded_id = await conn.fetchval(_RECORDED_ID, payment["id"])
         outbox = await conn.fetch(_OUTBOX, ref, payment["id"])
         items = await conn.fetch(_RECONCILIATION, ref)

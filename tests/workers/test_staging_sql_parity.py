@@ -188,7 +188,7 @@ async def test_recorded_hashes_and_events_match_the_python_builders(
             ref,
         )
         assert stored is not None, ref
-        assert stored["payload_hash"] == business_hash(
+        assert stored["payload_hash"].hex() == business_hash(
             ref, s["loan_account_number"], s["cif"], s["amount"], s["payment_date"]
         ), ref
         expected = payment_recorded(
