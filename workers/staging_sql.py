@@ -222,8 +222,11 @@ FROM (
         SELECT s.id, s.reference_number AS ref, s.loan_account_number AS account, s.cif,
                s.amount, s.payment_date, s.payment_channel AS channel,
                s.metadata AS raw_metadata
-        FROM unnest($1::bigint[]) AS u(id)
-        JOIN payment_service.payment_staging s ON s.id = u.id
+        -- By primary key. Joined to unnest($1) instead, the rows were found by hashing the
+        -- batch against a sequential scan of the whole staging table, every batch (70 ms
+        -- a batch at a 200,000-row backlog: most of the shipped batch size's cost).
+        FROM payment_service.payment_staging s
+        WHERE s.id = ANY($1::bigint[])
     ) s
 ) s
 """
