@@ -57,6 +57,7 @@ def create_app(
     app[appkeys.OUTBOX_WAKE] = Wakeup.from_env()
     guard = security.build(settings, load_channels(settings))
     app[appkeys.CHANNELS] = guard.channels
+    metrics.zero_channel_series(guard.channels.names())  # in the first scrape
     app[appkeys.SOURCE_GUARD] = guard.source_guard
     app[appkeys.REPLAY_GUARD] = guard.replay_guard
     app[appkeys.INFLIGHT] = guard.inflight

@@ -315,7 +315,7 @@ def _redis_url_from_parts(environ: Mapping[str, str]) -> str:
 
 
 def describe() -> list[tuple[str, str, bool]]:
-    """(variable, default, secret) for every setting: the README's table is checked against it."""
+    """(variable, default, secret) per setting; docs/configuration.md is checked against it."""
     return [
         (f.metadata["env"], repr(f.default), f.metadata["secret"])
         for f in dataclasses.fields(Settings)

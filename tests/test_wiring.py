@@ -1,6 +1,6 @@
 """Nothing that guards or serves paygate can vanish silently: the app as `create_app`
 builds it refuses an unauthenticated ops request, and every worker and command the
-README names is registered."""
+docs name is registered."""
 
 from __future__ import annotations
 

@@ -9,6 +9,15 @@ Conventions (pg_partman's, by idea): one partition per calendar month named
 `<table>_YYYY_MM`, premade `premake` months ahead, a DEFAULT partition for anything
 outside, and retention decided by a partition's upper bound, not by its name.
 All bounds are UTC month starts.
+
+Where the months start: a table whose rows are stamped with the server's clock
+(`webhook_events.received_at`, `audit_log.created_at`) can hold nothing older than the
+install, so its partitions start at the install month, not at its retention start (an
+84-month audit retention once made 88 empty partitions back to 2019 on a fresh
+database). `payments` is partitioned by the provider's `payment_date`, which validation
+accepts back to PARTITION_RETENTION_MONTHS: a payment that old is legitimate on the day
+of the install, so its months are premade back to the retention start rather than left
+to DEFAULT, where every such row would be a health warning and wait to be moved.
 """
 
 from __future__ import annotations
@@ -56,6 +65,8 @@ class TableSpec:
     column: str
     with_time_zone: bool
     retention_months: int
+    # Rows carry the server's clock: nothing can be older than the install.
+    since_install: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,10 +108,18 @@ def table_specs(settings: Settings) -> tuple[TableSpec, ...]:
             "payments", "payment_date", False, settings.partition_retention_months
         ),
         "webhook_events": TableSpec(
-            "webhook_events", "received_at", True, settings.webhook_events_retention_months
+            "webhook_events",
+            "received_at",
+            True,
+            settings.webhook_events_retention_months,
+            since_install=True,
         ),
         "audit_log": TableSpec(
-            "audit_log", "created_at", True, settings.audit_log_retention_months
+            "audit_log",
+            "created_at",
+            True,
+            settings.audit_log_retention_months,
+            since_install=True,
         ),
     }
     return tuple(specs[name] for name in PARTITIONED_TABLES)
@@ -130,11 +149,21 @@ def bound_literal(moment: datetime, with_time_zone: bool) -> str:
 
 
 def plan_table(
-    spec: TableSpec, now: datetime, premake_months: int, existing: Iterable[Existing]
+    spec: TableSpec,
+    now: datetime,
+    premake_months: int,
+    existing: Iterable[Existing],
+    installed: datetime | None = None,
 ) -> TablePlan:
+    """`installed`: when the schema was first migrated (None: unknown, every month from
+    the retention start is wanted)."""
     attached = [e for e in existing if not e.is_default]
     window = months_window(now, spec.retention_months, premake_months)
     retention_start = window[0].start
+    if spec.since_install and installed is not None:
+        # A clock set back (tests walk the calendar) still gets its current month.
+        first = min(Month.of(installed), Month.of(now))
+        window = [m for m in window if m >= first]
     create: list[Partition] = []
     conflicts: list[Partition] = []
     for month in window:

@@ -4,8 +4,9 @@ One run, under a Postgres advisory lock so only one instance works at a time (th
 others report "skipped"):
 
 1. For `payments`, `webhook_events` and `audit_log`, create every missing monthly
-   partition from the retention start to `PARTITION_PREMAKE_MONTHS` ahead. After an
-   outage every missing month is made, not just the next one.
+   partition from the retention start to `PARTITION_PREMAKE_MONTHS` ahead (for the two
+   tables stamped by the server's clock, from the install month when that is later;
+   see partition_plan). After an outage every missing month is made, not just the next.
 2. Rows that landed in a DEFAULT partition are moved into the partition created for
    their month, in the same transaction (see `_create_partition`).
 3. Partitions whose upper bound is at or before the retention start are detached
@@ -190,12 +191,14 @@ class PartitionMaintainer:
     async def _work(
         self, conn: asyncpg.Connection, now: datetime, report: MaintenanceReport, *, full: bool
     ) -> None:
+        installed = await self._installed(conn)
         for spec in self.specs:
             plan = plan_table(
                 spec,
                 now,
                 self.settings.partition_premake_months,
                 await self._existing(conn, spec.name),
+                installed,
             )
             report.conflicts.extend(p.name for p in plan.conflicts)
             for n, wanted in enumerate(plan.create):
@@ -216,6 +219,15 @@ class PartitionMaintainer:
         if full:
             await self._prune_references(conn, now, report)
         report.default_rows = await counts.default_partition_rows(conn, self.schema)
+
+    async def _installed(self, conn: asyncpg.Connection) -> datetime | None:
+        """When this schema was first migrated: its first `schema_migrations` row. None for
+        a schema without one (the tests' scratch copies): every month is then wanted."""
+        table = self._q("schema_migrations")
+        if await conn.fetchval("SELECT to_regclass($1) IS NULL", table):
+            return None
+        installed: datetime | None = await conn.fetchval(f"SELECT min(applied_at) FROM {table}")
+        return installed
 
     async def _existing(self, conn: asyncpg.Connection, table: str) -> list[Existing]:
         rows = await conn.fetch(
@@ -341,9 +353,12 @@ class PartitionMaintainer:
         infos: list[PartitionInfo] = []
         drop = self.settings.partition_retention_action == "drop"
         async with self.pool.acquire() as conn:
+            installed = await self._installed(conn)
             for spec in self.specs:
                 existing = await self._existing(conn, spec.name)
-                plan = plan_table(spec, now, self.settings.partition_premake_months, existing)
+                plan = plan_table(
+                    spec, now, self.settings.partition_premake_months, existing, installed
+                )
                 retire = {e.name for e in plan.retire}
                 for e in existing:
                     rows, exact = await self._row_count(conn, e.name)
@@ -422,6 +437,37 @@ def format_status(infos: list[PartitionInfo]) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
         for line in lines
     )
+
+
+def format_report(report: MaintenanceReport) -> str:
+    """What `paygate partitions maintain` did, for a person: one line per kind of change,
+    and only the kinds that happened."""
+    lines = [f"partition maintenance: {report.result}"]
+    if report.skipped:
+        lines.append("  another instance holds the maintenance lock; nothing done")
+        return "\n".join(lines)
+    for label, names in (
+        ("created", report.created),
+        ("detached", report.detached),
+        ("dropped", report.dropped),
+        ("deferred", report.deferred),
+        ("conflicts", report.conflicts),
+    ):
+        if names:
+            lines.append(f"  {label:<10} {len(names):>4}  {', '.join(names)}")
+    for name, n in report.moved_rows.items():
+        lines.append(f"  moved      {n:>4}  rows from DEFAULT into {name}")
+    if report.references_pruned:
+        lines.append(f"  pruned     {report.references_pruned:>4}  payment references")
+    if len(lines) == 1:
+        lines.append("  nothing to do: every partition is in place")
+    waiting = {t: n for t, n in report.default_rows.items() if n}
+    if waiting:
+        rows = ", ".join(f"{t} {n}" for t, n in waiting.items())
+        lines.append(f"  rows in DEFAULT partitions: {rows}")
+    if report.deferred:
+        lines.append("  deferred: a lock timed out; the next run makes them")
+    return "\n".join(lines)
 
 
 async def _try_lock(conn: asyncpg.Connection, key: int, wait_seconds: float) -> bool:

@@ -1,7 +1,7 @@
 """Every background worker paygate has, by name, with the setting that switches it on.
 
 Imported explicitly (no discovery): a worker missing from this table does not exist,
-and a test holds the table to the list the README documents.
+and a test holds the table to the list docs/configuration.md documents.
 """
 
 from __future__ import annotations

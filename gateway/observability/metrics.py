@@ -9,6 +9,7 @@ several server processes on one port, prometheus-client's multiprocess mode is u
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -247,3 +248,66 @@ gc_pause = Histogram(
     ["generation"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
+
+
+# -- the first scrape -----------------------------------------------------------------
+# In multiprocess mode a labelled family is exported only once one of its children
+# exists, so a fresh stack's first scrape lacked whole families (a dashboard showed "no
+# data", an alert on absent() fired) and rate() lost every series' first increment.
+# Every known label value is therefore created at zero in every process: the values that
+# do not depend on configuration when this module is imported, the per-channel ones
+# when the app has its channels (`zero_channel_series`). tests/gateway/test_metrics.py
+# checks these lists against the modules that own the values.
+
+WEBHOOK_OUTCOMES = (
+    "created", "duplicate", "updated", "deferred", "stale", "ignored", "conflict",
+    "invalid", "unauthorized", "forbidden", "rate_limited", "unavailable", "error",
+)  # fmt: skip
+SIGNATURE_REASONS = (
+    "missing_signature", "malformed_signature", "signature_mismatch", "missing_timestamp",
+    "malformed_timestamp", "timestamp_out_of_tolerance", "unsupported_version",
+    "no_secret_configured", "untrusted_certificate", "authorization_mismatch",
+)  # fmt: skip
+CHANNEL_LIMITS = ("allowlist", "rate")
+RECONCILIATION_CATEGORIES = (
+    "matched", "matched_with_fee", "amount_mismatch", "status_mismatch",
+    "missing_internal", "missing_in_statement",
+)  # fmt: skip
+PARTITIONED_TABLES = ("payments", "webhook_events", "audit_log")
+
+KNOWN_LABELS: tuple[tuple[Counter | Gauge | Histogram, tuple[str, ...]], ...] = (
+    (dedup_hits, ("memory", "redis", "batch", "database", "delivery")),
+    (kafka_publish, ("ok", "error", "retry", "dead_letter")),
+    (staging_rows, ("processed", "duplicate", "error")),
+    (partition_default_rows, PARTITIONED_TABLES),
+    (partition_maintenance_runs, ("ok", "partial", "skipped", "error")),
+    (db_pool_connections, ("idle", "in_use", "max")),
+    (db_standbys, ("sync", "async", "unknown")),
+    (reconciliation_items, RECONCILIATION_CATEGORIES),
+    (status_updates, ("updated", "stale", "duplicate", "deferred")),
+    (status_poll, ("applied", "unchanged", "flagged", "error")),
+    (gc_pause, ("0", "1", "2")),
+)
+
+
+def zero_known_series() -> None:
+    """Create every configuration-free labelled series at zero (idempotent)."""
+    for metric, values in KNOWN_LABELS:
+        for value in values:
+            metric.labels(value)
+    rate_limited.labels("all", "in_flight")
+
+
+def zero_channel_series(channels: Iterable[str]) -> None:
+    """Create the per-channel series of the webhook path at zero (idempotent)."""
+    for channel in channels:
+        webhook_duration.labels(channel)
+        for outcome in WEBHOOK_OUTCOMES:
+            webhook_requests.labels(channel, outcome)
+        for reason in SIGNATURE_REASONS:
+            signature_failures.labels(channel, reason)
+        for limit in CHANNEL_LIMITS:
+            rate_limited.labels(channel, limit)
+
+
+zero_known_series()

@@ -135,3 +135,18 @@ async def test_cli_lists_and_replays(
     )
     assert actors[0]["actor"] == "cli:bob"
     assert actors[1]["actor"].startswith("cli")
+
+
+async def test_cli_replay_of_an_id_that_is_no_dead_letter_fails_and_names_it(
+    db: asyncpg.Pool, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dead = await add_event(db, "R-CLI-3", dead=True)
+    assert await run_cli(["dlq", "replay", "999999"], settings) == 1
+    out, err = capsys.readouterr()
+    assert out.strip() == "replayed 0 event(s)"
+    assert err.strip() == "paygate dlq replay: not dead letters, left alone: 999999"
+    # One known and one unknown: the known one is replayed, the exit code still says no.
+    assert await run_cli(["dlq", "replay", str(dead), "999999"], settings) == 1
+    out, err = capsys.readouterr()
+    assert out.strip() == f"replayed 1 event(s): {dead}" and "999999" in err
+    assert await count_dead_letters(db) == 0

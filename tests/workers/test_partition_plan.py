@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from gateway.config import Settings
 from workers.partition_plan import (
     Existing,
     Month,
@@ -14,6 +15,7 @@ from workers.partition_plan import (
     months_window,
     parse_bound,
     plan_table,
+    table_specs,
 )
 
 PAYMENTS = TableSpec("payments", "payment_date", False, 2)
@@ -153,3 +155,40 @@ def test_parse_bound(expr: str, expected: tuple[datetime | None, datetime | None
 def test_parse_bound_refuses_what_it_does_not_understand() -> None:
     with pytest.raises(ValueError):
         parse_bound("FOR VALUES IN ('a')")
+
+
+AUDIT = TableSpec("audit_log", "created_at", True, 84, since_install=True)
+
+
+def test_server_stamped_tables_start_at_the_install_month() -> None:
+    """audit_log keeps 84 months, but on a database installed this month it can hold no
+    older row: its partitions start at the install, not in 2019."""
+    now = utc(2026, 11, 24)
+    plan = plan_table(AUDIT, now, 3, existing_for("audit_log"), installed=utc(2026, 11, 3))
+    assert [p.name for p in plan.create] == [
+        "audit_log_2026_11", "audit_log_2026_12", "audit_log_2027_01", "audit_log_2027_02",
+    ]  # fmt: skip
+    assert plan.retention_start == utc(2019, 11, 1)  # retention itself is unchanged
+    later = plan_table(AUDIT, utc(2028, 3, 2), 3, existing_for("audit_log"), utc(2026, 11, 3))
+    assert later.create[0].name == "audit_log_2026_11"
+    unknown = plan_table(AUDIT, now, 3, existing_for("audit_log"), installed=None)
+    assert len(unknown.create) == 84 + 3 + 1
+
+
+def test_a_clock_before_the_install_still_gets_its_month() -> None:
+    plan = plan_table(AUDIT, utc(2026, 6, 10), 1, existing_for("audit_log"), utc(2026, 11, 3))
+    assert [p.name for p in plan.create] == ["audit_log_2026_06", "audit_log_2026_07"]
+
+
+def test_payments_keep_their_months_back_to_retention_whatever_the_install() -> None:
+    """payment_date is the provider's: validation accepts it back to the retention start,
+    so those months are premade, not left to DEFAULT."""
+    plan = plan_table(PAYMENTS, utc(2026, 11, 24), 1, existing_for("payments"), utc(2026, 11, 3))
+    assert [p.name for p in plan.create] == [
+        "payments_2026_09", "payments_2026_10", "payments_2026_11", "payments_2026_12",
+    ]  # fmt: skip
+
+
+def test_the_specs_start_the_server_stamped_tables_at_the_install() -> None:
+    specs = {s.name: s.since_install for s in table_specs(Settings())}
+    assert specs == {"payments": False, "webhook_events": True, "audit_log": True}

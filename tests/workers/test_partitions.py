@@ -8,6 +8,7 @@ shared `payment_service` tables other tests use.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,7 @@ from workers.partitions import (
     PartitionWorker,
     advisory_key,
     ensure_partitions,
+    format_report,
     format_status,
 )
 
@@ -444,3 +446,56 @@ async def test_default_partition_rows_counts_each_table(
     )
     rows = await counts.default_partition_rows(db, scratch)
     assert rows == {"payments": 1, "webhook_events": 0, "audit_log": 1}
+
+
+async def installed_at(db: asyncpg.Pool, schema: str, when: datetime) -> None:
+    """Give the scratch schema the record of its first migration, as `paygate migrate`
+    keeps it in payment_service."""
+    await db.execute(
+        f"CREATE TABLE {schema}.schema_migrations (LIKE payment_service.schema_migrations "
+        f"INCLUDING ALL); INSERT INTO {schema}.schema_migrations (version, checksum, applied_at) "
+        f"VALUES ('001_schema', 'x', '{when.isoformat()}'), ('002_x', 'y', now())"
+    )
+
+
+async def test_server_stamped_tables_start_at_the_install_month(
+    db: asyncpg.Pool, scratch: str, psettings: Settings
+) -> None:
+    """audit_log and webhook_events rows carry the server's clock: nothing is older than
+    the install, so no partition is made before it. payments keeps its retention window
+    (a provider's payment_date may be that old on the first day)."""
+    await installed_at(db, scratch, utc(2026, 11, 3, 9))
+    m = maintainer(db, psettings, scratch)
+    report = await m.maintain(now=utc(2026, 11, 15, 12))
+    assert report.result == "ok"
+    assert set(await partitions(db, scratch, "audit_log")) == {"audit_log_default"} | months(
+        "audit_log", "2026_11", "2026_12", "2027_01"
+    )
+    assert set(await partitions(db, scratch, "webhook_events")) == {
+        "webhook_events_default"
+    } | months("webhook_events", "2026_11", "2026_12", "2027_01")
+    assert "payments_2026_09" in await partitions(db, scratch, "payments")
+    # status plans nothing before the install either.
+    infos = await m.status(now=utc(2027, 1, 15))
+    audit = sorted(i.name for i in infos if i.table == "audit_log" and i.lower is not None)
+    assert audit[0] == "audit_log_2026_11", audit
+
+
+async def test_maintain_reports_what_it_did_as_text(
+    db: asyncpg.Pool, scratch: str, psettings: Settings
+) -> None:
+    m = maintainer(db, psettings, scratch)
+    await m.maintain(now=utc(2026, 11, 15))
+    await insert_payment(db, scratch, datetime(2027, 3, 2))  # beyond premake: DEFAULT
+    text = format_report(await m.maintain(now=utc(2027, 1, 15)))
+    lines = text.splitlines()
+    assert lines[0] == "partition maintenance: ok"
+    created = next(line for line in lines if line.split()[0] == "created")
+    assert "payments_2027_03" in created and "audit_log_2027_03" in created
+    assert any(re.fullmatch(r"\s*moved\s+1\s+rows from DEFAULT into payments_2027_03", line)
+               for line in lines), text  # fmt: skip
+    assert any(line.split()[0] == "detached" and "payments_2026_09" in line for line in lines)
+    assert format_report(await m.maintain(now=utc(2027, 1, 15))).splitlines() == [
+        "partition maintenance: ok",
+        "  nothing to do: every partition is in place",
+    ]

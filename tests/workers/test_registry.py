@@ -28,3 +28,9 @@ def test_settings_switch_workers_on_and_a_name_list_overrides_them() -> None:
     only_outbox = {spec.switch: name == "outbox" for name, spec in WORKERS.items()}
     on = Settings.from_env({}, **only_outbox)
     assert [w.name for w in build_workers(pool, on, Wakeup())] == ["outbox"]  # type: ignore[arg-type]
+
+
+def test_the_command_line_names_every_worker_the_registry_runs() -> None:
+    from workers.cli.worker import NAMES
+
+    assert tuple(WORKERS) == NAMES

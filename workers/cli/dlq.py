@@ -9,6 +9,7 @@ from typing import Any
 
 from gateway.config import Settings
 from workers.cli.command import Command, cli_actor
+from workers.cli.discovery import locate
 
 
 def _arguments(dlq: argparse.ArgumentParser) -> None:
@@ -35,11 +36,15 @@ def _print_table(rows: list[dict[str, Any]], total: int) -> None:
         print(f"... {total - len(rows)} more (use --limit)")
 
 
+def _ids(ids: list[int]) -> str:
+    return (": " if ids else "") + ", ".join(map(str, ids))
+
+
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.db import dead_letters
     from gateway.db.pool import create_pool
 
-    settings.require_database()
+    settings = await locate(settings, "DATABASE_URL")
     if args.dlq_action == "replay" and not args.all_ and not args.ids:
         print("paygate dlq replay: give event ids or --all", file=sys.stderr)
         return 2
@@ -55,10 +60,16 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         replayed = await dead_letters.replay(
             pool, args.ids, all_=args.all_, actor=cli_actor(args.actor)
         )
-        n = len(replayed)
-        print(f"replayed {n} event(s)")
-        if args.ids and n < len(set(args.ids)):
-            print("some ids were not dead letters and were left alone", file=sys.stderr)
+        print(f"replayed {len(replayed)} event(s)" + _ids(replayed))
+        # An id that is not a dead letter (never was, or already replayed): said by id and
+        # the exit code, so a script does not take "nothing happened" for success.
+        missed = sorted(set(args.ids) - set(replayed))
+        if missed:
+            print(
+                f"paygate dlq replay: not dead letters, left alone{_ids(missed)}",
+                file=sys.stderr,
+            )
+            return 1
         return 0
     finally:
         await pool.close()

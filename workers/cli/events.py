@@ -35,6 +35,7 @@ import orjson
 
 from gateway.config import Settings
 from workers.cli.command import Command
+from workers.cli.discovery import locate
 
 POLL_MS = 200
 CONNECT_TIMEOUT_S = 10.0
@@ -57,13 +58,6 @@ def record_line(record: Any) -> str:
             "offset": record.offset,
         }
     ).decode()
-
-
-def bootstrap_of(settings: Settings) -> str:
-    """KAFKA_BOOTSTRAP_SERVERS, else the embedded broker `paygate dev` runs on this host."""
-    if settings.kafka_bootstrap_servers:
-        return settings.kafka_bootstrap_servers
-    return f"127.0.0.1:{settings.embedded_kafka_port}"
 
 
 class Tail:
@@ -189,8 +183,10 @@ def _arguments(events: argparse.ArgumentParser) -> None:
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.limit is not None and args.limit < 1:
         return _fail("--max must be at least 1")
+    # KAFKA_BOOTSTRAP_SERVERS, else the broker of the dev stack running here.
+    settings = await locate(settings, "KAFKA_BOOTSTRAP_SERVERS")
     tail = Tail(
-        bootstrap_of(settings),
+        settings.kafka_bootstrap_servers,
         args.topic or settings.kafka_topic,
         from_beginning=args.from_beginning,
         follow=args.follow,

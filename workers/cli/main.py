@@ -10,7 +10,7 @@
                                  --max N, --key REF)
     paygate partitions | dlq | reconcile | token   (see each module)
 
-Settings come from the environment (see the README); a bad value stops start-up with
+Settings come from the environment (see docs/configuration.md); a bad value stops start-up with
 a message naming the variable.
 """
 
@@ -27,6 +27,7 @@ from typing import Any
 from gateway.config import Settings
 from gateway.errors import ConfigError
 from workers.cli.command import CHILD_ENV
+from workers.cli.reachability import Unreachable
 
 
 def _run_loop(coro: Coroutine[Any, Any, int]) -> int:
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"paygate: configuration error: {exc}", file=sys.stderr)
         return 2
+    except Unreachable as exc:
+        print(f"paygate: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

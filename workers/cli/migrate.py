@@ -7,6 +7,7 @@ import logging
 
 from gateway.config import Settings
 from workers.cli.command import Command
+from workers.cli.discovery import locate
 
 log = logging.getLogger("paygate")
 
@@ -28,7 +29,7 @@ async def prepare_database(settings: Settings) -> None:
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
-    settings.require_database()
+    settings = await locate(settings, "DATABASE_URL")
     await prepare_database(settings)
     return 0
 

@@ -6,6 +6,7 @@ import argparse
 
 from gateway.config import Settings
 from workers.cli.command import Command
+from workers.cli.discovery import locate
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -14,9 +15,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.db.pool import create_pool
-    from workers.partitions import PartitionMaintainer, format_status
+    from workers.partitions import PartitionMaintainer, format_report, format_status
 
-    settings.require_database()
+    settings = await locate(settings, "DATABASE_URL")
     pool = await create_pool(settings, min_size=1, max_size=2)
     try:
         maintainer = PartitionMaintainer(pool, settings)
@@ -24,7 +25,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             print(format_status(await maintainer.status()))
             return 0
         report = await maintainer.maintain()
-        print(report)
+        print(format_report(report))
         return 0 if report.result in ("ok", "skipped") else 1
     finally:
         await pool.close()

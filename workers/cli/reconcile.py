@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 
 from gateway.config import Settings
 from gateway.db.pool import create_pool
-from gateway.db.reconciliation import reconcile_statement
+from gateway.db.reconciliation import get_run, reconcile_statement
 from gateway.domain.statements import (
     CATEGORIES,
     StatementError,
@@ -35,6 +37,7 @@ from gateway.domain.statements import (
 )
 from gateway.errors import ConfigError
 from workers.cli.command import Command
+from workers.cli.discovery import locate
 
 _CHUNK = 256 * 1024
 
@@ -93,7 +96,12 @@ def options_from_args(args: argparse.Namespace, settings: Settings) -> Statement
     )
 
 
-def render(summary: dict[str, Any]) -> str:
+# Malformed lines printed one by one; the run keeps up to 1,000 (GET .../runs/{id}).
+SHOWN_ERRORS = 20
+
+
+def render(summary: dict[str, Any], errors: list[dict[str, Any]] | None = None) -> str:
+    """The run's summary, then each malformed line's number and what was wrong with it."""
     counts = summary["counts"]
     width = max(len(c) for c in CATEGORIES)
     lines = [
@@ -102,12 +110,27 @@ def render(summary: dict[str, Any]) -> str:
         f"lines {summary['total_lines']}  malformed {summary['malformed_lines']}  "
         f"exceptions {summary['exceptions']}  in {summary.get('duration_seconds', 0):.1f}s",
     ]
-    lines += [f"  {c:<{width}}  {counts[c]:>10}" for c in CATEGORIES]
+    lines += [f"  {c:<{width}}  {counts.get(c, 0):>10}" for c in CATEGORIES]
+    errors = errors or []
+    if errors:
+        lines.append("malformed lines:")
+        lines += [f"  line {e['line']}: {e['error']}" for e in errors[:SHOWN_ERRORS]]
+    hidden = summary["malformed_lines"] - min(len(errors), SHOWN_ERRORS)
+    if hidden > 0:
+        lines.append(
+            f"  ... {hidden} more: GET /api/v1/reconciliation/runs/{summary['run_id']} lists them"
+        )
     return "\n".join(lines)
 
 
+async def _errors(pool: asyncpg.Pool, run_id: str) -> list[dict[str, Any]]:
+    """The malformed lines the run stored (the summary carries only their count)."""
+    run = await get_run(pool, uuid.UUID(run_id))
+    return list(run["errors"] or []) if run is not None else []
+
+
 async def run(args: argparse.Namespace, settings: Settings) -> int:
-    settings.require_database()
+    settings = await locate(settings, "DATABASE_URL")
     if not args.file.is_file():
         print(f"paygate reconcile: no such file: {args.file}", file=sys.stderr)
         return 2
@@ -117,14 +140,16 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         summary = await reconcile_statement(
             pool, _read(args.file), options, topic=settings.kafka_topic, actor="cli"
         )
+        errors = await _errors(pool, summary["run_id"]) if summary["malformed_lines"] else []
     except StatementError as exc:
         print(f"paygate reconcile: {exc}", file=sys.stderr)
         return 2
     finally:
         await pool.close()
-    print(
-        orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() if args.json else render(summary)
-    )
+    if args.json:
+        print(orjson.dumps({**summary, "errors": errors}, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(render(summary, errors))
     return 1 if args.fail_on_exceptions and summary["exceptions"] else 0
 
 

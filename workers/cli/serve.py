@@ -24,6 +24,7 @@ from gateway.notify import WAKEUP_SOCKET_ENV
 from gateway.observability.gc_pauses import observe_gc_pauses
 from gateway.security.slow_clients import server_kwargs
 from workers.cli.command import CHILD_ENV, Command
+from workers.cli.reachability import require_urls
 from workers.cli.supervisor import Child, stop_all
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def child_env(settings: Settings) -> dict[str, str]:
         "REDIS_URL": settings.redis_url,
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
         "WEBHOOK_SECRET": " ".join(settings.webhook_secret),
+        "ADMIN_JWT_SECRET": settings.admin_jwt_secret,
         "PORT": str(settings.port),
     }
     env.update({k: v for k, v in inherited.items() if v})
@@ -159,12 +161,15 @@ async def serve(
 
 async def _serve_command(args: argparse.Namespace, settings: Settings) -> int:
     settings.require_database()
+    if not os.environ.get(CHILD_ENV):  # a child's parent checked
+        await require_urls(settings)
     await serve(settings, with_workers=False)
     return 0
 
 
 async def _run_command(args: argparse.Namespace, settings: Settings) -> int:
     settings.require_database()
+    await require_urls(settings)
     await serve(settings, with_workers=True)
     return 0
 

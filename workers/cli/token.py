@@ -13,6 +13,7 @@ from gateway.config import Settings
 from gateway.errors import ConfigError
 from gateway.security.auth import ROLES, mint_token
 from workers.cli.command import Command
+from workers.cli.discovery import ADMIN_SECRET_FILE, locate
 
 MAX_TTL_SECONDS = 30 * 24 * 3600
 
@@ -32,11 +33,20 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
+    settings = await locate(settings)
     if not settings.admin_jwt_secret:
-        raise ConfigError("ADMIN_JWT_SECRET is not set")
+        raise ConfigError(
+            f"ADMIN_JWT_SECRET is not set, and no `paygate dev` has kept one in "
+            f"{settings.data_dir}/{ADMIN_SECRET_FILE} (start one with `make run`)"
+        )
     subject = args.subject or getpass.getuser()
     print(mint_token(settings.admin_jwt_secret, subject, args.role, ttl=args.ttl))
     return 0
 
 
-COMMAND = Command("token", "mint an ops API bearer token (needs ADMIN_JWT_SECRET)", run, _arguments)
+COMMAND = Command(
+    "token",
+    "mint an ops API bearer token (ADMIN_JWT_SECRET, else the dev stack's)",
+    run,
+    _arguments,
+)

@@ -14,8 +14,15 @@ from workers.cli.command import Command
 log = logging.getLogger("paygate")
 
 
+# The names workers.registry.WORKERS runs (tests/workers/test_registry.py keeps them equal):
+# written out so `--help` does not import every worker to list them.
+NAMES = ("outbox", "staging", "partitions", "status_poller")
+
+
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("names", nargs="+", metavar="NAME")
+    parser.add_argument(
+        "names", nargs="+", metavar="NAME", help=f"one or more of: {', '.join(NAMES)}"
+    )
 
 
 async def run_workers(settings: Settings, names: list[str]) -> None:
@@ -51,4 +58,4 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-COMMAND = Command("worker", "background workers alone", run, _arguments)
+COMMAND = Command("worker", f"background workers alone ({', '.join(NAMES)})", run, _arguments)

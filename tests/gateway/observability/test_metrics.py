@@ -97,3 +97,44 @@ def metrics_flush_seconds() -> float:
     from gateway.observability import gauges
 
     return gauges.HELD_FLUSH_SECONDS
+
+
+def test_the_first_scrape_label_values_are_the_ones_their_owners_use() -> None:
+    """metrics.py writes the known label values out (observability imports neither the
+    domain nor the ingest path); each list must stay the owner's."""
+    from gateway.db.tables import PARTITIONED_TABLES
+    from gateway.domain.lifecycle import Outcome
+    from gateway.domain.statements import CATEGORIES
+    from gateway.ingest.pipeline import _BATCH_OUTCOMES
+    from gateway.ingest.signatures import REASONS
+
+    assert set(metrics.SIGNATURE_REASONS) == REASONS
+    assert metrics.RECONCILIATION_CATEGORIES == CATEGORIES
+    assert tuple(PARTITIONED_TABLES) == metrics.PARTITIONED_TABLES
+    known = dict(metrics.KNOWN_LABELS)
+    assert {o.value for o in Outcome} | {"deferred"} == set(known[metrics.status_updates])
+    assert set(_BATCH_OUTCOMES) <= set(metrics.WEBHOOK_OUTCOMES)
+
+
+def test_known_series_start_at_zero_for_every_channel() -> None:
+    metrics.zero_channel_series(["first-scrape-test"])
+    for outcome in metrics.WEBHOOK_OUTCOMES:
+        labels = {"channel": "first-scrape-test", "outcome": outcome}
+        assert REGISTRY.get_sample_value("paygate_webhook_requests_total", labels) == 0.0
+    for name, labels in [
+        (
+            "paygate_signature_failures_total",
+            {"channel": "first-scrape-test", "reason": "signature_mismatch"},
+        ),
+        ("paygate_rate_limited_total", {"channel": "first-scrape-test", "limit": "rate"}),
+        ("paygate_webhook_request_duration_seconds_count", {"channel": "first-scrape-test"}),
+    ]:
+        assert REGISTRY.get_sample_value(name, labels) == 0.0, name
+    # and, from import, the families with no channel
+    assert (
+        REGISTRY.get_sample_value("paygate_kafka_publish_total", {"result": "dead_letter"})
+        is not None
+    )
+    assert (
+        REGISTRY.get_sample_value("paygate_gc_pause_seconds_count", {"generation": "2"}) is not None
+    )

@@ -56,7 +56,7 @@ async def page(browser: Any) -> AsyncIterator[Any]:
 
 async def screenshot(page: Any, name: str) -> None:
     """Every page the tests visit is photographed; with PAYGATE_CONSOLE_SCREENSHOTS=1 the
-    pictures replace docs/console/NAME.png (what the README shows)."""
+    pictures replace docs/console/NAME.png (what docs/console.md shows)."""
     data = await page.screenshot(full_page=True)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("PAYGATE_CONSOLE_SCREENSHOTS"):
