@@ -12,15 +12,22 @@ both acknowledged (2xx) and seen on the topic. In one run, on this machine:
   sustained   paygate, open loop at --rate for --seconds: ack latency p50/p99, publish
               lag p50/p99 (ack at the generator -> first seen by the consumer), every
               payment verified on the topic
+  hold        paygate, open loop at --rate for --hold-seconds while another session holds
+              a REPEATABLE READ snapshot (the xmin horizon) the whole time: publish lag
+              p99 per 10 s window, the relay's Postgres CPU and index reads per event
+  duplicates  paygate, closed loop at --c64-connections, one delivery sent again and
+              again (a provider retrying): answered/s against bare at 64 connections
   drain       --drain-count payments recorded with the workers process stopped, then
               drained: the relay's CPU per published event (its process, and the
               Postgres backends serving it), at full batches
 
 Each paygate phase reports CPU per payment by process (server processes, the workers
-process with the relay, Postgres, Redis, broker, generator, consumer), and the sustained
-phase the bytes written per payment (tables, indexes, WAL). A phase is void unless every
+process with the relay, Postgres, Redis, broker, generator, consumer), who held the xmin
+horizon back (bench/horizon.py: sampled every 100 ms) with the index tuples read on the
+relay's relations per published event, and the sustained phase the bytes written per
+payment (tables, indexes, WAL). A phase is void unless every
 request is accounted for: sent = acknowledged + refused + timed out, and acknowledged =
-seen on the topic + still in the outbox at the cut-off (after the drain wait).
+seen on the topic + still queued at the cut-off (after the drain wait).
 
     python -m bench.e2e                                  # the recorded figures
     python -m bench.e2e --rate 1000 --seconds 5 --ceiling-seconds 3    # a smoke run
@@ -51,6 +58,7 @@ import asyncpg
 import orjson
 import psutil
 
+from bench.horizon import QUEUE_READS, HorizonSampler
 from bench.loadgen import PATH, Result, payment_body, run
 from gateway.ingest.signatures import decode_secret, sign
 from workers.cli.devstack import EmbeddedPostgres, free_port
@@ -371,6 +379,7 @@ class Phase:
     pending_at_cutoff: set[str]
     cpu: dict[str, Any]
     volume: dict[str, Any] | None = None
+    horizon: dict[str, Any] | None = None
 
 
 async def _settle(dsn: str) -> None:
@@ -383,6 +392,31 @@ async def _settle(dsn: str) -> None:
     await asyncio.sleep(2.0)  # its backend exits and is reaped before the phase's snapshot
 
 
+async def pending_keys(conn: asyncpg.Connection, like: str) -> set[str]:
+    """Keys of the events not yet published: in the event log past the lanes' cursors and
+    in the outbox (this tree's schema), or in the outbox (a tree before the event log)."""
+    if await conn.fetchval("SELECT to_regclass('payment_service.event_log') IS NOT NULL"):
+        from gateway.db.event_log import queued_events_sql
+
+        sql = f"SELECT key FROM ({queued_events_sql()}) q WHERE key LIKE $1"
+    else:
+        sql = "SELECT key FROM payment_service.outbox WHERE key LIKE $1"
+    return {r["key"] for r in await conn.fetch(sql, like)}
+
+
+async def _queue_reads(conn: asyncpg.Connection) -> int:
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    return int(await conn.fetchval(QUEUE_READS))
+
+
+async def _hold_snapshot(dsn: str) -> asyncpg.Connection:
+    """A session that takes a REPEATABLE READ snapshot and keeps it: the horizon stays."""
+    holder = await asyncpg.connect(dsn)
+    await holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    await holder.fetchval("SELECT count(*) FROM payment_service.payment_references /* holder */")
+    return holder
+
+
 async def _volume_marks(conn: asyncpg.Connection) -> tuple[dict[str, tuple[bool, int]], Any]:
     sizes = {r["relname"]: (r["is_index"], r["bytes"]) for r in await conn.fetch(_RELATIONS)}
     return sizes, await conn.fetchval("SELECT pg_current_wal_lsn()")
@@ -391,13 +425,18 @@ async def _volume_marks(conn: asyncpg.Connection) -> tuple[dict[str, tuple[bool,
 async def paygate_phase(
     name: str, stack: DevStack, procs: Processes, consumer: Consumer, expected_seen: int,
     *, rate: float, seconds: float, connections: int, count: int, volume: bool = False,
+    hold: bool = False,
 ) -> Phase:  # fmt: skip
     host = f"127.0.0.1:{stack.port}"
     reqs, refs = signed_requests(host, stack.key(), count, name)
     by_raw = dict(zip(reqs, refs, strict=True))
     conn = await asyncpg.connect(stack.dsn)
+    holder = await _hold_snapshot(stack.dsn) if hold else None
+    sampler = HorizonSampler(stack.dsn)
     try:
         marks = await _volume_marks(conn) if volume else None
+        reads_before = await _queue_reads(conn)
+        sampler.start()
         before = procs.snapshot()
         started = time.time()
         t0 = time.monotonic()
@@ -411,12 +450,14 @@ async def paygate_phase(
             await asyncio.sleep(0.05)
         drained_after = time.monotonic() - t0
         after = procs.snapshot()
-        pending = {
-            r["key"]
-            for r in await conn.fetch(
-                "SELECT key FROM payment_service.outbox WHERE key LIKE $1", f"E2E-{name}-%"
-            )
-        }
+        horizon = await sampler.stop()
+        if holder is not None:
+            await holder.close()
+            holder = None
+        pending = await pending_keys(conn, f"E2E-{name}-%")
+        await asyncio.sleep(1.5)  # the relay's backend reports its counters when idle
+        reads = await _queue_reads(conn) - reads_before
+        horizon["queue_index_tuples_read_per_event"] = round(reads / max(acked, 1), 1)
         vol = None
         if marks is not None:
             sizes_after, wal_after = await _volume_marks(conn)
@@ -437,10 +478,13 @@ async def paygate_phase(
                 "total_B": round(tables + indexes + wal / created), "by_relation": by_relation,
             }  # fmt: skip
     finally:
+        if holder is not None:
+            await holder.close()
+        await sampler.stop()
         await conn.close()
     return Phase(
         name, result, by_raw, started, load_seconds, drained_after, pending,
-        _cpu_per_payment(before, after, result.statuses.get(201, 0)), vol,
+        _cpu_per_payment(before, after, result.statuses.get(201, 0)), vol, horizon,
     )  # fmt: skip
 
 
@@ -484,12 +528,7 @@ async def drain_phase(
     after = procs.snapshot()
     conn = await asyncpg.connect(stack.dsn)
     try:
-        pending = {
-            r["key"]
-            for r in await conn.fetch(
-                "SELECT key FROM payment_service.outbox WHERE key LIKE 'E2E-drain-%'"
-            )
-        }
+        pending = await pending_keys(conn, "E2E-drain-%")
     finally:
         await conn.close()
     used = {k: after[k] - before.get(k, 0.0) for k in after}
@@ -530,7 +569,7 @@ def account(phase: Phase, seen: dict[str, float]) -> dict[str, Any]:
         "timed_out": timed_out,
         "statuses": dict(sorted(res.statuses.items())),
         "seen_on_topic": done,
-        "in_outbox_at_cutoff": len(phase.pending_at_cutoff),
+        "queued_at_cutoff": len(phase.pending_at_cutoff),
         "unaccounted": len(missing),
         "on_topic_never_acked": len(stray),  # a 2xx lost by the generator, or a timed-out one
         "void": bool(missing) or res.sent != len(acks) + refused + timed_out,
@@ -544,8 +583,45 @@ def account(phase: Phase, seen: dict[str, float]) -> dict[str, Any]:
         "publish_lag_p50_ms": _pct(lags, 0.5),
         "publish_lag_p99_ms": _pct(lags, 0.99),
         "publish_lag_max_ms": _pct(lags, 1.0),
+        "publish_lag_p99_ms_by_10s": _lag_windows(acked_refs, seen, phase.started_wall),
         "cpu": phase.cpu,
+        **({"horizon": phase.horizon} if phase.horizon else {}),
         **({"bytes_per_payment": phase.volume} if phase.volume else {}),
+    }
+
+
+def _lag_windows(acked: dict[str, float], seen: dict[str, float], start: float) -> list[float]:
+    """Publish lag p99 (ms) of the payments acknowledged in each 10 s of the phase."""
+    windows: dict[int, list[float]] = {}
+    for ref, at in acked.items():
+        if ref in seen:
+            windows.setdefault(int((at - start) // 10), []).append(max(0.0, seen[ref] - at))
+    return [_pct(windows[k], 0.99) for k in sorted(windows)]
+
+
+async def duplicate_phase(
+    stack: DevStack, procs: Processes, *, seconds: float, connections: int, count: int
+) -> dict[str, Any]:
+    """One delivery recorded once, then sent again `count` times in a closed loop, as a
+    provider retrying it: what a duplicate costs."""
+    host = f"127.0.0.1:{stack.port}"
+    [raw], [ref] = signed_requests(host, stack.key(), 1, "duplicates")
+    first = await run(f"http://{host}", [raw], rate=0, seconds=30, connections=1)
+    before = procs.snapshot()
+    res = await run(f"http://{host}", [raw] * count, rate=0, seconds=seconds,
+                    connections=connections)  # fmt: skip
+    after = procs.snapshot()
+    s = res.summary()
+    answered = sum(res.statuses.values())
+    return {
+        "reference": ref,
+        "first": dict(first.statuses),
+        "throughput_rps": s["throughput_rps"],
+        "p50_ms": s["p50_ms"],
+        "p99_ms": s["p99_ms"],
+        "statuses": dict(sorted(res.statuses.items())),
+        "errors": s["errors"],
+        "cpu": _cpu_per_payment(before, after, answered),
     }
 
 
@@ -629,15 +705,25 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             ("sustained", args.rate, args.seconds, args.connections,
              int(args.rate * args.seconds), True),
         ]  # fmt: skip
+        if args.hold_seconds:
+            plan.append(("hold", args.rate, args.hold_seconds, args.connections,
+                         int(args.rate * args.hold_seconds), False))  # fmt: skip
         for name, rate, seconds, conns, count, volume in plan:
             await _settle(stack.dsn)
             phase = await paygate_phase(
                 name, stack, procs, consumer, expected, rate=rate, seconds=seconds,
-                connections=conns, count=count, volume=volume,
+                connections=conns, count=count, volume=volume, hold=name == "hold",
             )  # fmt: skip
             expected += len(phase.result.acks or [])
             phases.append(phase)
             print(name, phase.result.summary()["created_rps"], "created/s", flush=True)
+        if args.duplicate_seconds:
+            await _settle(stack.dsn)
+            report["duplicates"] = await duplicate_phase(
+                stack, procs, seconds=args.duplicate_seconds, connections=args.c64_connections,
+                count=int(args.duplicate_seconds * args.max_rate),
+            )  # fmt: skip
+            print("duplicates", report["duplicates"]["throughput_rps"], "answered/s", flush=True)
         if args.drain_count and not procs.groups()["relay+workers"]:
             report["relay_drain"] = "skipped: the relay runs inside a server process"
         elif args.drain_count:
@@ -662,6 +748,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "c64_done_vs_bare_c64": round(report["c64"]["done_per_s"] / bare64, 3),
             "c64_created_vs_bare_c64": round(report["c64"]["created_per_s"] / bare64, 3),
         }
+        if "duplicates" in report:
+            report["ratios"]["duplicates_vs_bare_c64"] = round(
+                report["duplicates"]["throughput_rps"] / bare64, 3
+            )
         report["load_at_end"] = _load()
     finally:
         await stack.stop()
@@ -688,6 +778,10 @@ def main() -> None:
     ap.add_argument("--drain-count", type=int, default=30_000,
                     help="payments queued with the workers process stopped, then drained "
                          "(the relay's cost per event at full batches); 0 to skip")  # fmt: skip
+    ap.add_argument("--hold-seconds", type=float, default=60,
+                    help="the horizon-hold phase's length (0 to skip)")  # fmt: skip
+    ap.add_argument("--duplicate-seconds", type=float, default=15,
+                    help="the duplicate-only phase's length (0 to skip)")  # fmt: skip
     ap.add_argument("--json", help="also write the report here")
     args = ap.parse_args()
     import uvloop

@@ -59,7 +59,7 @@ class Depth:
             while not stop.is_set():
                 self.samples.append(
                     await conn.fetchval(
-                        "SELECT count(*) FROM payment_service.outbox WHERE dead_lettered_at IS NULL"
+                        "SELECT pending FROM payment_service.events_pending(1000000)"
                     )
                 )
                 try:
@@ -144,7 +144,7 @@ async def wait_drained(dsn: str, timeout: float = DRAIN_TIMEOUT) -> float:
     try:
         while time.monotonic() - started < timeout:
             left = await conn.fetchval(
-                "SELECT count(*) FROM payment_service.outbox WHERE dead_lettered_at IS NULL"
+                "SELECT pending FROM payment_service.events_pending(1000000)"
             )
             if left == 0:
                 return round(time.monotonic() - started, 2)

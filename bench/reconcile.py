@@ -74,7 +74,7 @@ async def load_payments(url: str, n: int, start: datetime) -> float:
             await conn.copy_records_to_table(
                 "payment_references", schema_name="payment_service",
                 columns=["reference_number", "payment_id", "payment_date", "payload_hash"],
-                records=[(ref, pid, day, "x") for pid, (ref, _, day) in zip(ids, chunk, strict=True)],
+                records=[(ref, pid, day, b"x") for pid, (ref, _, day) in zip(ids, chunk, strict=True)],
             )  # fmt: skip
 
         for p in payments(n, start):

@@ -406,7 +406,9 @@ async def _outbox_empty(dsn: str) -> bool:
     except (OSError, asyncpg.PostgresError):
         return False
     try:
-        return await conn.fetchval("SELECT count(*) FROM payment_service.outbox") == 0
+        return bool(
+            await conn.fetchval("SELECT pending = 0 FROM payment_service.events_pending(1000000)")
+        )
     finally:
         await conn.close()
 

@@ -141,7 +141,11 @@ def server_cpu_seconds(postmaster_pid: int | None) -> float:
 async def ingest(
     settings: Settings, n: int, workers: int, postmaster_pid: int | None
 ) -> dict[str, Any]:
-    pool = await create_pool(settings, min_size=workers + 1, max_size=workers + 2)
+    pool = await create_pool(
+        settings,
+        min_size=workers * StagingWorker.concurrency + 1,
+        max_size=workers * StagingWorker.concurrency + 2,
+    )
     samples: list[float] = []
     done = asyncio.Event()
 
@@ -161,7 +165,8 @@ async def ingest(
         server_cpu = server_cpu_seconds(postmaster_pid)
         own_cpu = time.process_time()
         started = time.perf_counter()
-        await asyncio.gather(*(w.burst() for w in crew))
+        # As a worker runs in `paygate run`: `concurrency` batches of it in flight at once.
+        await asyncio.gather(*(w.burst() for w in crew for _ in range(w.concurrency)))
         seconds = time.perf_counter() - started
         own_cpu = time.process_time() - own_cpu
         server_cpu = server_cpu_seconds(postmaster_pid) - server_cpu
@@ -172,7 +177,9 @@ async def ingest(
             """
             SELECT (SELECT count(*) FROM payment_service.payments) AS payments,
                    (SELECT count(DISTINCT reference_number) FROM payment_service.payments) AS refs,
-                   (SELECT count(*) FROM payment_service.outbox) AS outbox,
+                   (SELECT count(*) FROM payment_service.outbox)
+                   + (SELECT coalesce(sum(cardinality(payment_ids)), 0)
+                      FROM payment_service.event_log) AS outbox,
                    (SELECT count(*) FROM payment_service.payment_staging
                      WHERE processed AND result = 'recorded') AS marked,
                    (SELECT count(*) FROM payment_service.staging_process_log
@@ -276,7 +283,7 @@ synchronous_commit on. Staging load: {r["load_rate"]:,.0f} rows/s (COPY, not mea
 - (b) / (a) = **{r["e2e_rate"] / r["copy_rate"]:.0%}** (target >= 40%); (b) target >= 30,000 rows/s.
 - Batches: {r["batches"]} completed, {r["failed"]} failed; batch size {args.batch_size}, {args.workers} worker(s).
 - Check: payments {r["payments"]:,}, distinct references {r["refs"]:,},
-  outbox {r["outbox"]:,}, staging rows marked recorded {r["marked"]:,}: {"OK" if r["ok"] else "MISMATCH"}.
+  events {r["outbox"]:,}, staging rows marked recorded {r["marked"]:,}: {"OK" if r["ok"] else "MISMATCH"}.
 - Machine load average (1 min) before / after (b): {r["load_before"]:.1f} / {r["load_after"]:.1f}
   (2 cores shared with everything else running: above ~1 the figures are pessimistic).
 - CPU per row in (b): Python {r["python_us"]:.1f} us, Postgres {r["postgres_us"]:.1f} us

@@ -39,8 +39,14 @@ TABLES = (
     "payments", "payment_references", "webhook_events", "outbox", "payment_staging",
     "staging_process_log", "audit_log", "pending_status_updates", "reconciliation_items",
     "reconciliation_runs", "payment_reviews", "status_poll_state", "delivery_replays",
-    "exception_comments", "revoked_tokens", "webhook_outcomes",
+    "exception_comments", "revoked_tokens", "webhook_outcomes", "event_log", "event_cursors",
 )  # fmt: skip
+
+# After the truncation every lane of the event log starts from now (sql/170).
+RESET_CURSORS = """
+INSERT INTO payment_service.event_cursors (lane, done, relay)
+SELECT lane, pg_current_snapshot(), 'test' FROM generate_series(0, 7) AS lane
+"""
 
 
 _started: list[TestStack] = []  # the session's servers, named in the terminal summary
@@ -130,6 +136,7 @@ async def db(stack: TestStack, pool: asyncpg.Pool) -> asyncpg.Pool:
     if not (stack.servers.get("postgres") and not stack.postgres.running):
         tables = ", ".join(f"payment_service.{t}" for t in TABLES)
         await pool.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+        await pool.execute(RESET_CURSORS)
     if stack.servers.get("redis") is None or stack.redis.running:
         r = aioredis.from_url(stack.redis_url)
         try:

@@ -103,7 +103,7 @@ def _fill_sql(payments: int) -> list[str]:
         """
         INSERT INTO payment_service.payment_references
             (reference_number, payment_id, payment_date, payload_hash, created_at)
-        SELECT reference_number, id, payment_date, md5(reference_number), created_at
+        SELECT reference_number, id, payment_date, decode(md5(reference_number), 'hex'), created_at
         FROM payment_service.payments
         """,
         """
@@ -229,7 +229,10 @@ def queries(s: Sample) -> list[Query]:
 
     out.append(Query("payment by id", timeline._BY_ID, (s.payment_id,)))
     out.append(Query("payment by reference", timeline._BY_REFERENCE, (s.reference,)))
-    for name in ("_DELIVERIES", "_AUDIT", "_RECONCILIATION", "_REVIEWS"):
+    for name in ("_DELIVERIES", "_AUDIT"):
+        out.append(Query(f"timeline {name.lower()[1:]}", getattr(timeline, name),
+                         (s.reference, s.payment_id)))  # fmt: skip
+    for name in ("_RECONCILIATION", "_REVIEWS"):
         out.append(Query(f"timeline {name.lower()[1:]}", getattr(timeline, name), (s.reference,)))
     # The outbox lookup's own query (the function plans it with seq/bitmap scans off).
     out.append(Query(
@@ -286,7 +289,8 @@ def queries(s: Sample) -> list[Query]:
             Query(f"exception {kind}", exceptions._select_one(kind, lock=False), (s.item_id,))
         )
     out.append(Query("exception comments", exceptions._COMMENTS, (wf.ITEM, s.item_id)))
-    out.append(Query("exception trail", exceptions._TRAIL, (s.reference, wf.ITEM, s.item_id)))
+    out.append(Query("exception trail", exceptions._TRAIL,
+                     (s.reference, wf.ITEM, s.item_id, s.payment_id)))  # fmt: skip
     return out
 
 

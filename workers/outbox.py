@@ -1,65 +1,61 @@
-"""The outbox relay: publishes committed outbox rows to Kafka, at least once, in order
-per key, and deletes each row only after the broker acknowledged it (acks=all).
+"""The relay: publishes the event log to Kafka, at least once, in order per key, moving a
+lane's cursor only after the broker acknowledged (acks=all).
 
-One round, in one transaction, three round trips when all goes well (BEGIN, the claim,
-COMMIT):
+The log (sql/170, gateway.db.event_log) is append-only: rows carry the id of the
+transaction that wrote them. Each lane's cursor is a snapshot `done`; a round reads, in
+one statement, what is visible in a new snapshot and was not in `done` (its rows at or
+past done's xmax, and the rows of transactions done saw in progress), in seq order, which
+for one key is commit order (the sequence is drawn under the key's lock). So a
+transaction still open when `done` was taken is picked up by the round after it commits,
+and nothing the relay does holds a transaction open: there is no claim to roll back, no
+row to lock, and no deleted row for a later round to walk past. The cost of a round is
+what it reads, whatever old rows exist and however old the oldest open transaction is.
 
-1. Claim and delete up to `KAFKA_BATCH_SIZE` due rows in id order, in one statement
-   (`DELETE ... USING` the rows picked `FOR UPDATE SKIP LOCKED`, `RETURNING` them).
-   A row is claimable only when no older undead row of the same key exists (whether
-   that one is rescheduled after a failure, locked by another relay, or simply older):
-   so a claim holds at most one row per key, the oldest, and the events of a key are
-   published strictly one after the other, each only after its predecessor was acked.
-   This is what makes several relays safe together: the row locks keep two relays
-   from publishing the same row, and the per-key rule keeps them from reordering a key.
-   The cost is one round per event of a key with a backlog; payments have a handful.
-   Each row comes with its payload: stored, or for a lean `payment.recorded` row
-   (sql/060) built by Postgres from the payment, looked up by id and payment_date so
-   the lookup touches one partition (gateway.db.events_sql).
-2. Send every claimed row (bounded by a deadline: `send()` can wait on a full buffer),
-   then wait for the acknowledgements, again under a deadline.
-3. Put the failed rows back (same id, so the same place in their key's order) with the
-   attempt counted and exponential backoff with full jitter, or dead-lettered at
-   `OUTBOX_MAX_ATTEMPTS`; commit, which makes the acknowledged rows' deletion final. This
-   write is shielded from cancellation, so a stop never loses a round's bookkeeping. A
-   crash or a cut connection before the commit is a rollback: every claimed row is back
-   as it was, and is published again (at least once, never lost).
+One round (one round trip, two when its bookkeeping has something to write):
 
-A round that made progress keeps its connection for the next round (a pool release
-costs a reset query); an idle relay hands it back.
+1. Read the next page of each owned lane (up to `KAFKA_BATCH_SIZE` events a lane; an
+   interval larger than that pins its target snapshot and is read page by page), and the
+   retries that are due (of each key only its oldest undead outbox row). A log event
+   whose key has an undead outbox row is *held*: it joins the outbox behind it.
+2. Publish in waves: the first event of every key, then, once those are acknowledged, the
+   second of each key whose first went through, and so on (a key rarely has two events in
+   one round). So an event is sent only after its key's previous event was acknowledged.
+3. Settle in one statement: acknowledged retries deleted; failed ones rescheduled with
+   exponential backoff and full jitter, dead-lettered at `OUTBOX_MAX_ATTEMPTS`; failed
+   and held log events moved to the outbox in their order; the lanes' cursors appended
+   (at most every CURSOR_WRITE_SECONDS, and always with events moved to the outbox).
+   This write is shielded from cancellation, so a stop never loses a round's bookkeeping,
+   and committed without waiting for the WAL flush: a cursor lost in a crash means events
+   published again, never lost.
 
-Waking: the group-commit writer rings the relay's Wakeup after each commit (in
-`paygate run`); a relay in its own process polls every `OUTBOX_POLL_INTERVAL_MS`.
-After a round that made progress the relay goes again at once. Two rounds run at once
-per relay (each on its own connection, sharing one producer) so that what commits
-while one round waits for the broker is claimed by the other straight away.
+Several relays: the lanes (a hash of the key) are shared through advisory locks
+(workers.lanes); a key's events are published by one relay at a time, in order.
 
-Broker outage versus poison rows: when nothing in a round was acknowledged and every
+Dead letters: a failing event and every later event of its key wait in the outbox while
+it is retried; once it is dead-lettered, its key's later events flow again, so a
+consumer may see them before a replayed dead letter (the alternative, stalling the
+payment until an operator acts, was judged worse; consumers already dedupe on
+`event_id`, and status events carry old/new status and the provider's timestamp).
+
+Broker outage versus poison events: when nothing in a round was acknowledged and every
 failure looks transient (connection, timeout, retriable broker errors), the broker is
-down, not the rows bad. Then no row is charged an attempt (a long outage must not
-dead-letter the whole backlog); the round rolls back and the relay itself backs off
-(capped at a few seconds so draining starts soon after the broker returns), with a
-fresh producer once it does; a fresh producer first makes sure the events topic
-exists (`ensure_topic`), since a broker that lost it must not receive writes for a
-topic it does not know. No new round starts on the old producer meanwhile, and acks
-that still arrive through it after the outage are not trusted (they may come from a
-restarted broker that dropped them with its topic): those rows are sent again, a
-possible duplicate instead of a possible gap. A producer that cannot start is retried
-the same way. Failures
-that are specific to a row (a non-retriable error such as a message above the size
-limit, or any failure in a round where other rows went through) count towards the
-dead-letter limit. Consequence: a row whose only failure mode is a transient-looking
-error while it is alone in its round is retried until it goes through, not
-dead-lettered.
+down, not the events bad. Then nothing is written (no attempt charged, no cursor moved:
+a long outage must not dead-letter the backlog) and the relay itself backs off (capped at
+a few seconds so draining starts soon after the broker returns), with a fresh producer
+once it does; a fresh producer first makes sure the events topic exists (`ensure_topic`),
+since a broker that lost it must not receive writes for a topic it does not know. Acks
+that arrive through a producer that has since seen an outage are not trusted (they may
+come from a restarted broker that dropped them with its topic): those events are sent
+again, a possible duplicate instead of a possible gap. Failures specific to an event (a
+non-retriable error such as a message above the size limit, or any failure in a round
+where other events went through) count towards the dead-letter limit. A send whose
+acknowledgement timed out is ambiguous (the broker may have written it): the event is
+retried, so consumers may see a duplicate, never a gap.
 
-Dead letters no longer block their key: later events of that payment keep flowing, so
-a consumer can see them before a replayed dead letter. The alternative, stalling every
-later event of the payment until an operator acts, was judged worse; consumers already
-have to cope with redeliveries (dedupe on `event_id`) and status events carry
-old/new status and the provider's timestamp.
-
-A send whose acknowledgement timed out is ambiguous (the broker may have written it):
-the row stays and is retried, so consumers may see a duplicate, never a gap.
+Waking: the group-commit writer rings the relay's Wakeup after each commit (in `paygate
+run`); a relay in its own process polls every `OUTBOX_POLL_INTERVAL_MS`. After a round
+that made progress the relay goes again, at once if a lane had more than a page waiting,
+else after ROUND_SPACING_SECONDS (a round costs about the same for 5 events as for 50).
 """
 
 from __future__ import annotations
@@ -68,8 +64,9 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -78,11 +75,13 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 from gateway.clients.kafka import create_producer, ensure_topic
 from gateway.config import Settings
-from gateway.db.events_sql import outbox_payload_sql
+from gateway.db.event_log import ROUND_SQL, SESSION_SQL, SETTLE_SQL
 from gateway.notify import Wakeup
 from gateway.observability import metrics
 from workers.backoff import backoff_delay
 from workers.base import Worker
+from workers.event_log_upkeep import UPKEEP_SECONDS, upkeep
+from workers.lanes import Lanes, LaneState, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -91,92 +90,16 @@ LagObserver = Callable[[float], None]
 
 OUTAGE_BACKOFF_CAP_SECONDS = 5.0
 ERROR_TEXT_MAX = 300
-
-# The oldest due rows first, and of each key only its oldest undead row (per-key order).
-#
-# Written so that no plan depends on the outbox's statistics. The outbox is nearly empty
-# whenever (auto)vacuum or analyze look at it, so they describe an empty table; with a
-# backlog, a claim that joined the outbox to itself (the candidates back to their rows,
-# and an anti-join for "an older row of the same key exists") was planned as nested
-# loops whose inner side scanned a whole index once per candidate with a join filter:
-# 1.1 s for one claim at 1,000 queued rows, quadratic in the rows queued, so a relay
-# that fell behind spent ever more of the CPU it needed to catch up. Here every access
-# is one index scan with its own condition:
-#
-# 1. `window`: the first `$2` undead rows in id order (idx_outbox_pending, and only it:
-#    the round's transaction turns sequential and bitmap scans off), due or not. A row's
-#    older rows of the same key all have smaller ids, so they are in the window too:
-#    "no older undead row of its key" is "first of its key in the window", a window
-#    function over at most `$2` rows instead of a probe per candidate.
-# 2. `locked`: of those, the due rows first of their key, locked with SKIP LOCKED (rows
-#    another relay holds are skipped, and the rows behind them in their key stay behind:
-#    the held row is in this window too), up to `$1`.
-# 3. Claim and delete in one statement: the rows are deleted inside the round's
-#    transaction, which stays open while the broker is asked, so they are gone only if it
-#    commits (after every acknowledgement); a rollback puts them back untouched, and a
-#    crash or a cut connection is a rollback. One statement and one round trip fewer than
-#    a separate claim, and each row written once (deleted) instead of twice (locked, then
-#    deleted).
-#
-# A window whose due rows are all held back behind rows in backoff claims nothing; the
-# rows in backoff come due (OUTBOX_BACKOFF_MAX_SECONDS at most) or are dead-lettered, and
-# the rounds move on: a delay for the rows behind them, never a loss or a reordering.
-_CLAIM = f"""
-WITH win AS MATERIALIZED (
-    SELECT id, next_attempt_at <= now() AS due,
-           row_number() OVER (PARTITION BY key ORDER BY id) AS nth
-    FROM (
-        SELECT id, key, next_attempt_at FROM payment_service.outbox
-        WHERE dead_lettered_at IS NULL
-        ORDER BY id
-        LIMIT $2
-    ) prefix
-), locked AS MATERIALIZED (
-    SELECT o.id FROM payment_service.outbox o
-    WHERE o.id = ANY (ARRAY(SELECT id FROM win WHERE due AND nth = 1))
-      -- re-checked on the locked row. Not dead_lettered_at: a row is dead-lettered only by
-      -- the relay that claimed (deleted) it, and naming the column would let the planner
-      -- read a whole partial index instead of probing the primary key with the ids.
-      AND o.next_attempt_at <= now()
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
-DELETE FROM payment_service.outbox o
-WHERE o.id = ANY (ARRAY(SELECT id FROM locked))
-RETURNING o.id, o.event_id, o.event_type, o.topic, o.key, {outbox_payload_sql()} AS payload,
-          o.payload AS stored, o.payment_id, o.payment_date, o.status, o.attempts,
-          o.created_at
-"""
-
-# Window rows per claimed row: room for other relays' locked rows, for rows in backoff and
-# for rows held back behind an older event of their key.
-CLAIM_WINDOW = 4
-
-# A failed row goes back, in the same transaction, as it was (its id, so its place in its
-# key's order; its lean columns or stored payload) with the attempt counted.
-_RESCHEDULE = """
-INSERT INTO payment_service.outbox
-    (id, event_id, event_type, topic, key, payload, payment_id, payment_date, status,
-     created_at, attempts, next_attempt_at, last_error, dead_lettered_at)
-SELECT u.id, u.event_id, u.event_type, u.topic, u.key, u.payload, u.payment_id,
-       u.payment_date, u.status, u.created_at, u.attempts,
-       now() + make_interval(secs => u.delay), u.error, CASE WHEN u.dead THEN now() END
-FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::bytea[],
-            $7::uuid[], $8::timestamp[], $9::text[], $10::timestamptz[], $11::int[],
-            $12::float8[], $13::text[], $14::bool[])
-    AS u(id, event_id, event_type, topic, key, payload, payment_id, payment_date, status,
-         created_at, attempts, delay, error, dead)
-"""
-_RESCHEDULED_COLUMNS = (
-    "id", "event_id", "event_type", "topic", "key", "stored", "payment_id", "payment_date",
-    "status", "created_at",
-)  # fmt: skip
+RETRY_WINDOW = 4  # outbox rows looked at per round, per event of the batch size
+LANE_CHECK_SECONDS = 2.0  # how often a relay counts its peers and re-balances lanes
+CURSOR_WRITE_SECONDS = 1.0  # a lane's cursor is written at most this often (see _settle)
+ROUND_SPACING_SECONDS = 0.01
 
 
 class PaymentMissing(Exception):
-    """A lean `payment.recorded` row whose payment row is gone (a partition dropped
-    before the event was published): nothing to build the payload from. Retried, then
-    dead-lettered like any row-specific failure."""
+    """A `payment.recorded` event whose payment row is gone (a partition dropped before
+    the event was published): nothing to build the payload from. Retried, then
+    dead-lettered like any event-specific failure."""
 
     def __str__(self) -> str:
         return "the payment of this event is no longer in payments"
@@ -192,26 +115,99 @@ def describe_error(exc: BaseException) -> str:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Errors that say "the broker is unreachable or slow", not "this row is bad"."""
+    """Errors that say "the broker is unreachable or slow", not "this event is bad"."""
     if isinstance(exc, TimeoutError | KafkaTimeoutError):
         return True
     return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
 
 
+@dataclass(slots=True)
+class Event:
+    """One event of a round: from the log, or a retry from the outbox."""
+
+    n: int  # its place in the round
+    lane: int
+    key: str
+    event_id: Any
+    event_type: str
+    topic: str
+    payload: bytes | None
+    created_at: datetime
+    payment_id: Any = None
+    payment_date: Any = None
+    status: str | None = None
+    seq: int = 0
+    idx: int = 0
+    outbox_id: int | None = None  # a retry
+    attempts: int = 0
+    held: bool = False  # a log event queued behind an undead outbox row of its key
+
+
+@dataclass
+class RoundPlan:
+    """What one read returned: each lane's new position, and the events in order."""
+
+    lanes: dict[int, tuple[Snapshot, bool, int | None]] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    now: Snapshot | None = None  # the read's own snapshot
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[asyncpg.Record]) -> RoundPlan:
+        plan = cls()
+        retries: list[Event] = []
+        logged: list[Event] = []
+        for r in rows:
+            if r["kind"] == "lane":
+                plan.lanes[r["lane"]] = (r["target"], r["complete"], r["last_seq"])
+                plan.now = r["now"]
+                continue
+            event = Event(
+                0, r["lane"], r["key"], r["event_id"], r["event_type"], r["topic"],
+                r["payload"], r["created_at"], r["payment_id"], r["payment_date"],
+                r["status"], r["seq"] or 0, r["idx"] or 0, r["outbox_id"], r["attempts"],
+                r["held"],
+            )  # fmt: skip
+            (retries if event.outbox_id is not None else logged).append(event)
+        logged.sort(key=lambda e: (e.seq, e.idx))
+        plan.events = retries + logged  # a key's retry is older than its log events
+        for n, event in enumerate(plan.events):
+            event.n = n
+        return plan
+
+    def waves(self) -> list[list[Event]]:
+        """The events to publish, the k-th event of each key in wave k."""
+        waves: list[list[Event]] = []
+        seen: dict[str, int] = {}
+        for event in self.events:
+            if event.held:
+                continue
+            k = seen.get(event.key, 0)
+            seen[event.key] = k + 1
+            if k == len(waves):
+                waves.append([])
+            waves[k].append(event)
+        return waves
+
+
 @dataclass
 class RoundResult:
-    """What the broker said about one claimed batch."""
+    """What the broker said about one round's events (by their place in the round)."""
 
-    acked: dict[int, float] = field(default_factory=dict)  # row id -> wall-clock ack time
+    acked: dict[int, float] = field(default_factory=dict)  # event -> wall-clock ack time
     failed: dict[int, BaseException] = field(default_factory=dict)
     stuck: bool = False  # some sends never resolved before the deadline
+
+    def merge(self, other: RoundResult) -> None:
+        self.acked.update(other.acked)
+        self.failed.update(other.failed)
+        self.stuck = self.stuck or other.stuck
 
     def distrust_acks(self) -> None:
         """Acks through a producer that has since seen the broker unreachable may come from a
         restarted broker that lost the topic (the embedded one keeps its log in memory):
-        retry those rows. A duplicate on the topic is allowed, a gap is not."""
-        for row_id in self.acked:
-            self.failed[row_id] = KafkaConnectionError(
+        retry those events. A duplicate on the topic is allowed, a gap is not."""
+        for n in self.acked:
+            self.failed[n] = KafkaConnectionError(
                 "acknowledged through a producer that saw an outage"
             )
         self.acked.clear()
@@ -235,7 +231,7 @@ class OutboxRelay(Worker):
         wakeup: Wakeup | None = None,
         *,
         producer_factory: ProducerFactory = create_producer,
-        concurrency: int = 2,
+        lane_check_seconds: float = LANE_CHECK_SECONDS,
     ) -> None:
         super().__init__(settings.outbox_poll_interval_ms / 1000, wakeup)
         self.pool = pool
@@ -248,19 +244,15 @@ class OutboxRelay(Worker):
         # by then aiokafka has expired the batch, so waiting longer buys nothing.
         self.publish_timeout = settings.kafka_request_timeout_ms / 1000 + 1.0
         self.lag_observers: list[LagObserver] = []
+        self.lanes = Lanes(lane_check_seconds)
         self._producer_factory = producer_factory
         self._producer: AIOKafkaProducer | None = None
+        self._conn: asyncpg.Connection | None = None
         self._outages = 0
         self._retry_at = 0.0
-        # Rounds in flight at once, each on its own connection: while one waits for the
-        # broker, another claims what was committed meanwhile. They are as safe together
-        # as separate relays (row locks, the per-key rule) and share one producer.
-        self.concurrency = max(1, concurrency)
-        self._in_flight = 0
         self._recycle = False
-        self._producer_lock = asyncio.Lock()
-        self._held: list[asyncpg.Connection] = []  # connections kept between busy rounds
         self._next_round_at = 0.0
+        self._upkeep_at = 0.0
         # Producers are numbered; acks through one numbered at or below the last that saw
         # an outage are not trusted (RoundResult.distrust_acks).
         self._generation = 0
@@ -271,41 +263,29 @@ class OutboxRelay(Worker):
         """True from a failed round or producer start until the next good round."""
         return self._outages > 0
 
-    async def _loop(self) -> None:
-        if self.concurrency == 1:
-            await super()._loop()
-            return
-        await asyncio.gather(*[Worker._loop(self) for _ in range(self.concurrency)])
-
     # -- producer lifecycle -------------------------------------------------------------
 
     async def _ready_producer(self) -> AIOKafkaProducer | None:
-        """The started producer, started lazily, counted as in use by one more round;
-        None while the broker is unreachable. A start that fails is retried on a later
-        round, never crashes the worker."""
-        async with self._producer_lock:
-            if self._recycle:
-                if self._in_flight:
-                    # Marked stale (an outage, stuck sends): no new round on it; the fresh
-                    # producer waits until the rounds still on this one have settled.
-                    return None
-                self._recycle = False
-                await self._drop_producer()
-            if self._producer is None:
-                if time.monotonic() < self._retry_at:
-                    return None
-                producer = self._producer_factory(self.settings)
-                try:
-                    await asyncio.wait_for(producer.start(), self.publish_timeout)
-                except Exception as exc:
-                    await _close_quietly(producer)
-                    self._note_outage(exc)
-                    return None
-                await self._ensure_topic()
-                self._producer = producer
-                self._generation += 1
-            self._in_flight += 1
-            return self._producer
+        """The started producer, started lazily; None while the broker is unreachable. A
+        start that fails is retried on a later round, never crashes the worker."""
+        if self._recycle:
+            # Marked stale (an outage, stuck sends): start afresh.
+            self._recycle = False
+            await self._drop_producer()
+        if self._producer is None:
+            if time.monotonic() < self._retry_at:
+                return None
+            producer = self._producer_factory(self.settings)
+            try:
+                await asyncio.wait_for(producer.start(), self.publish_timeout)
+            except Exception as exc:
+                await _close_quietly(producer)
+                self._note_outage(exc)
+                return None
+            await self._ensure_topic()
+            self._producer = producer
+            self._generation += 1
+        return self._producer
 
     async def _ensure_topic(self) -> None:
         """Before the first publish of a fresh producer, make sure the events topic exists:
@@ -337,11 +317,51 @@ class OutboxRelay(Worker):
         self._outages = 0
         self._retry_at = 0.0
 
-    async def on_stop(self) -> None:
-        held, self._held = self._held, []
-        for conn in held:
+    # -- the relay's connection: its lanes' locks and every statement --------------------
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None:
+            conn = await self.pool.acquire()
+            try:
+                await conn.execute(SESSION_SQL)
+            except BaseException:
+                await self.pool.release(conn)
+                raise
+            self._conn = conn
+        return self._conn
+
+    async def _lose_connection(self) -> None:
+        """A broken connection (server restart, cut backend) has lost its locks, and asyncpg
+        may not be able to reset it: drop it; lanes are taken again on the next one."""
+        conn, self._conn = self._conn, None
+        self.lanes.forget()
+        if conn is not None:
+            conn.terminate()
             await self.pool.release(conn)
+
+    async def on_stop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await self._write_cursors(conn, self.lanes.held.values(), force=True)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                log.debug("cursors not written at stop: %s", describe_error(exc))
+            self.lanes.forget()
+            await self.pool.release(conn)  # its reset unlocks the lanes
         await self._drop_producer()
+
+    async def _write_cursors(
+        self, conn: asyncpg.Connection, states: Iterable[LaneState], *, force: bool = False
+    ) -> None:
+        states = [s for s in states if s.dirty or force]
+        if states:
+            await conn.execute(SETTLE_SQL, *_no_outbox_change(), *_cursor_columns(states),
+                               self._relay_name)  # fmt: skip
+            _written(states)
+
+    @property
+    def _relay_name(self) -> str:
+        return f"{self.settings.kafka_client_id}:{id(self):x}"
 
     # -- one round ----------------------------------------------------------------------
 
@@ -352,137 +372,152 @@ class OutboxRelay(Worker):
         producer = await self._ready_producer()
         if producer is None:
             return False
-        generation = self._generation  # no await since _ready_producer: it is this one's
+        conn = await self._connection()
         try:
-            return await self._round(producer, generation)
-        finally:
-            self._in_flight -= 1
+            return await self._round(conn, producer, self._generation)
+        except (asyncpg.InternalClientError, asyncpg.InterfaceError, OSError):
+            await self._lose_connection()
+            raise
 
     async def _space_rounds(self) -> None:
-        """Without a backlog, rounds of one relay start at least ROUND_SPACING_SECONDS /
-        concurrency apart: a round costs Postgres about the same for 5 rows as for 50
-        (BEGIN, the claim, COMMIT and its WAL flush), so at a few thousand events a second
-        rounds woken by every commit were mostly overhead. With a backlog (a full claim)
+        """Without a backlog, rounds start at least ROUND_SPACING_SECONDS apart: a round
+        costs Postgres about the same for 5 events as for 50, so at a few thousand events
+        a second rounds woken by every commit would be mostly overhead. With a backlog
         they go back to back."""
         now = time.monotonic()
         start = max(now, self._next_round_at)
-        self._next_round_at = start + ROUND_SPACING_SECONDS / self.concurrency
+        self._next_round_at = start + ROUND_SPACING_SECONDS
         if start > now:
             await asyncio.sleep(start - now)
 
-    async def _round(self, producer: AIOKafkaProducer, generation: int) -> bool:
-        # A round that made progress keeps its connection for the next one: handing it
-        # back to the pool costs a reset query each time. Idle, it goes back.
-        conn = self._held.pop() if self._held else await self.pool.acquire()
-        keep = False
-        try:
-            tx = _RoundTransaction(conn)
-            await tx.start()
-            committed = False
-            try:
-                rows = await conn.fetch(_CLAIM, self.batch_size, CLAIM_WINDOW * self.batch_size)
-                if not rows:
-                    await tx.commit()
-                    committed = True
-                    self._note_healthy()  # the producer started: the broker answers
-                    return False
-                result = await self._publish(producer, rows)
-                if result.acked and generation <= self._outage_generation:
-                    result.distrust_acks()
-                if result.outage:
-                    await tx.rollback()  # the claimed rows are back, untouched
-                    committed = True
-                else:
-                    await _uncancellable(self._settle(conn, tx, rows, result))
-                    committed = True
-                    keep = True
-                if len(rows) >= self.batch_size:  # a backlog (also during an outage)
-                    self._next_round_at = 0.0  # no spacing
-            except (asyncpg.InternalClientError, asyncpg.InterfaceError):
-                # A connection broken mid-protocol (server restart, cut backend) can be left
-                # in a state asyncpg cannot reset: drop it instead of returning it to the pool.
-                committed = True
-                conn.terminate()
-                raise
-            finally:
-                if not committed:
-                    await _rollback_quietly(tx)
-        finally:
-            if keep and not self._stopping:
-                self._held.append(conn)
-            else:
-                await self.pool.release(conn)
-        self._account(rows, result)
+    async def _round(
+        self, conn: asyncpg.Connection, producer: AIOKafkaProducer, generation: int
+    ) -> bool:
+        await self.lanes.rebalance(conn, self._write_cursors)
+        if 0 in self.lanes.held and time.monotonic() >= self._upkeep_at:
+            self._upkeep_at = time.monotonic() + UPKEEP_SECONDS
+            await upkeep(conn)
+        states = [self.lanes.held[lane] for lane in sorted(self.lanes.held)]
+        if not states:
+            return False
+        rows = await conn.fetch(
+            ROUND_SQL, [s.lane for s in states], [s.done for s in states],
+            [s.next_target() for s in states], [s.after_seq for s in states], self.batch_size,
+            self.batch_size, RETRY_WINDOW * self.batch_size,
+        )  # fmt: skip
+        plan = RoundPlan.from_rows(rows)
+        if not plan.events:
+            self._advance(plan)
+            await self._write_cursors(conn, states)  # idle: where every lane stands
+            self._note_healthy()
+            return not all(complete for _, complete, _ in plan.lanes.values())
+        result, unsent = await self._publish_waves(producer, plan)
+        if result.acked and generation <= self._outage_generation:
+            result.distrust_acks()
+        self._account(plan, result)
         if result.stuck:
             # Batches still queued in the producer would be delivered late, after their
-            # retry: start afresh (once no other round uses it) rather than let them linger.
+            # retry: start afresh rather than let them linger.
             self._recycle = True
         if result.outage:
-            # A fresh producer after the outage: nothing of this one's lingers to be
-            # retried into a broker that came back without its topic.
+            # Nothing moves. A fresh producer after the outage: nothing of this one's
+            # lingers to be retried into a broker that came back without its topic.
+            self._remember(plan)
             self._recycle = True
             self._outage_generation = max(self._outage_generation, generation)
             self._note_outage(next(iter(result.failed.values())))
             return False
+        self._advance(plan)
+        await _uncancellable(self._settle(conn, plan, result, unsent))
         self._note_healthy()
-        # Go again at once after progress: a full batch may have more behind it, and an
-        # acked event may have unblocked the next event of its key.
-        return bool(result.acked) or len(rows) >= self.batch_size
+        if not all(complete for _, complete, _ in plan.lanes.values()):
+            self._next_round_at = 0.0  # a backlog: the next page at once, no spacing
+        return True
 
-    async def _publish(
-        self, producer: AIOKafkaProducer, rows: Sequence[asyncpg.Record]
-    ) -> RoundResult:
+    def _remember(self, plan: RoundPlan) -> None:
+        for lane in plan.lanes:
+            state = self.lanes.held.get(lane)
+            if state is not None and plan.now is not None:
+                state.remember(plan.now)
+
+    def _advance(self, plan: RoundPlan) -> None:
+        for lane, (target, complete, last_seq) in plan.lanes.items():
+            state = self.lanes.held.get(lane)
+            if state is not None:
+                state.advance(target, complete, last_seq)
+
+    async def _publish_waves(
+        self, producer: AIOKafkaProducer, plan: RoundPlan
+    ) -> tuple[RoundResult, list[Event]]:
+        """Publish wave after wave; an event whose key's earlier event failed (or was not
+        sent) is not sent, and comes back in `unsent` to be queued behind it."""
+        result = RoundResult()
+        blocked: set[str] = set()
+        unsent: list[Event] = []
+        stopped = False
+        for wave in plan.waves():
+            todo = [e for e in wave if e.key not in blocked and not stopped]
+            unsent += [e for e in wave if e.key in blocked or stopped]
+            if not todo:
+                continue
+            outcome = await self._publish(producer, todo)
+            result.merge(outcome)
+            blocked.update(e.key for e in todo if e.n in outcome.failed)
+            stopped = outcome.outage or outcome.stuck
+        return result, unsent
+
+    async def _publish(self, producer: AIOKafkaProducer, events: Sequence[Event]) -> RoundResult:
         result = RoundResult()
         loop = asyncio.get_running_loop()
         futures: dict[asyncio.Future[Any], int] = {}
         ack_times: dict[int, float] = {}
 
-        def stamp(row_id: int) -> Callable[[asyncio.Future[Any]], None]:
+        def stamp(n: int) -> Callable[[asyncio.Future[Any]], None]:
             def done(fut: asyncio.Future[Any]) -> None:
-                ack_times.setdefault(row_id, time.time())
+                ack_times.setdefault(n, time.time())
 
             return done
 
         deadline = loop.time() + self.publish_timeout
         try:
             async with asyncio.timeout_at(deadline):
-                for row in rows:
-                    if row["payload"] is None:
-                        result.failed[row["id"]] = PaymentMissing()
+                for event in events:
+                    if event.payload is None:
+                        result.failed[event.n] = PaymentMissing()
                         continue
                     try:
                         fut = await producer.send(
-                            row["topic"],
-                            bytes(row["payload"]),
-                            key=row["key"].encode(),
+                            event.topic,
+                            bytes(event.payload),
+                            key=event.key.encode(),
                             headers=[
-                                ("event_id", str(row["event_id"]).encode()),
-                                ("event_type", row["event_type"].encode()),
+                                ("event_id", str(event.event_id).encode()),
+                                ("event_type", event.event_type.encode()),
                             ],
                         )
                     except Exception as exc:
-                        result.failed[row["id"]] = exc
+                        result.failed[event.n] = exc
                         continue
-                    fut.add_done_callback(stamp(row["id"]))
-                    futures[fut] = row["id"]
+                    fut.add_done_callback(stamp(event.n))
+                    futures[fut] = event.n
         except TimeoutError:
             pass
         sent = set(futures.values())
-        for row in rows:
-            if row["id"] not in result.failed and row["id"] not in sent:
-                result.failed[row["id"]] = KafkaTimeoutError("send timed out")
+        for event in events:
+            if event.n not in result.failed and event.n not in sent:
+                result.failed[event.n] = KafkaTimeoutError("send timed out")
         if not futures:
             return result
         remaining = max(deadline - loop.time(), 0.0) + self.publish_timeout
         done, pending = await asyncio.wait(futures, timeout=remaining)
         # Decided here, once: a late callback must not change what the round settles.
         for fut in done:
-            row_id = futures[fut]
+            n = futures[fut]
             error = KafkaTimeoutError("send cancelled") if fut.cancelled() else fut.exception()
             if error is None:
-                result.acked[row_id] = ack_times.get(row_id, time.time())
+                result.acked[n] = ack_times.get(n, time.time())
             else:
-                result.failed[row_id] = error
+                result.failed[n] = error
         for fut in pending:
             fut.add_done_callback(_swallow)
             result.failed[futures[fut]] = KafkaTimeoutError("no acknowledgement in time")
@@ -492,83 +527,110 @@ class OutboxRelay(Worker):
     async def _settle(
         self,
         conn: asyncpg.Connection,
-        tx: Any,
-        rows: Sequence[asyncpg.Record],
+        plan: RoundPlan,
         result: RoundResult,
+        unsent: Sequence[Event],
     ) -> None:
-        """The acknowledged rows are already deleted (by the claim); the failed ones go
-        back rescheduled or dead-lettered; then the round commits."""
-        if result.failed:
-            by_id = {r["id"]: r for r in rows}
-            columns: list[list[Any]] = [[] for _ in range(len(_RESCHEDULED_COLUMNS) + 4)]
-            for row_id, exc in result.failed.items():
-                row = by_id[row_id]
-                n = row["attempts"] + 1
-                values = [row[c] for c in _RESCHEDULED_COLUMNS]
-                values += [n, backoff_delay(n, self.backoff_base, self.backoff_cap)]
-                values += [describe_error(exc), n >= self.max_attempts]
-                for column, value in zip(columns, values, strict=True):
-                    column.append(value)
-            await conn.execute(_RESCHEDULE, *columns)
-        await tx.commit()
+        """Acknowledged retries deleted, failed ones rescheduled or dead-lettered; failed,
+        held and unsent log events into the outbox in their order; cursors appended."""
+        acked_ids: list[int] = []
+        failed: list[list[Any]] = [[] for _ in range(5)]
+        moved: list[list[Any]] = [[] for _ in range(13)]
+        unsent_ns = {e.n for e in unsent}
+        moved_ns: set[int] = set()
+        for event in plan.events:
+            error = result.failed.get(event.n)
+            if event.outbox_id is not None:
+                if event.n in result.acked:
+                    acked_ids.append(event.outbox_id)
+                elif error is not None:
+                    n = event.attempts + 1
+                    values = [event.outbox_id, n, self._delay(n), describe_error(error),
+                              n >= self.max_attempts]  # fmt: skip
+                    for column, value in zip(failed, values, strict=True):
+                        column.append(value)
+                continue
+            if error is not None:
+                n, delay, text = 1, self._delay(1), describe_error(error)
+                dead = self.max_attempts <= 1
+            elif event.held or event.n in unsent_ns:
+                n, delay, text, dead = 0, 0.0, None, False
+            else:
+                continue
+            moved_ns.add(event.n)
+            values = [
+                event.event_id, event.event_type, event.topic, event.key, event.payload,
+                event.payment_id, event.payment_date, event.status, event.created_at, n,
+                delay, text, dead,
+            ]  # fmt: skip
+            for column, value in zip(moved, values, strict=True):
+                column.append(value)
+        # A lane whose events went to the outbox writes its cursor in the same statement
+        # (else a crash would put them there twice); the others at most every
+        # CURSOR_WRITE_SECONDS: a cursor lost in a crash costs events published again.
+        moved_lanes = {e.lane for e in plan.events if e.outbox_id is None and e.n in moved_ns}
+        states = [
+            s for s in self.lanes.held.values() if s.dirty and (s.lane in moved_lanes or _due(s))
+        ]
+        if not (acked_ids or failed[0] or moved[0] or states):
+            return  # every event went through; the cursors are written later
+        await conn.execute(SETTLE_SQL, acked_ids, *failed, *moved, *_cursor_columns(states),
+                           self._relay_name)  # fmt: skip
+        _written(states)
 
-    def _account(self, rows: Sequence[asyncpg.Record], result: RoundResult) -> None:
+    def _delay(self, attempt: int) -> float:
+        return backoff_delay(attempt, self.backoff_base, self.backoff_cap)
+
+    def _account(self, plan: RoundPlan, result: RoundResult) -> None:
         if result.outage:
             metrics.kafka_publish.labels("error").inc(len(result.failed))
             return
-        by_id = {r["id"]: r for r in rows}
-        for row_id, acked_at in result.acked.items():
-            lag = max(acked_at - by_id[row_id]["created_at"].timestamp(), 0.0)
+        for n, acked_at in result.acked.items():
+            lag = max(acked_at - plan.events[n].created_at.timestamp(), 0.0)
             metrics.outbox_lag.observe(lag)
             for observe in self.lag_observers:
                 observe(lag)
         if result.acked:
             metrics.kafka_publish.labels("ok").inc(len(result.acked))
         dead = 0
-        for row_id, exc in result.failed.items():
-            row = by_id[row_id]
-            if row["attempts"] + 1 >= self.max_attempts:
+        for n, exc in result.failed.items():
+            event = plan.events[n]
+            if event.attempts + 1 >= self.max_attempts:
                 dead += 1
                 log.error(
-                    "outbox event dead-lettered after %d attempts: id=%d event_id=%s type=%s (%s)",
-                    row["attempts"] + 1, row_id, row["event_id"], row["event_type"],
-                    describe_error(exc),
+                    "event dead-lettered after %d attempts: event_id=%s type=%s (%s)",
+                    event.attempts + 1, event.event_id, event.event_type, describe_error(exc),
                 )  # fmt: skip
             else:
-                log.info("outbox event %d will be retried: %s", row_id, describe_error(exc))
+                log.info("event %s will be retried: %s", event.event_id, describe_error(exc))
         if dead:
             metrics.kafka_publish.labels("dead_letter").inc(dead)
         if len(result.failed) > dead:
             metrics.kafka_publish.labels("retry").inc(len(result.failed) - dead)
 
 
-# The round's transaction opens with the planner settings of its claim, in the same round
-# trip: no sequential, bitmap or sort plans, so whatever the statistics say (see _CLAIM)
-# the window is read from idx_outbox_pending in id order and stops at its LIMIT, and the
-# claimed rows are found by primary key. (A bitmap scan of every pending row plus a sort
-# measured 5-7 ms a claim at 20,000 queued rows, growing with the backlog.)
-_BEGIN = (
-    "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off;"
-    " SET LOCAL enable_sort = off"
-)
-ROUND_SPACING_SECONDS = 0.01
+def _due(state: LaneState) -> bool:
+    return state.dirty and time.monotonic() - state.persisted_at >= CURSOR_WRITE_SECONDS
 
 
-class _RoundTransaction:
-    """BEGIN (with `_BEGIN`'s settings) / COMMIT / ROLLBACK as plain statements."""
+def _cursor_columns(states: Sequence[LaneState]) -> list[list[Any]]:
+    return [
+        [s.lane for s in states],
+        [s.done for s in states],
+        [s.target for s in states],
+        [s.after_seq for s in states],
+    ]
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self.conn = conn
 
-    async def start(self) -> None:
-        await self.conn.execute(_BEGIN)
+def _written(states: Iterable[LaneState]) -> None:
+    now = time.monotonic()
+    for s in states:
+        s.dirty = False
+        s.persisted_at = now
 
-    async def commit(self) -> None:
-        await self.conn.execute("COMMIT")
 
-    async def rollback(self) -> None:
-        if self.conn.is_in_transaction():
-            await self.conn.execute("ROLLBACK")
+def _no_outbox_change() -> list[list[Any]]:
+    return [[] for _ in range(1 + 5 + 13)]
 
 
 def _swallow(fut: asyncio.Future[Any]) -> None:
@@ -585,13 +647,6 @@ async def _uncancellable(coro: Awaitable[None]) -> None:
     except asyncio.CancelledError:
         await asyncio.wait({task})
         raise
-
-
-async def _rollback_quietly(tx: Any) -> None:
-    try:
-        await tx.rollback()
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-        pass
 
 
 async def _close_quietly(producer: AIOKafkaProducer, timeout: float = 5.0) -> None:

@@ -160,6 +160,10 @@ RETRY_CAP_SECONDS = 5.0
 class StagingWorker(Worker):
     name = "staging"
     retry_base_delay = 0.2  # seconds; doubled per retry, jittered
+    # Batches in flight at once, each on its own connection (SKIP LOCKED shares the
+    # backlog): while one batch waits for its commit's WAL flush, the other computes, and
+    # a second core is used. With no backlog the second finds nothing to claim.
+    concurrency = 2
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings, wakeup: Wakeup | None = None):
         # Its own signal to sleep on; `wakeup` is the outbox relay's, rung after a commit
@@ -171,6 +175,9 @@ class StagingWorker(Worker):
         self.batch_size = settings.staging_batch_size
         self._record_sql: str | None = None
         self.last_report: BatchReport | None = None
+
+    async def _loop(self) -> None:
+        await asyncio.gather(*(Worker._loop(self) for _ in range(self.concurrency)))
 
     async def run_once(self) -> bool:
         """Process one batch; True while batches come back full (more is waiting)."""

@@ -228,8 +228,11 @@ FROM (
                s.loan_account_number AS account, s.cif,
                s.amount, s.payment_date, s.payment_channel AS channel,
                s.metadata AS raw_metadata
-        FROM unnest($1::bigint[]) AS u(id)
-        JOIN payment_service.payment_staging s ON s.id = u.id
+        -- By primary key. Joined to unnest($1) instead, the rows were found by hashing the
+        -- batch against a sequential scan of the whole staging table, every batch (70 ms
+        -- a batch at a 200,000-row backlog: most of the shipped batch size's cost).
+        FROM payment_service.payment_staging s
+        WHERE s.id = ANY($1::bigint[])
     ) s
 ) s
 """
@@ -305,9 +308,10 @@ WITH rest AS (
 ), fate AS MATERIALIZED (
     SELECT r.id, r.ref, t.payment_id,
         CASE WHEN t.payment_id IS NULL THEN 'error'
-             WHEN t.payload_hash = r.hash THEN 'duplicate' ELSE 'conflict' END AS result,
+             WHEN t.payload_hash = decode(r.hash, 'hex') THEN 'duplicate' ELSE 'conflict' END
+            AS result,
         CASE WHEN t.payment_id IS NULL THEN 'reference_number: vanished while recording'
-             WHEN t.payload_hash = r.hash THEN NULL
+             WHEN t.payload_hash = decode(r.hash, 'hex') THEN NULL
              WHEN r.fresh THEN 'reference_number: differs from an earlier row of this batch'
              ELSE 'reference_number: differs from the recorded payment' END AS problem
     FROM rest r

@@ -56,7 +56,7 @@ def create_naive_app(key: bytes, dsn: str, pool_size: int = 10) -> web.Applicati
             await conn.execute(
                 "INSERT INTO payment_service.payment_references"
                 " (reference_number, payment_id, payment_date, payload_hash) VALUES ($1, $2, $3, $4)",
-                p.reference_number, pid, p.payment_date, p.payload_hash,
+                p.reference_number, pid, p.payment_date, bytes.fromhex(p.payload_hash),
             )  # fmt: skip
         out = {"status": "created", "payment_id": str(pid)}
         return web.Response(body=orjson.dumps(out), status=201, content_type="application/json")

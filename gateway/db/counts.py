@@ -1,8 +1,9 @@
 """The counts operators watch, each written once: `/health`, the gauges, the stats
 endpoint, the workers and the CLI all ask here.
 
-Each is cheap by construction: the outbox counts are SQL functions planned onto their
-partial indexes (sql/005), the staging backlog reads the partial index on unprocessed
+Each is cheap by construction: the event counts are SQL functions planned onto their
+indexes (sql/005, sql/170: the event log past each lane's cursor, the outbox's partial
+indexes), the staging backlog reads the partial index on unprocessed
 rows, and DEFAULT partitions are normally empty.
 """
 
@@ -41,11 +42,8 @@ def _default_rows_sql(schema: str) -> str:
 _HEALTH = f"SELECT {_default_rows_sql(SCHEMA)}, {_DEAD_LETTERS} AS dead"
 
 _OUTBOX = f"""
-SELECT
-    payment_service.outbox_pending({PENDING_COUNT_MAX}) AS pending,
-    (SELECT extract(epoch FROM now() - created_at) FROM payment_service.outbox
-      WHERE dead_lettered_at IS NULL ORDER BY id LIMIT 1) AS oldest_age,
-    {_STAGING_BACKLOG} AS backlog
+SELECT e.pending, extract(epoch FROM now() - e.oldest) AS oldest_age, {_STAGING_BACKLOG} AS backlog
+FROM payment_service.events_pending({PENDING_COUNT_MAX}) e
 """
 
 _STAGING = f"SELECT {_STAGING_BACKLOG} AS backlog, {_LAST_STAGING_RUN} AS last_run"
@@ -120,8 +118,8 @@ async def dead_letters(db: Executor) -> int:
 
 
 async def outbox_and_backlog(db: Executor, timeout: float) -> tuple[int, float, int]:
-    """Pending events (capped at PENDING_COUNT_MAX), the oldest one's age in seconds, and
-    the staging backlog."""
+    """Events not yet published (the log's and the outbox's, capped at PENDING_COUNT_MAX),
+    the oldest one's age in seconds, and the staging backlog."""
     row = await db.fetchrow(_OUTBOX, timeout=timeout)
     assert row is not None
     return int(row["pending"]), float(row["oldest_age"] or 0.0), int(row["backlog"])

@@ -7,8 +7,9 @@ the status path (gateway.db.status); a delivery refused after its signature was 
 batches, by gateway.ingest.refusals.
 
 Lists are newest first in keyset pages on (received_at, id), on idx_webhook_events_received
-(refused outcomes: the partial idx_webhook_events_refused; a reference:
-idx_webhook_events_reference). A channel filter is applied to the rows the walk reads.
+(refused outcomes: the partial idx_webhook_events_refused; a reference: its payments' ids
+on idx_webhook_events_payment, and the deliveries of no payment on
+idx_webhook_events_unmatched). A channel filter is applied to the rows the walk reads.
 """
 
 from __future__ import annotations
@@ -99,6 +100,20 @@ async def insert_refused(conn: asyncpg.Connection, rows: Sequence[Refused]) -> N
     )
 
 
+def _of_reference(ref: str) -> str:
+    """The deliveries of one reference, read on indexes (sql/171): those of its payments
+    by payment id, and those that matched no payment by reference."""
+    return f"""(
+    SELECT * FROM payment_service.webhook_events
+    WHERE payment_id = ANY (ARRAY(
+        SELECT payment_id FROM payment_service.payment_references WHERE reference_number = {ref}
+        UNION SELECT id FROM payment_service.payments WHERE reference_number = {ref}))
+    UNION ALL
+    SELECT * FROM payment_service.webhook_events
+    WHERE payment_id IS NULL AND reference_number = {ref}
+) webhook_events"""
+
+
 def list_sql(
     f: DeliveryFilter,
     after: tuple[datetime, int] | None,
@@ -118,8 +133,11 @@ def list_sql(
             where.append("outcome IN (" + ", ".join(f"'{o}'" for o in _INDEXED_REFUSED) + ")")
     if f.channel is not None:
         where.append(f"channel = {arg(f.channel)}")
+    source = "payment_service.webhook_events"
     if f.reference_number is not None:
-        where.append(f"reference_number = {arg(f.reference_number)}")
+        ref = arg(f.reference_number)
+        where.append(f"reference_number = {ref}")
+        source = _of_reference(ref)
     if f.since is not None:
         where.append(f"received_at >= {arg(f.since)}")
     if f.until is not None:
@@ -129,7 +147,7 @@ def list_sql(
         where.append(keyset.after("received_at", at, last, ascending=oldest_first))
     order = "received_at, id" if oldest_first else "received_at DESC, id DESC"
     sql = (
-        f"SELECT {columns} FROM payment_service.webhook_events"
+        f"SELECT {columns} FROM {source}"
         f" WHERE {' AND '.join(where) or 'TRUE'} ORDER BY {order} LIMIT {arg(limit)}"
     )
     return sql, params.values
@@ -186,7 +204,8 @@ async def reference_of_payment(pool: asyncpg.Pool, payment_id: str) -> str | Non
 async def known_reference(pool: asyncpg.Pool, reference: str) -> asyncpg.Record | None:
     """What payment_references holds for a reference (a dry run's "would it be new?")."""
     return await pool.fetchrow(
-        "SELECT payment_id, payload_hash FROM payment_service.payment_references"
+        "SELECT payment_id, encode(payload_hash, 'hex') AS payload_hash"
+        " FROM payment_service.payment_references"
         " WHERE reference_number = $1",
         reference,
     )

@@ -1,12 +1,13 @@
 """`payment.recorded` payloads built by Postgres.
 
-The webhook writer and the staging batch insert lean outbox rows (sql/060) inside the
-statement that records the payments; the relay builds each event's payload from the
-payment row when it claims the event (`OUTBOX_PAYLOAD_SQL`). Building it in Postgres
-costs a few microseconds of C instead of the ~10 µs of Python (dict, uuid, orjson, bytea
-encoding) it costs per row in the interpreter, and the bytes are exactly those the row
-used to store: tests/workers/test_outbox_lean.py holds them to a copy taken before.
-The shape is `tests.oracles.payment_recorded`'s, and
+The webhook writer and the staging batch append lean events (sql/060, sql/170: ids,
+payment date, status) inside the statement that records the payments; the relay builds
+each event's payload from the payment row when it reads the event
+(gateway.db.event_log; `outbox_payload_sql` for an event waiting in the outbox).
+Building it in Postgres costs a few microseconds of C instead of the ~10 µs of Python
+(dict, uuid, orjson, bytea encoding) it costs per row in the interpreter, and the bytes
+are exactly those the row used to store: tests/workers/test_outbox_lean.py holds them to
+a copy taken before. The shape is `tests.oracles.payment_recorded`'s, and
 tests/workers/test_staging_sql_parity.py and tests/gateway/db/test_events_sql.py compare
 the two over awkward values.
 """
@@ -112,12 +113,3 @@ def outbox_payload_sql() -> str:
         now_iso=iso_z_sql("(lean.created_at AT TIME ZONE 'UTC')"),
     )
     return f"coalesce(o.payload, (SELECT {built} FROM ({_LEAN_ROW}) lean))"
-
-
-def outbox_events_sql() -> str:
-    """A query over every outbox row with the payload the relay publishes for it (columns
-    id, event_id, event_type, topic, key, payload, attempts, dead_lettered_at,
-    created_at): for reading events, e.g. `SELECT * FROM (<this>) e WHERE key = $1`."""
-    return f"""SELECT o.id, o.event_id, o.event_type, o.topic, o.key,
-       {outbox_payload_sql()} AS payload, o.attempts, o.dead_lettered_at, o.created_at
-FROM payment_service.outbox o"""

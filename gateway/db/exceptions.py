@@ -177,7 +177,8 @@ WHERE kind = $1 AND item_id = $2 ORDER BY id
 """
 _TRAIL = """
 SELECT id, created_at, actor, action, details FROM payment_service.audit_log
-WHERE reference_number = $1 AND action LIKE 'exception\\_%'
+WHERE (payment_id = $4 OR (payment_id IS NULL AND reference_number = $1))
+  AND action LIKE 'exception\\_%'
   AND details->>'kind' = $2 AND (details->>'id')::bigint = $3
 ORDER BY created_at, id
 """
@@ -193,7 +194,7 @@ async def get_exception(pool: asyncpg.Pool, kind: str, item_id: int) -> dict[str
         if row is None:
             return None
         comments = await conn.fetch(_COMMENTS, kind, item_id)
-        trail = await conn.fetch(_TRAIL, row["reference_number"], kind, item_id)
+        trail = await conn.fetch(_TRAIL, row["reference_number"], kind, item_id, row["payment_id"])
     return {"exception": dict(row), "comments": [dict(c) for c in comments],
             "audit": [dict(t) for t in trail]}  # fmt: skip
 

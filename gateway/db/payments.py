@@ -47,7 +47,8 @@ FROM won CROSS JOIN parked
 """
 
 _EXISTING = """
-SELECT r.reference_number, r.payment_id, r.payload_hash, p.status, p.provider_event_at
+SELECT r.reference_number, r.payment_id, encode(r.payload_hash, 'hex') AS payload_hash, p.status,
+       p.provider_event_at
 FROM payment_service.payment_references r
 LEFT JOIN payment_service.payments p ON p.id = r.payment_id AND p.payment_date = r.payment_date
 WHERE r.reference_number = ANY($1::text[])
@@ -133,7 +134,7 @@ async def record_batch(
 
 
 _RECENT = """
-SELECT r.reference_number, r.payment_id, r.payload_hash, p.status
+SELECT r.reference_number, r.payment_id, encode(r.payload_hash, 'hex') AS payload_hash, p.status
 FROM (SELECT * FROM payment_service.payment_references ORDER BY created_at DESC LIMIT $1) r
 JOIN payment_service.payments p ON p.id = r.payment_id AND p.payment_date = r.payment_date
 """

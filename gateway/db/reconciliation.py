@@ -18,7 +18,7 @@ exhausted); a failure is recorded on that connection, or on a fresh one (again w
 timeout) when that one broke.
 
 Operators act on the exceptions through the run's items (API, CSV export). Events are
-deliberately coarse: one `reconciliation.completed` outbox event per run with the
+deliberately coarse: one `reconciliation.completed` event per run with the
 counts, plus an audit_log row for the first EXCEPTIONS_AUDITED new exceptions. One
 event per mismatch would flood the topic when a statement is badly off (the usual case
 for a wrong period or mapping), and the items table already is the work list.
@@ -40,6 +40,7 @@ import orjson
 
 from gateway.db import primary
 from gateway.db.errors import describe_text
+from gateway.db.event_log import append_event_sql
 from gateway.db.reconcile_match import LONG, match, midnight
 from gateway.domain.statements import (
     Record,
@@ -103,6 +104,8 @@ FROM payment_service.reconciliation_items
 WHERE run_id = $1 AND category <> ALL($3::text[]) AND open_item_id IS NULL
 ORDER BY id LIMIT $4
 """
+
+_COMPLETED = append_event_sql(event_id="$1", event_type="$2", topic="$3", key="$4", payload="$5")
 
 _FINISH = """
 UPDATE payment_service.reconciliation_runs
@@ -283,8 +286,7 @@ async def _completed_event(
         "period": summary["period"],
     }
     await conn.execute(
-        "INSERT INTO payment_service.outbox (event_id, event_type, topic, key, payload) "
-        "VALUES ($1, $2, $3, $4, $5)",
+        _COMPLETED,
         event_id, COMPLETED_EVENT, topic, str(run_id), orjson.dumps(payload),
     )  # fmt: skip
 

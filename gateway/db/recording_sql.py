@@ -6,18 +6,17 @@ Given a CTE named `input` with one row per candidate and the columns payment_id,
 account, cif, amount, currency, payment_date, payment_at, channel, metadata and hash, the
 chain claims the
 references with `INSERT ... ON CONFLICT DO NOTHING RETURNING` (in reference order, so
-concurrent batches never deadlock), and only for the references it won (`won`, which
-adds each winner's event_id) inserts the payment, its `payment.recorded` outbox event
-(a lean row: ids, payment_date and the status as recorded; the relay builds the payload
-from the payment, gateway.db.events_sql) and its audit row. `payment_references` is
-the authority: a reference can be claimed once, whatever the caches said and however
-many instances race.
+concurrent batches never deadlock), and only for the references it won (`won`) inserts
+the payment, its `payment.recorded` event (into the event log: one row per lane with the
+winners' ids, payment_dates and statuses as recorded; the relay builds the payload from
+the payment, gateway.db.events_sql) and its audit row. `payment_references` is the
+authority: a reference can be claimed once, whatever the caches said and however many
+instances race.
 """
 
 from __future__ import annotations
 
-from gateway.db.events_sql import recorded_event_id_sql, sql_literal
-from gateway.domain.events import PAYMENT_RECORDED
+from gateway.db.event_log import append_recorded_sql
 
 
 def record_ctes(*, source: str, status: str, event_at: str, topic: str, actor: str) -> str:
@@ -26,12 +25,11 @@ def record_ctes(*, source: str, status: str, event_at: str, topic: str, actor: s
     return f"""claimed AS (
     INSERT INTO payment_service.payment_references
         (reference_number, payment_id, payment_date, payload_hash)
-    SELECT ref, payment_id, payment_date, hash FROM input ORDER BY ref
+    SELECT ref, payment_id, payment_date, decode(hash, 'hex') FROM input ORDER BY ref
     ON CONFLICT DO NOTHING
     RETURNING payment_id
 ), won AS MATERIALIZED (
-    SELECT i.*, {recorded_event_id_sql("i.payment_id")} AS event_id
-    FROM input i JOIN claimed c ON c.payment_id = i.payment_id
+    SELECT i.* FROM input i JOIN claimed c ON c.payment_id = i.payment_id
 ), paid AS (
     INSERT INTO payment_service.payments
         (id, reference_number, loan_account_number, cif, amount, currency, payment_date,
@@ -40,11 +38,7 @@ def record_ctes(*, source: str, status: str, event_at: str, topic: str, actor: s
            w.payment_at, w.channel, {source}, w.metadata, {status}, {event_at}
     FROM won w
 ), evt AS (
-    INSERT INTO payment_service.outbox
-        (event_id, event_type, topic, key, payment_id, payment_date, status, created_at)
-    SELECT w.event_id, {sql_literal(PAYMENT_RECORDED)}, {topic}, w.ref, w.payment_id,
-           w.payment_date, {status}, statement_timestamp()
-    FROM won w
+    {append_recorded_sql(won="won", status=status, topic=topic)}
 ), aud AS (
     INSERT INTO payment_service.audit_log (actor, action, reference_number, payment_id, details)
     SELECT {actor}, 'created', w.ref, w.payment_id,

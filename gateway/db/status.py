@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from gateway.db.event_log import append_event_sql
 from gateway.domain import events
 from gateway.domain.lifecycle import Outcome, decide
 from gateway.observability import metrics
@@ -37,14 +38,15 @@ RETIRED = "retired"
 _PARKING_LOCK = "SELECT payment_service.lock_for_parking($1)"
 
 _LOCK = """
-SELECT p.id, p.payment_date, p.status, p.provider_event_at, r.payload_hash
+SELECT p.id, p.payment_date, p.status, p.provider_event_at,
+       encode(r.payload_hash, 'hex') AS payload_hash
 FROM payment_service.payment_references r
 JOIN payment_service.payments p ON p.id = r.payment_id AND p.payment_date = r.payment_date
 WHERE r.reference_number = $1
 FOR UPDATE OF p
 """
 
-_APPLY = """
+_APPLY = f"""
 WITH upd AS (
     UPDATE payment_service.payments
     SET status = $3, status_updated_at = now(),
@@ -55,8 +57,7 @@ WITH upd AS (
     INSERT INTO payment_service.audit_log (actor, action, reference_number, payment_id, details)
     VALUES ($5, 'status_change', $6, $1, $7::jsonb)
 ), evt AS (
-    INSERT INTO payment_service.outbox (event_id, event_type, topic, key, payload)
-    VALUES ($8, $9, $10, $6, $11)
+    {append_event_sql(event_id="$8", event_type="$9", topic="$10", key="$6", payload="$11")}
 )
 SELECT version FROM upd
 """

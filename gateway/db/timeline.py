@@ -1,16 +1,16 @@
 """One payment and everything that touched it: the ops API's payment page.
 
-Each part is read by reference number on its own index: webhook_events
-(idx_webhook_events_reference), audit_log (idx_audit_reference), the outbox
+Each part is read on its own index: webhook_events and audit_log by payment id (and by
+reference among the rows of no payment: sql/171), the outbox
 (payment_service.outbox_events_of, on idx_outbox_key and idx_outbox_dead),
 reconciliation_items (idx_recon_items_reference) and payment_reviews
 (idx_payment_reviews_reference). A payment by id reads each monthly partition's primary
 key (its leading column is the id).
 
-Events: published rows are deleted from the outbox, so an event that is not there any
-more was published. A payment.recorded event's id is derived from the payment id, so it
-is found exactly; status-change events are matched to their audit rows by old and new
-status, in order.
+Events: an event still in the event log past its lane's cursor, or in the outbox (a
+retry, a dead letter), is pending (or dead-lettered); any other was published. A
+payment.recorded event's id is derived from the payment id, so it is found exactly;
+status-change events are matched to their audit rows by old and new status, in order.
 """
 
 from __future__ import annotations
@@ -35,16 +35,29 @@ WHERE reference_number = $1 ORDER BY created_at DESC LIMIT 1
 _DELIVERIES = f"""
 SELECT id, received_at, channel, delivery_id, payment_id, outcome,
        octet_length(body) AS size, error
-FROM payment_service.webhook_events WHERE reference_number = $1
+FROM payment_service.webhook_events
+WHERE payment_id = $2 OR (payment_id IS NULL AND reference_number = $1)
 ORDER BY received_at, id LIMIT {PART_LIMIT}
 """
 _AUDIT = f"""
 SELECT id, created_at, actor, action, payment_id, details
-FROM payment_service.audit_log WHERE reference_number = $1
+FROM payment_service.audit_log
+WHERE payment_id = $2 OR (payment_id IS NULL AND reference_number = $1)
 ORDER BY created_at, id LIMIT {PART_LIMIT}
 """
-_OUTBOX = "SELECT * FROM payment_service.outbox_events_of($1) ORDER BY id"
 _RECORDED_ID = f"SELECT {recorded_event_id_sql('$1::uuid')}"
+# Waiting in the outbox (retries, dead letters), or still in the event log past the
+# cursor of the payment's lane: its stored events by key, its recorded event by id.
+_OUTBOX = f"""
+SELECT * FROM (SELECT * FROM payment_service.outbox_events_of($1) ORDER BY id) o
+UNION ALL
+SELECT NULL, CASE WHEN e.payment_ids IS NULL THEN e.event_id
+                 ELSE {recorded_event_id_sql("$2::uuid")} END,
+       e.event_type, 0, NULL, NULL, e.created_at, e.payload
+FROM payment_service.event_log_unpublished({PART_LIMIT},
+                                           payment_service.event_lane($1)) e
+WHERE e.key = $1 OR $2 = ANY (e.payment_ids)
+"""
 _RECONCILIATION = f"""
 SELECT i.id, i.run_id, i.category, i.statement_amount, i.internal_amount, i.difference,
        i.statement_status, i.internal_status, i.state, i.assignee, i.resolution,
@@ -78,10 +91,10 @@ async def find_payment(pool: asyncpg.Pool, key: str) -> asyncpg.Record | None:
 async def timeline_parts(pool: asyncpg.Pool, payment: asyncpg.Record) -> dict[str, Any]:
     ref = payment["reference_number"]
     async with pool.acquire() as conn:
-        deliveries = await conn.fetch(_DELIVERIES, ref)
-        audit = await conn.fetch(_AUDIT, ref)
-        outbox = await conn.fetch(_OUTBOX, ref)
+        deliveries = await conn.fetch(_DELIVERIES, ref, payment["id"])
+        audit = await conn.fetch(_AUDIT, ref, payment["id"])
         recorded_id = await conn.fetchval(_RECORDED_ID, payment["id"])
+        outbox = await conn.fetch(_OUTBOX, ref, payment["id"])
         items = await conn.fetch(_RECONCILIATION, ref)
         reviews = await conn.fetch(_REVIEWS, ref)
     return {

@@ -147,12 +147,12 @@ write_queue_depth = Gauge(
 )
 outbox_pending = Gauge(
     "paygate_outbox_pending",
-    "Outbox rows not yet published (dead letters excluded), counted up to 10,000.",
+    "Events not yet published (event log and outbox, dead letters excluded), up to 10,000.",
     multiprocess_mode="livemax",
 )
 outbox_oldest_age = Gauge(
     "paygate_outbox_oldest_age_seconds",
-    "Age of the oldest unpublished outbox row.",
+    "Age of the oldest unpublished event.",
     multiprocess_mode="livemax",
 )
 outbox_lag = Histogram(

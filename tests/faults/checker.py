@@ -20,6 +20,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from tests.events import QUEUED
 from tests.faults.harness import Ledger
 
 
@@ -62,7 +63,7 @@ class Verdict:
 async def check_database(dsn: str, ledger: Ledger, *, outbox_intact: bool = False) -> Verdict:
     """Compare the ledger with the tables (on a fresh connection: the servers may have
     been restarted under the caller's pool). With `outbox_intact` (no relay ran), every
-    payment must also still have exactly one `payment.recorded` outbox row."""
+    payment must also still have exactly one `payment.recorded` event queued."""
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
         payments = await conn.fetch(
@@ -74,7 +75,7 @@ async def check_database(dsn: str, ledger: Ledger, *, outbox_intact: bool = Fals
         )
         outbox = (
             await conn.fetch(
-                "SELECT key, count(*) AS n FROM payment_service.outbox"
+                f"SELECT key, count(*) AS n FROM {QUEUED} e"
                 " WHERE event_type = 'payment.recorded' GROUP BY key"
             )
             if outbox_intact

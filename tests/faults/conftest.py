@@ -15,6 +15,7 @@ import pytest
 
 from gateway.clients.kafka import ensure_topic
 from tests.conftest import TEST_SECRET, make_settings
+from tests.events import NOTHING_QUEUED
 from tests.faults.harness import GatewayProcess, LoadDriver, gateway_env
 from tests.stack import TestStack
 
@@ -67,7 +68,7 @@ class Faults:
     async def outbox_empty(self) -> bool:
         conn = await asyncpg.connect(self.stack.database_url)
         try:
-            return await conn.fetchval("SELECT count(*) FROM payment_service.outbox") == 0
+            return bool(await conn.fetchval(NOTHING_QUEUED))
         finally:
             await conn.close()
 

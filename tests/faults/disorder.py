@@ -21,7 +21,7 @@ the expected final state of every payment is known whatever the network does.
 The checker then asks the database: one payment per history, its final status the
 expected one, nothing left parked, the applied changes of each payment (its audit log)
 a chain of legal moves from the status it was recorded with to its final status, and
-one `payment.status_changed` event (in the outbox: run with the relay off) and one
+one `payment.status_changed` event (queued, not yet published: run with the relay off) and one
 version per change.
 """
 
@@ -41,6 +41,7 @@ import aiohttp
 import asyncpg
 import orjson
 
+from gateway.db.event_log import queued_events_sql
 from gateway.ingest.signatures import decode_secret, sign
 
 WEBHOOK_PATH = "/api/v1/payments/webhook"
@@ -306,8 +307,8 @@ SELECT reference_number, action, details->>'status' AS recorded, details->>'old'
 FROM payment_service.audit_log
 WHERE reference_number LIKE $1 AND action IN ('created', 'status_change') ORDER BY id
 """
-_EVENTS = """
-SELECT key, count(*) AS n FROM payment_service.outbox
+_EVENTS = f"""
+SELECT key, count(*) AS n FROM ({queued_events_sql()}) e
 WHERE event_type = 'payment.status_changed' AND key LIKE $1 GROUP BY key
 """
 _PARKED = (

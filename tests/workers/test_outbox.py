@@ -25,10 +25,11 @@ from gateway import appkeys
 from gateway.clients.kafka import ensure_topic
 from gateway.config import Settings
 from gateway.db.dead_letters import list_dead_letters, replay
+from gateway.db.event_log import ROUND_SQL, SESSION_SQL, append_event_sql
 from tests import stack as stack_module
 from tests.conftest import make_settings, wait_for
 from tests.webhooks import payment_doc, post_webhook
-from workers.outbox import OutboxRelay, RoundResult, describe_error, is_transient
+from workers.outbox import RETRY_WINDOW, OutboxRelay, RoundResult, describe_error, is_transient
 
 Record = ConsumerRecord[bytes, bytes]
 
@@ -99,16 +100,31 @@ def headers(record: Record) -> dict[str, str]:
 
 
 async def pending(pool: asyncpg.Pool) -> int:
-    return int(
-        await pool.fetchval(
-            "SELECT count(*) FROM payment_service.outbox WHERE dead_lettered_at IS NULL"
-        )
-    )
+    """Events not yet published: in the log past their lane's cursor, or waiting in the
+    outbox (dead letters excluded)."""
+    return int(await pool.fetchval("SELECT pending FROM payment_service.events_pending(1000000)"))
 
 
 async def insert_event(
+    pool: asyncpg.Pool | asyncpg.Connection,
+    settings: Settings,
+    key: str,
+    body: dict[str, Any] | bytes,
+) -> uuid.UUID:
+    """An event with a stored payload appended to the log, as a status change is."""
+    payload = body if isinstance(body, bytes) else orjson.dumps(body)
+    event_id = uuid.uuid4()
+    await pool.execute(
+        append_event_sql(event_id="$1", event_type="$2", topic="$3", key="$4", payload="$5"),
+        event_id, "payment.status_changed", settings.kafka_topic, key, payload,
+    )  # fmt: skip
+    return event_id
+
+
+async def insert_retry(
     pool: asyncpg.Pool, settings: Settings, key: str, body: dict[str, Any] | bytes, **extra: Any
 ) -> int:
+    """An event waiting in the outbox (a retry, or with dead_lettered_at a dead letter)."""
     payload = body if isinstance(body, bytes) else orjson.dumps(body)
     cols = ["event_id", "event_type", "topic", "key", "payload", *extra]
     values = [uuid.uuid4(), "payment.status_changed", settings.kafka_topic, key, payload]
@@ -188,8 +204,9 @@ async def test_broker_outage_never_fails_ingestion_and_the_backlog_drains(
         refs.add(doc["reference_number"])
     assert await pending(db) == 12
     await wait_for(lambda: _positive(counter("error") - errors_before), timeout=20)
-    # An outage is not the rows' fault: none of them is charged an attempt.
-    assert await db.fetchval("SELECT max(attempts) FROM payment_service.outbox") == 0
+    # An outage is not the events' fault: none of them is charged an attempt (none went to
+    # the outbox of retries).
+    assert await db.fetchval("SELECT count(*) FROM payment_service.outbox") == 0
 
     # Same port, and no topic: this broker keeps its log in memory only. The relay must
     # re-create the topic itself before it writes again.
@@ -257,14 +274,14 @@ async def test_poison_event_is_dead_lettered_the_rest_flow_and_replay_publishes_
 
     await wait_for(lambda: _is_zero(pending(db)), timeout=20)
     [dead] = await list_dead_letters(db)
-    assert dead["id"] == poison and dead["attempts"] == 3
+    assert dead["event_id"] == str(poison) and dead["attempts"] == 3
     assert dead["last_error"].startswith("MessageSizeTooLargeError")
     assert counter("dead_letter") == dead_before + 1
     assert {r.key.decode() for r in await read_topic(settings, len(refs))} == refs
 
     await relay.stop()  # the operator raises the limit: a relay with the default producer
     await start_relay(relays, db, settings)
-    assert len(await replay(db, [poison], all_=False, actor="test:operator")) == 1
+    assert len(await replay(db, [dead["id"]], all_=False, actor="test:operator")) == 1
     await wait_for(lambda: _is_zero(db.fetchval("SELECT count(*) FROM payment_service.outbox")))
     replayed = [r for r in await read_topic(settings, len(refs) + 1) if r.key == b"POISON-1"]
     assert len(replayed) == 1
@@ -278,7 +295,7 @@ async def test_a_rescheduled_event_holds_back_the_later_events_of_its_key(
     await ensure_topic(settings)
     relay = OutboxRelay(db, settings)
     try:
-        first = await insert_event(
+        first = await insert_retry(
             db, settings, "K-1", {"seq": 1}, attempts=1, next_attempt_at=_in_an_hour()
         )
         await insert_event(db, settings, "K-1", {"seq": 2})
@@ -306,10 +323,7 @@ async def test_a_dead_letter_does_not_block_its_key(
     await ensure_topic(settings)
     relay = OutboxRelay(db, settings)
     try:
-        await db.execute(
-            "UPDATE payment_service.outbox SET dead_lettered_at = now() WHERE id = $1",
-            await insert_event(db, settings, "K-D", {"seq": 1}),
-        )
+        await insert_retry(db, settings, "K-D", {"seq": 1}, dead_lettered_at=_in_an_hour())
         await insert_event(db, settings, "K-D", {"seq": 2})
         await relay.burst()
         assert [orjson.loads(r.value)["seq"] for r in await read_topic(settings, 1)] == [2]
@@ -346,9 +360,13 @@ async def test_two_relays_publish_each_event_once_in_key_order(
         for key in keys:
             await insert_event(db, settings, key, {"key": key, "seq": seq})
 
-    await start_relay(relays, db, settings, producer_factory=SlowProducer.factory)
-    await start_relay(relays, db, settings)
+    slow = await start_relay(
+        relays, db, settings, producer_factory=SlowProducer.factory, lane_check_seconds=0.05
+    )
+    fast = await start_relay(relays, db, settings, lane_check_seconds=0.05)
     await wait_for(lambda: _is_zero(pending(db)), timeout=30)
+    # They shared the lanes: each published some of the keys.
+    assert slow.lanes.held and fast.lanes.held
     records = await read_topic(settings, len(keys) * 6)
 
     assert len(records) == len(keys) * 6
@@ -387,35 +405,72 @@ def test_an_outage_is_a_round_where_nothing_went_through_and_all_failures_look_t
     assert not RoundResult().outage
 
 
-async def test_a_claim_does_bounded_work_whatever_the_statistics_say(
+async def _round_plan(db: asyncpg.Pool, batch: int) -> dict[str, Any]:
+    """EXPLAIN ANALYZE of one round's read, every lane at its stored cursor, in the relay's
+    session settings."""
+    async with db.acquire() as conn:
+        await conn.execute(SESSION_SQL)
+        try:
+            cursors = await conn.fetch(
+                "SELECT lane, done FROM payment_service.event_lane_cursors() ORDER BY lane"
+            )
+            [[plan]] = await conn.fetch(
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + ROUND_SQL,
+                [c["lane"] for c in cursors], [c["done"] for c in cursors],
+                [None] * len(cursors), [0] * len(cursors), batch, batch, RETRY_WINDOW * batch,
+            )  # fmt: skip
+        finally:
+            await conn.execute("RESET ALL")
+    top: dict[str, Any] = (orjson.loads(plan) if isinstance(plan, str | bytes) else plan)[0]
+    return top["Plan"]
+
+
+async def _cursors_to_now(db: asyncpg.Pool) -> None:
+    await db.execute(
+        "INSERT INTO payment_service.event_cursors (lane, done)"
+        " SELECT lane, pg_current_snapshot() FROM generate_series(0, 7) lane"
+    )
+
+
+def _blocks(plan: dict[str, Any]) -> int:
+    return int(plan["Shared Hit Blocks"] + plan.get("Shared Read Blocks", 0))
+
+
+async def test_a_round_reads_what_is_new_whatever_lies_behind_or_stays_open(
     db: asyncpg.Pool, stack: stack_module.TestStack
 ) -> None:
-    """The outbox is vacuumed while nearly empty, so its statistics describe an empty
-    table; a backlog must still be claimed with index probes, not with a whole-index scan
-    per candidate (which made each claim quadratic in the rows queued). Work is counted
-    in buffer hits, not time."""
-    from workers.outbox import _BEGIN, _CLAIM, CLAIM_WINDOW
-
-    await db.execute("VACUUM (ANALYZE) payment_service.outbox")
+    """A round costs what it reads: 20,000 events already published, 5,000 retries queued
+    (a table with no statistics) and a transaction that wrote an event and stays open do
+    not make reading the next 100 events dearer. Work is counted in buffers, not time."""
+    settings = relay_settings(stack)
     await db.execute(
-        "INSERT INTO payment_service.outbox (event_id, event_type, topic, key, payload)"
-        " SELECT gen_random_uuid(), 'payment.status_changed', 't', 'K-' || (i % 1500),"
-        " '{}'::bytea FROM generate_series(1, 3000) i"
+        f"""INSERT INTO payment_service.event_log (lane, event_type, topic, event_id, key, payload)
+        SELECT payment_service.event_lane('K-' || i), 'payment.status_changed',
+               '{settings.kafka_topic}', gen_random_uuid(), 'K-' || i, '{{}}'::bytea
+        FROM generate_series(1, 20000) i"""
     )
-    stats = "SELECT reltuples FROM pg_class WHERE oid = 'payment_service.outbox'::regclass"
-    assert await db.fetchval(stats) <= 0  # what the planner is left with
-    async with db.acquire() as conn:
-        await conn.execute(_BEGIN)
-        try:
-            [[plan]] = await conn.fetch(
-                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + _CLAIM, 100, CLAIM_WINDOW * 100
-            )
-        finally:
-            await conn.execute("ROLLBACK")
-    top = (orjson.loads(plan) if isinstance(plan, str | bytes) else plan)[0]["Plan"]
-    assert top["Actual Rows"] == 100  # keys repeat after 1,500 rows: the first 100 are free
-    # ~1,000 here; a whole-index scan per candidate was ~100 x 3,000 rows.
-    assert top["Shared Hit Blocks"] + top.get("Shared Read Blocks", 0) < 5_000, top
+    await db.execute(
+        "INSERT INTO payment_service.outbox (event_id, event_type, topic, key, payload,"
+        " next_attempt_at) SELECT gen_random_uuid(), 'payment.status_changed', 't',"
+        " 'R-' || (i % 2500), '{}'::bytea, now() + interval '1 hour'"
+        " FROM generate_series(1, 5000) i"
+    )
+    stats = "SELECT reltuples FROM pg_class WHERE oid = 'payment_service.event_log_0'::regclass"
+    assert await db.fetchval(stats) <= 0  # never analyzed: what the planner is left with
+    async with db.acquire() as held:
+        await held.execute("BEGIN")
+        await insert_event(held, settings, "K-OPEN", {"open": True})  # holds its xid
+        await _cursors_to_now(db)  # everything so far published; K-OPEN in progress
+        for i in range(100):
+            await insert_event(db, settings, f"N-{i}", {"n": i})
+        plan = await _round_plan(db, 500)
+        await held.execute("COMMIT")
+    assert plan["Actual Rows"] == 8 + 100, plan["Actual Rows"]  # one row per lane + events
+    # ~400 here (mostly the 100 events); reading the 20,000 behind would be thousands.
+    assert _blocks(plan) < 1_500, _blocks(plan)
+    # Committed, the open transaction's event is in the next read from the same cursor.
+    plan = await _round_plan(db, 500)
+    assert plan["Actual Rows"] == 8 + 101
 
 
 def test_distrusted_acks_become_a_retried_outage_not_deleted_rows() -> None:

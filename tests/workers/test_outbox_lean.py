@@ -1,5 +1,6 @@
-"""Lean outbox rows (sql/060): a `payment.recorded` row holds ids, payment_date and the
-status as recorded, and the relay builds the payload from `payments` when it publishes.
+"""Lean `payment.recorded` events (sql/060, and the event log of sql/170): the log holds
+ids, payment_date and the status as recorded, and the relay builds the payload from
+`payments` when it publishes.
 The bytes on the topic must be exactly what the stored payload was before 060:
 `recorded_events_before_060.json` holds payloads taken from main at 7fff14a for these
 same payments (fixed ids), only the event's timestamp left as a placeholder."""
@@ -100,7 +101,8 @@ async def test_lean_rows_publish_exactly_the_bytes_stored_before(
             conn, _candidates(), source="webhook", topic=settings.kafka_topic, actor="webhook"
         )
         rows = await conn.fetch(
-            "SELECT key, payload, payment_id, payment_date, status FROM payment_service.outbox"
+            "SELECT e.payload, u.* FROM payment_service.event_log e, unnest(e.payment_ids,"
+            " e.payment_dates, e.statuses) AS u(payment_id, payment_date, status)"
         )
         # The recorded event must carry the status as recorded, not the payment's current one.
         await apply_status(
@@ -108,7 +110,8 @@ async def test_lean_rows_publish_exactly_the_bytes_stored_before(
             StatusEvent("G-STATUS", "succeeded", None, "test", "test"),
             topic=settings.kafka_topic,
         )
-    lean = {r["key"]: r for r in rows}
+    refs = {uuid.UUID(int=FIRST_ID + i): p.reference_number for i, p in enumerate(PAYMENTS)}
+    lean = {refs[r["payment_id"]]: r for r in rows}
     assert len(lean) == len(PAYMENTS)
     assert all(r["payload"] is None for r in rows)  # nothing of the payment is copied
     assert lean["G-STATUS"]["status"] == "pending"

@@ -410,10 +410,10 @@ async def test_references_are_pruned_in_batches(
 ) -> None:
     now = utc(2026, 11, 15)
     rows = [
-        (f"old-{i}", uuid.uuid4(), datetime(2026, 1, 1), "h", now - timedelta(days=91 + i))
+        (f"old-{i}", uuid.uuid4(), datetime(2026, 1, 1), b"h", now - timedelta(days=91 + i))
         for i in range(12)
     ] + [
-        (f"new-{i}", uuid.uuid4(), datetime(2026, 1, 1), "h", now - timedelta(days=89))
+        (f"new-{i}", uuid.uuid4(), datetime(2026, 1, 1), b"h", now - timedelta(days=89))
         for i in range(3)
     ]
     await db.copy_records_to_table(

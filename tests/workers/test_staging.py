@@ -20,10 +20,10 @@ from prometheus_client import REGISTRY
 
 from gateway.config import Settings
 from gateway.db import counts
-from gateway.db.events_sql import outbox_events_sql
 from gateway.db.server import ServerFunctions
 from gateway.notify import Wakeup
 from tests.conftest import make_settings
+from tests.events import QUEUED, queued_count
 from tests.webhooks import payment_doc, post_webhook
 from workers import staging_sql
 from workers.staging import BatchFailed, BatchReport, Recorded, StagingWorker
@@ -143,8 +143,7 @@ async def test_mixed_batch_records_new_rows_and_marks_every_row(
     events = {
         r["key"]: orjson.loads(r["payload"])
         for r in await db.fetch(
-            f"SELECT key, payload FROM ({outbox_events_sql()}) e WHERE topic = $1 "
-            "AND key <> ALL($2::text[])",
+            f"SELECT key, payload FROM {QUEUED} e WHERE topic = $1 AND key <> ALL($2::text[])",
             settings.kafka_topic,
             list(webhook_ids),
         )
@@ -155,7 +154,7 @@ async def test_mixed_batch_records_new_rows_and_marks_every_row(
         assert event["payment"]["id"] == str(payments[ref]["id"])
         assert event["payment"]["source"] == "staging"
         assert event["payment"]["amount"] == str(payments[ref]["amount"])
-    assert await db.fetchval("SELECT count(*) FROM payment_service.outbox") == 6
+    assert await queued_count(db) == 6
 
     rows = await staged(db)
     assert all(r["processed"] and r["processed_at"] is not None for r in rows.values())
@@ -236,7 +235,7 @@ async def test_rows_already_recorded_by_staging_are_duplicates_next_time(
     rows = await staged(db)
     assert [rows[i]["result"] for i in ids] == ["duplicate", "conflict"]
     assert await db.fetchval("SELECT count(*) FROM payment_service.payments") == 2
-    assert await db.fetchval("SELECT count(*) FROM payment_service.outbox") == 2
+    assert await queued_count(db) == 2
 
 
 async def test_full_batches_report_more_work_and_the_backlog_drains(
@@ -266,7 +265,7 @@ async def test_payment_and_event_ids_are_distinct_time_ordered_uuids(
     rows = await db.fetch(
         "SELECT s.id AS staging_id, p.id, o.event_id FROM payment_service.payment_staging s"
         " JOIN payment_service.payments p ON p.id = s.payment_id"
-        " JOIN payment_service.outbox o ON o.key = s.reference_number ORDER BY s.id"
+        f" JOIN {QUEUED} o ON o.key = s.reference_number ORDER BY s.id"
     )
     assert len(rows) == 250
     ids = [r["id"] for r in rows]
@@ -312,7 +311,7 @@ async def test_a_batch_whose_connection_dies_is_retried_and_recorded_once(
         == await db.fetchval("SELECT count(*) FROM payment_service.payments")
         == 2500
     )
-    assert await db.fetchval("SELECT count(*) FROM payment_service.outbox") == 2500
+    assert await queued_count(db) == 2500
     rows = await staged(db)
     assert {r["result"] for r in rows.values()} == {"recorded"}
     log = await db.fetch(
@@ -354,7 +353,7 @@ async def test_a_committed_batch_whose_answer_was_lost_is_not_recorded_twice(
         == await db.fetchval("SELECT count(*) FROM payment_service.payments")
         == 1500
     )
-    assert await db.fetchval("SELECT count(*) FROM payment_service.outbox") == 1500
+    assert await queued_count(db) == 1500
     rows = await staged(db)
     assert {r["result"] for r in rows.values()} == {"recorded"}
     log = await db.fetch(
@@ -480,7 +479,7 @@ async def test_two_workers_share_a_backlog_without_overlap(db: asyncpg.Pool, sta
         == await db.fetchval("SELECT count(*) FROM payment_service.payments")
         == 4000
     )
-    assert await db.fetchval("SELECT count(*) FROM payment_service.outbox") == 4000
+    assert await queued_count(db) == 4000
     rows = await staged(db)
     results = [rows[i]["result"] for i in ids]
     assert results.count("recorded") == 4000 and results.count("duplicate") == 1000

@@ -15,7 +15,6 @@ from typing import Any
 import asyncpg
 import orjson
 
-from gateway.db.events_sql import outbox_events_sql
 from gateway.db.server import ServerFunctions, server_version
 from gateway.domain.model import AMOUNT_MAX, business_hash
 from gateway.domain.references import normalize_reference
@@ -23,6 +22,7 @@ from gateway.domain.validation import DateWindow, date_window
 from gateway.errors import ValidationError
 from gateway.notify import Wakeup
 from tests.conftest import make_settings
+from tests.events import QUEUED
 from tests.gateway.db.test_events_sql import assert_same_recorded_event
 from tests.oracles import payment_recorded, validate_staging_row
 from tests.workers.test_staging import row
@@ -190,12 +190,12 @@ async def test_recorded_hashes_and_events_match_the_python_builders(
         ref = normalize_reference(s["reference_number"])
         stored = await db.fetchrow(
             "SELECT r.payload_hash, o.payload, o.event_id, o.event_type, o.key FROM"
-            f" payment_service.payment_references r JOIN ({outbox_events_sql()}) o"
+            f" payment_service.payment_references r JOIN {QUEUED} o"
             " ON o.key = r.reference_number WHERE r.reference_number = $1",
             ref,
         )
         assert stored is not None, ref
-        assert stored["payload_hash"] == business_hash(
+        assert stored["payload_hash"].hex() == business_hash(
             ref, s["loan_account_number"], s["cif"], s["amount"], s["payment_date"]
         ), ref
         expected = payment_recorded(

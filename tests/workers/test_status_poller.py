@@ -21,6 +21,7 @@ from gateway.errors import ConfigError
 from gateway.notify import Wakeup
 from gateway.observability import metrics
 from tests.conftest import TEST_SECRET, make_settings
+from tests.events import queued_events
 from workers.status_poller import StatusApi, StatusPoller
 
 if TYPE_CHECKING:
@@ -206,10 +207,7 @@ async def test_poller_applies_answers_and_flags_what_it_cannot_resolve(
             ("GONE-1", "not_found"),
             ("FUTURE-1", "future_event_time"),
         }
-        events = await db.fetch(
-            "SELECT key, payload FROM payment_service.outbox "
-            "WHERE event_type = 'payment.status_changed'"
-        )
+        events = await queued_events(db, "event_type = 'payment.status_changed'")
         assert sorted(e["key"] for e in events) == ["DECLINED-1", "FLAKY-1", "OK-1", "OK-2"]
         assert all(b'"cause":"status_poll"' in e["payload"] for e in events)
         stored = await db.fetchval(

@@ -1,4 +1,4 @@
-"""The webhook writer's outbox events are built by Postgres (gateway/db/events_sql.py):
+"""The webhook writer's events are built by Postgres (gateway/db/events_sql.py):
 they must be exactly what `tests.oracles.payment_recorded` builds in Python."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any
 import asyncpg
 import orjson
 
-from gateway.db.events_sql import outbox_events_sql
 from gateway.db.payments import Candidate, record_batch
 from gateway.domain import events
 from gateway.domain.model import AMOUNT_MAX, Payment
+from tests.events import QUEUED
 from tests.oracles import payment_recorded
 
 DAY = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(days=2)
@@ -23,7 +23,7 @@ ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z")
 
 
 def assert_same_recorded_event(stored: Mapping[str, Any], expected: events.OutboxEvent) -> None:
-    """An outbox row (event_id, event_type, key, payload) built by Postgres is the event the
+    """A queued event (event_id, event_type, key, payload) built by Postgres is the event the
     Python builder makes, up to its own id and timestamp (checked for shape instead)."""
     got, want = orjson.loads(stored["payload"]), orjson.loads(expected.payload)
     assert got["event_id"] == str(stored["event_id"])
@@ -74,8 +74,7 @@ async def test_webhook_events_match_the_python_builder(db: asyncpg.Pool) -> None
     for cand in candidates:
         p = cand.payment
         stored = await db.fetchrow(
-            f"SELECT event_id, event_type, key, payload FROM ({outbox_events_sql()}) e"
-            " WHERE key = $1",
+            f"SELECT event_id, event_type, key, payload FROM {QUEUED} e WHERE key = $1",
             p.reference_number,
         )
         assert stored is not None, p.reference_number
@@ -98,6 +97,6 @@ async def test_webhook_events_match_the_python_builder(db: asyncpg.Pool) -> None
             assert f'"amount" : "{p.amount}", "currency" : "{p.currency}"'.encode() in bytes(
                 stored["payload"]
             )
-    ids = await db.fetch("SELECT event_id FROM payment_service.outbox")
+    ids = await db.fetch(f"SELECT event_id FROM {QUEUED} e")
     assert len({r["event_id"] for r in ids}) == len(candidates)  # one id per event
     assert {r["event_id"].version for r in ids} == {8}  # derived from the payment id

@@ -14,7 +14,7 @@ import asyncpg
 import orjson
 import pytest
 
-from gateway.db.events_sql import outbox_events_sql
+from gateway.db.event_log import queued_events_sql
 from gateway.db.migrations import migrate, sql_dir
 from tests.oracles import payment_recorded
 
@@ -88,7 +88,7 @@ async def test_existing_rows_are_carried_without_rewriting_a_partition(old_datab
         assert dict(row) == {"amount": "10.50", "currency": None, "payment_at": None,
                              "payment_date": SENT, "cif": "C" * 20}  # fmt: skip
         payload = await conn.fetchval(
-            f"SELECT payload FROM ({outbox_events_sql()}) e WHERE key = 'OLD-1'"
+            f"SELECT payload FROM ({queued_events_sql()}) e WHERE key = 'OLD-1'"
         )
         expected = payment_recorded(
             payment_id=pid, reference_number="OLD-1", loan_account_number="L" * 20,

@@ -26,6 +26,7 @@ from gateway.domain.statements import (
     parse_mapping,
 )
 from gateway.security.auth import mint_token
+from tests.events import queued_events
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 AUTH = {
@@ -185,10 +186,7 @@ async def test_statement_upload_classifies_every_line(
     assert len(exported) == 6
     assert {r["category"] for r in exported} >= {"matched", "missing_internal"}
 
-    event = await db.fetchrow(
-        "SELECT key, payload FROM payment_service.outbox "
-        "WHERE event_type = 'reconciliation.completed'"
-    )
+    [event] = await queued_events(db, "event_type = 'reconciliation.completed'")
     assert event is not None and event["key"] == run_id
     assert orjson.loads(event["payload"])["exceptions"] == 4
     audited = await db.fetchval(

@@ -19,6 +19,7 @@ from gateway.errors import ServiceUnavailable
 from gateway.ingest.refusals import RefusalRecorder
 from gateway.security.auth import READ
 from tests.conftest import make_settings
+from tests.events import queued_count
 from tests.gateway.http.ops_helpers import (
     BROKEN_MAPPING,
     fix_partner_mapping,
@@ -180,7 +181,7 @@ async def test_replay_after_the_mapping_is_fixed_records_the_payment_once(
     assert second["answer"]["payment_id"] == payment_id
 
     assert await count(db, "payments", "reference_number = $1", ref) == 1
-    assert await count(db, "outbox") == 1
+    assert await queued_count(db) == 1
     assert await db.fetchval("SELECT amount::text FROM payment_service.payments") == "42.10"
     status, detail = await get(client, f"/api/v1/deliveries/{ident}")
     assert [r["outcome"] for r in detail["replays"]] == ["invalid", "created", "duplicate"]
@@ -212,7 +213,7 @@ async def test_two_replays_of_one_delivery_at_once_record_one_payment(
     assert outcomes == ["created"] * 5 + ["duplicate"] * 5
     for ref in refs:
         assert await count(db, "payments", "reference_number = $1", ref) == 1
-    assert await count(db, "outbox") == 5
+    assert await queued_count(db) == 5
 
 
 async def test_replays_on_two_app_instances_record_one_payment(

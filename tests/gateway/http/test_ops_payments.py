@@ -14,6 +14,8 @@ from aiohttp.test_utils import TestClient
 
 from gateway import appkeys
 from gateway.security.auth import READ
+from tests.conftest import RESET_CURSORS
+from tests.events import queued_events
 from tests.gateway.http.ops_helpers import auth, get
 from tests.webhooks import payment_doc, post_webhook
 
@@ -136,15 +138,17 @@ async def test_a_payment_by_id_or_reference_with_its_timeline(
     assert (status, data["status"]) == (200, "updated")
     status, data, _ = await post_webhook(client, payment_doc(ref, amount="9.99"))
     assert status == 409
-    # The recorded event was published (the relay deletes it); the status change died.
-    recorded = await db.fetchval(
-        "SELECT event_id FROM payment_service.outbox WHERE event_type = 'payment.recorded'"
-    )
-    await db.execute("DELETE FROM payment_service.outbox WHERE event_id = $1", recorded)
+    # The recorded event was published; the status change died (the relay moved it to the
+    # outbox of retries, where it was dead-lettered).
+    [change] = await queued_events(db, "event_type = 'payment.status_changed'")
+    await db.execute(RESET_CURSORS)
     await db.execute(
-        "UPDATE payment_service.outbox SET dead_lettered_at = now(), attempts = 10,"
-        " last_error = 'too large' WHERE event_type = 'payment.status_changed'"
-    )
+        "INSERT INTO payment_service.outbox (event_id, event_type, topic, key, payload,"
+        " attempts, dead_lettered_at, last_error)"
+        " VALUES ($1, $2, $3, $4, $5, 10, now(), 'too large')",
+        change["event_id"], change["event_type"], change["topic"], change["key"],
+        change["payload"],
+    )  # fmt: skip
     await db.execute(
         "INSERT INTO payment_service.payment_reviews (reference_number, payment_id, source, reason)"
         " VALUES ($1, $2, 'status_poller', 'unknown_status')",

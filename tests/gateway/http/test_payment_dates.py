@@ -15,7 +15,7 @@ import asyncpg
 import orjson
 from prometheus_client import REGISTRY
 
-from gateway.db.events_sql import outbox_events_sql
+from gateway.db.event_log import queued_events_sql
 from gateway.domain.model import AMOUNT_MAX
 from gateway.observability import metrics
 from tests.gateway.http.ops_helpers import auth, get
@@ -57,7 +57,7 @@ async def test_the_calendar_day_the_provider_sent_is_kept(client: Any, db: async
     # The event keeps its contract: payment_date is the instant, in UTC.
     payloads = {
         r["key"]: orjson.loads(r["payload"])["payment"]["payment_date"]
-        for r in await db.fetch(f"SELECT key, payload FROM ({outbox_events_sql()}) e")
+        for r in await db.fetch(f"SELECT key, payload FROM ({queued_events_sql()}) e")
     }
     assert payloads["D-IST"] == "2026-11-23T19:30:00Z"
     assert payloads["D-EST"] == "2026-11-25T04:30:00Z"

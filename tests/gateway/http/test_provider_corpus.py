@@ -32,7 +32,7 @@ from paddle_billing.Notifications import Secret, Verifier
 from paddle_billing.Notifications.PaddleSignature import PaddleSignature
 from square.utils.webhooks_helper import verify_signature as square_verify
 
-from gateway.db.events_sql import outbox_events_sql
+from gateway.db.event_log import queued_events_sql
 from gateway.ingest.schemes import paypal, square
 from gateway.ingest.schemes.hmac_hex import HexBodyScheme
 from gateway.ingest.schemes.registry import build_scheme
@@ -134,7 +134,7 @@ async def recorded(db: asyncpg.Pool, reference: str) -> dict[str, Any]:
 
 async def event_payment(db: asyncpg.Pool, reference: str) -> dict[str, Any]:
     payload = await db.fetchval(
-        f"SELECT payload FROM ({outbox_events_sql()}) e"
+        f"SELECT payload FROM ({queued_events_sql()}) e"
         " WHERE key = $1 AND event_type = 'payment.recorded'",
         reference,
     )

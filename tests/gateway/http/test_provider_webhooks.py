@@ -22,6 +22,7 @@ from gateway.ingest.schemes import adyen, paddle, paypal, square
 from gateway.ingest.schemes.hmac_hex import HexBodyScheme
 from gateway.ingest.schemes.registry import build_scheme, decode_key
 from tests.conftest import make_settings
+from tests.events import queued_count
 from tests.paypal_ca import CertServer, cert_server, pem, private_ca
 from tests.webhooks import payment_doc, post_webhook
 from workers.cli.devstack import free_port
@@ -130,11 +131,7 @@ async def raw_count(db: asyncpg.Pool, references: list[str]) -> int:
 
 async def outbox_count(db: asyncpg.Pool, references: list[str]) -> int:
     """Events for consumers (payment.created, payment.status_changed) about these references."""
-    return int(
-        await db.fetchval(
-            "SELECT count(*) FROM payment_service.outbox WHERE key = ANY($1)", references
-        )
-    )
+    return await queued_count(db, "key = ANY($1)", references)
 
 
 async def parked(db: asyncpg.Pool, reference: str) -> int:

@@ -10,8 +10,8 @@ from typing import Any
 
 import orjson
 
-from gateway.db.events_sql import outbox_events_sql
 from tests.conftest import wait_for
+from tests.events import queued_count, queued_events
 from tests.webhooks import dedup_hits, payment_doc, post_webhook, signed_headers
 
 
@@ -44,7 +44,7 @@ async def test_new_payment_is_committed_before_201(client: Any, db: Any) -> None
         doc["reference_number"],
     )
     assert str(ref["payment_id"]) == body["payment_id"]
-    outbox = await db.fetch(outbox_events_sql())
+    outbox = await queued_events(db)
     assert len(outbox) == 1
     event = orjson.loads(outbox[0]["payload"])
     assert event["event_type"] == "payment.recorded"
@@ -63,7 +63,7 @@ async def test_same_payment_again_is_a_duplicate_with_the_same_id(client: Any, d
     assert status == 200
     assert again == {"status": "duplicate", "payment_id": first["payment_id"]}
     assert await _count(db, "payments", doc["reference_number"]) == 1
-    assert await _count(db, "outbox") == 1
+    assert await queued_count(db) == 1
 
 
 async def test_duplicate_with_other_metadata_is_still_a_duplicate(client: Any, db: Any) -> None:
@@ -181,7 +181,7 @@ async def test_concurrent_copies_of_one_reference_create_one_payment(client: Any
     assert statuses.count(200) == 39
     assert len({r[1]["payment_id"] for r in results}) == 1
     assert await _count(db, "payments", doc["reference_number"]) == 1
-    assert await _count(db, "outbox") == 1
+    assert await queued_count(db) == 1
 
 
 async def test_two_instances_record_each_reference_once_under_a_storm(

@@ -22,6 +22,7 @@ from gateway.ingest.signatures import sign
 from gateway.notify import Wakeup
 from gateway.observability import metrics
 from tests.conftest import make_settings, wait_for
+from tests.events import queued_count
 from tests.webhooks import GENERIC_KEY
 from workers.partitions import PartitionMaintainer
 from workers.status_poller import StatusPoller
@@ -174,9 +175,7 @@ async def test_deferred_updates_racing_their_payments_are_all_applied(
     states = dict(
         await db.fetch("SELECT status, count(*) FROM payment_service.payments GROUP BY status")
     )
-    events = await db.fetchval(
-        "SELECT count(*) FROM payment_service.outbox WHERE event_type = 'payment.status_changed'"
-    )
+    events = await queued_count(db, "event_type = 'payment.status_changed'")
     assert (left, states, events) == (0, {"succeeded": PAIRS}, PAIRS)
 
 

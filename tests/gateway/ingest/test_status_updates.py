@@ -24,6 +24,7 @@ from gateway.ingest.signatures import decode_secret, sign
 from gateway.ingest.status_updates import is_status_only, parse_status_update
 from gateway.observability import metrics
 from tests.conftest import TEST_SECRET
+from tests.events import QUEUED
 
 KEY = decode_secret("standard", TEST_SECRET)
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -72,8 +73,8 @@ async def _payment(db: asyncpg.Pool, ref: str) -> asyncpg.Record:
 
 async def _status_events(db: asyncpg.Pool, ref: str) -> list[dict[str, Any]]:
     rows = await db.fetch(
-        "SELECT payload FROM payment_service.outbox WHERE key = $1 "
-        "AND event_type = 'payment.status_changed' ORDER BY id",
+        f"SELECT payload FROM {QUEUED} e WHERE key = $1 "
+        "AND event_type = 'payment.status_changed' ORDER BY created_at",
         ref,
     )
     return [orjson.loads(r["payload"]) for r in rows]

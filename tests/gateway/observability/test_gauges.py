@@ -22,7 +22,7 @@ from gateway import appkeys
 from gateway.db import counts
 from gateway.observability import exposition, gauges, stats
 from gateway.observability.stats import DailyBaseline, midnight_utc, webhook_stats
-from tests.conftest import wait_for
+from tests.conftest import RESET_CURSORS, wait_for
 from tests.webhooks import payment_doc, post_webhook, signed_headers
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -166,7 +166,7 @@ async def test_gauges_follow_the_database(make_client: Any, db: Any, fast_refres
            VALUES ($1, 'LA-1', 'CIF-1', 10.00, now())""",
         [(f"STG-{uuid.uuid4().hex[:12]}",) for _ in range(3)],
     )
-    assert (await post_webhook(client, payment_doc()))[0] == 201  # relay off: outbox keeps it
+    assert (await post_webhook(client, payment_doc()))[0] == 201  # relay off: the log keeps it
 
     async def gauges_caught_up() -> Samples | None:
         s = await scrape(client)
@@ -178,7 +178,8 @@ async def test_gauges_follow_the_database(make_client: Any, db: Any, fast_refres
     assert value(samples, "paygate_dead_letters") == 0
     assert value(samples, "paygate_db_pool_connections", state="max") == 6
 
-    await db.execute("UPDATE payment_service.outbox SET dead_lettered_at = now()")
+    await db.execute(RESET_CURSORS)  # as if a relay had published it
+    await _dead_letter(db)
     await db.execute("UPDATE payment_service.payment_staging SET processed = true")
 
     async def dead_lettered() -> bool:
@@ -190,6 +191,15 @@ async def test_gauges_follow_the_database(make_client: Any, db: Any, fast_refres
         )
 
     await wait_for(dead_lettered, timeout=10)
+
+
+async def _dead_letter(db: Any) -> None:
+    await db.execute(
+        """INSERT INTO payment_service.outbox
+           (event_id, event_type, topic, key, payload, attempts, dead_lettered_at)
+           VALUES (gen_random_uuid(), 'payment.recorded', 't', 'k-dead', '\\x00'::bytea, 10,
+                   now())"""
+    )
 
 
 async def _fill_outbox(db: Any, rows: int) -> None:
@@ -304,10 +314,8 @@ async def test_only_the_first_process_of_a_host_queries_the_database_gauges(db: 
 async def test_health_reports_dead_letters_in_a_sibling_process(
     make_client: Any, db: Any, fast_refresh: None
 ) -> None:
-    client = await make_client()
-    await db.execute("DELETE FROM payment_service.outbox")
-    assert (await post_webhook(client, payment_doc()))[0] == 201
-    await db.execute("UPDATE payment_service.outbox SET dead_lettered_at = now()")
+    await make_client()
+    await _dead_letter(db)
     sibling = await make_client(database_gauges=False)
     resp = await sibling.get("/health")
     warnings = (await resp.json())["checks"]["warnings"]

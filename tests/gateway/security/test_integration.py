@@ -22,6 +22,7 @@ from gateway.security.auth import PRINCIPAL, READ, WRITE, mint_token
 from gateway.security.reload import reload_channels
 from tests import stack as stack_mod
 from tests.conftest import TEST_SECRET, make_settings, wait_for
+from tests.events import queued_count
 from tests.webhooks import dedup_hits, payment_doc, post_webhook, signed_headers
 
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -139,7 +140,7 @@ async def test_replayed_delivery_is_a_duplicate_without_a_second_effect(
     assert again[1] == {"status": "duplicate", "payment_id": first[1]["payment_id"]}
     assert dedup_hits("delivery") == before + 1
     assert await count(db, "payments") == 1
-    assert await count(db, "outbox") == 1
+    assert await queued_count(db) == 1
 
 
 async def _probe(request: web.Request) -> web.Response:

@@ -23,6 +23,7 @@ import psutil
 from gateway.config import usable_cpus
 from gateway.ingest.signatures import decode_secret, sign
 from tests.conftest import wait_for
+from tests.events import NOTHING_QUEUED
 from tests.webhooks import payment_doc
 from workers.cli.devstack import EmbeddedPostgres, free_port
 
@@ -131,7 +132,7 @@ async def test_dev_runs_serves_stops_cleanly_and_keeps_rows() -> None:
 async def _outbox_empty(data: Path, pg_port: int) -> bool:
     conn = await asyncpg.connect(EmbeddedPostgres(data / "postgres", pg_port).url)
     try:
-        return bool(await conn.fetchval("SELECT count(*) = 0 FROM payment_service.outbox"))
+        return bool(await conn.fetchval(NOTHING_QUEUED))
     finally:
         await conn.close()
 
