@@ -71,7 +71,7 @@ class Tail:
 
     def __init__(
         self,
-        bootstrap: str,
+        settings: Settings,
         topic: str,
         *,
         from_beginning: bool,
@@ -80,7 +80,8 @@ class Tail:
         key: str | None,
         out: TextIO,
     ) -> None:
-        self.bootstrap = bootstrap
+        self.settings = settings
+        self.bootstrap = settings.kafka_bootstrap_servers
         self.topic = topic
         self.from_beginning = from_beginning
         # Only new events wanted: there is no end to stop at.
@@ -92,11 +93,12 @@ class Tail:
 
     async def run(self) -> int:
         from aiokafka import AIOKafkaConsumer, TopicPartition
-        from aiokafka.errors import KafkaError
 
         started_ms = int(time.time() * 1000)
+        from gateway.clients.kafka import connection_options, describe_start_failure, tls_refusal
+
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **connection_options(self.settings),
             client_id="paygate-events-tail",
             group_id=None,  # no offsets committed anywhere: a look, not a consumer group
             enable_auto_commit=False,
@@ -104,9 +106,10 @@ class Tail:
         )
         try:
             await asyncio.wait_for(consumer.start(), CONNECT_TIMEOUT_S)
-        except (KafkaError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # aiokafka's SASL exchange may fail with a KeyError
             await consumer.stop()
-            return _fail(f"cannot reach the broker at {self.bootstrap}: {type(exc).__name__}")
+            why = await tls_refusal(self.settings) or describe_start_failure(self.settings, exc)
+            return _fail(f"cannot reach the broker at {self.bootstrap}: {why}")
         try:
             await consumer.topics()  # fresh metadata
             parts = consumer.partitions_for_topic(self.topic)
@@ -190,7 +193,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.limit is not None and args.limit < 1:
         return _fail("--max must be at least 1")
     tail = Tail(
-        bootstrap_of(settings),
+        settings.replace(kafka_bootstrap_servers=bootstrap_of(settings)),
         args.topic or settings.kafka_topic,
         from_beginning=args.from_beginning,
         follow=args.follow,
