@@ -15,6 +15,7 @@ import pytest
 
 from tests.estate.certs import Certificates, make_certificates
 from tests.estate.servers import missing_binaries
+from tests.faults.conftest import faults  # noqa: F401 - the failover scenario's gateway
 from tests.stack import server_set
 
 

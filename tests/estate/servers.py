@@ -13,6 +13,7 @@ ports from the binaries installed here (tools/install-system-packages.sh):
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
 
@@ -214,13 +215,28 @@ class SentinelRedis:
         await asyncio.gather(*(s.stop() for s in servers), return_exceptions=True)
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 >= 65536:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 class ClusterRedis:
     """Three masters, no replicas: each owns a third of the slots."""
 
     def __init__(self, root: Path) -> None:
         self.nodes = [
             RedisServer(root / f"node-{i}", "--cluster-enabled", "yes",
-                        "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000")
+                        "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+                        port=cluster_port())
             for i in range(3)
         ]  # fmt: skip
 
