@@ -277,8 +277,8 @@ class ClusterRedis:
 
 
 class TlsPostgres(EmbeddedPostgres):
-    """PostgreSQL 15 requiring TLS from every client; the user `certuser` must also present
-    a client certificate the test CA signed."""
+    """PostgreSQL 15 requiring TLS from every client; the user `paygate` must also present
+    a client certificate the test CA signed, issued to its name."""
 
     def __init__(self, data_dir: Path, certs: Certificates) -> None:
         super().__init__(data_dir, bin_dir=DEBIAN_POSTGRES_15)
@@ -294,7 +294,7 @@ class TlsPostgres(EmbeddedPostgres):
     async def start(self, timeout: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "pg_hba.conf").write_text(
-            "hostssl all certuser 127.0.0.1/32 trust clientcert=verify-full\n"
+            "hostssl all paygate 127.0.0.1/32 trust clientcert=verify-full\n"
             "hostssl all all 127.0.0.1/32 trust\n"
             "host all all 127.0.0.1/32 reject\n"
         )
@@ -305,8 +305,8 @@ class TlsPostgres(EmbeddedPostgres):
 
         conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres")
         try:
-            if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'certuser'"):
-                await conn.execute("CREATE ROLE certuser LOGIN SUPERUSER")
+            if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'paygate'"):
+                await conn.execute("CREATE ROLE paygate LOGIN SUPERUSER")
         finally:
             await conn.close()
 
