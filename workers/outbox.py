@@ -80,7 +80,7 @@ from gateway.clients.kafka import create_producer, ensure_topic
 from gateway.config import Settings
 from gateway.db.events_sql import outbox_payload_sql
 from gateway.notify import Wakeup
-from gateway.observability import metrics
+from gateway.observability import metrics, tracing
 from workers.backoff import backoff_delay
 from workers.base import Worker
 
@@ -145,7 +145,7 @@ DELETE FROM payment_service.outbox o
 WHERE o.id = ANY (ARRAY(SELECT id FROM locked))
 RETURNING o.id, o.event_id, o.event_type, o.topic, o.key, {outbox_payload_sql()} AS payload,
           o.payload AS stored, o.payment_id, o.payment_date, o.status, o.attempts,
-          o.created_at
+          o.created_at, o.traceparent
 """
 
 # Window rows per claimed row: room for other relays' locked rows, for rows in backoff and
@@ -157,19 +157,19 @@ CLAIM_WINDOW = 4
 _RESCHEDULE = """
 INSERT INTO payment_service.outbox
     (id, event_id, event_type, topic, key, payload, payment_id, payment_date, status,
-     created_at, attempts, next_attempt_at, last_error, dead_lettered_at)
+     created_at, traceparent, attempts, next_attempt_at, last_error, dead_lettered_at)
 SELECT u.id, u.event_id, u.event_type, u.topic, u.key, u.payload, u.payment_id,
-       u.payment_date, u.status, u.created_at, u.attempts,
+       u.payment_date, u.status, u.created_at, u.traceparent, u.attempts,
        now() + make_interval(secs => u.delay), u.error, CASE WHEN u.dead THEN now() END
 FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::bytea[],
-            $7::uuid[], $8::timestamp[], $9::text[], $10::timestamptz[], $11::int[],
-            $12::float8[], $13::text[], $14::bool[])
+            $7::uuid[], $8::timestamp[], $9::text[], $10::timestamptz[], $11::text[],
+            $12::int[], $13::float8[], $14::text[], $15::bool[])
     AS u(id, event_id, event_type, topic, key, payload, payment_id, payment_date, status,
-         created_at, attempts, delay, error, dead)
+         created_at, traceparent, attempts, delay, error, dead)
 """
 _RESCHEDULED_COLUMNS = (
     "id", "event_id", "event_type", "topic", "key", "stored", "payment_id", "payment_date",
-    "status", "created_at",
+    "status", "created_at", "traceparent",
 )  # fmt: skip
 
 
@@ -386,7 +386,10 @@ class OutboxRelay(Worker):
                     committed = True
                     self._note_healthy()  # the producer started: the broker answers
                     return False
-                result = await self._publish(producer, rows)
+                traces = (tracing.parse(row["traceparent"]) for row in rows)
+                events = {"paygate.relay.events": len(rows)}
+                with tracing.linked_span("paygate.relay.round", traces, **events):
+                    result = await self._publish(producer, rows)
                 if result.acked and generation <= self._outage_generation:
                     result.distrust_acks()
                 if result.outage:
@@ -458,6 +461,7 @@ class OutboxRelay(Worker):
                             headers=[
                                 ("event_id", str(row["event_id"]).encode()),
                                 ("event_type", row["event_type"].encode()),
+                                *tracing.kafka_headers(row["traceparent"]),
                             ],
                         )
                     except Exception as exc:

@@ -19,9 +19,12 @@ from gateway.db.events_sql import recorded_event_id_sql, sql_literal
 from gateway.domain.events import PAYMENT_RECORDED
 
 
-def record_ctes(*, source: str, status: str, event_at: str, topic: str, actor: str) -> str:
+def record_ctes(
+    *, source: str, status: str, event_at: str, topic: str, actor: str, traceparent: str
+) -> str:
     """`claimed, won, paid, evt, aud` as SQL (to follow `WITH input AS (...),`). Each
-    argument is an SQL expression over the winner row `w` (or a parameter/literal)."""
+    argument is an SQL expression over the winner row `w` (or a parameter/literal);
+    `traceparent` is the trace context the event carries to Kafka (NULL: none)."""
     return f"""claimed AS (
     INSERT INTO payment_service.payment_references
         (reference_number, payment_id, payment_date, payload_hash)
@@ -40,9 +43,10 @@ def record_ctes(*, source: str, status: str, event_at: str, topic: str, actor: s
     FROM won w
 ), evt AS (
     INSERT INTO payment_service.outbox
-        (event_id, event_type, topic, key, payment_id, payment_date, status, created_at)
+        (event_id, event_type, topic, key, payment_id, payment_date, status, created_at,
+         traceparent)
     SELECT w.event_id, {sql_literal(PAYMENT_RECORDED)}, {topic}, w.ref, w.payment_id,
-           w.payment_date, {status}, statement_timestamp()
+           w.payment_date, {status}, statement_timestamp(), {traceparent}
     FROM won w
 ), aud AS (
     INSERT INTO payment_service.audit_log (actor, action, reference_number, payment_id, details)
