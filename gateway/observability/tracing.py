@@ -75,8 +75,32 @@ def configure(environ: Mapping[str, str] | None = None) -> bool:
 def use(provider: Any) -> None:
     """Trace through this TracerProvider (tests hand in one with an in-memory exporter);
     None turns tracing off again."""
-    global tracer
-    tracer = None if provider is None else provider.get_tracer("paygate")
+    global tracer, _api
+    if provider is None:
+        tracer = None
+        return
+    _api = _Api()
+    tracer = provider.get_tracer("paygate")
+
+
+class _Api:
+    """The OpenTelemetry names the hooks use, imported once tracing is on (and never
+    while it is off)."""
+
+    def __init__(self) -> None:
+        from opentelemetry import context, trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        self.propagator = TraceContextTextMapPropagator()
+        self.server = trace.SpanKind.SERVER
+        self.current_span = trace.get_current_span
+        self.link = trace.Link
+        self.span_context = trace.SpanContext
+        self.flags = trace.TraceFlags
+        self.empty = context.Context
+
+
+_api: _Api
 
 
 def _resource() -> Any:
@@ -133,12 +157,9 @@ def server_span(
     """The span of one incoming request, continuing the caller's W3C `traceparent`."""
     if tracer is None:
         return _OFF
-    from opentelemetry.trace import SpanKind
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    parent = TraceContextTextMapPropagator().extract(headers)
+    parent = _api.propagator.extract(headers)
     return tracer.start_as_current_span(
-        name, context=parent, kind=SpanKind.SERVER, attributes=attributes or None
+        name, context=parent, kind=_api.server, attributes=attributes or None
     )
 
 
@@ -147,9 +168,7 @@ def current() -> Any:
     or outside any span."""
     if tracer is None:
         return None
-    from opentelemetry import trace
-
-    context = trace.get_current_span().get_span_context()
+    context = _api.current_span().get_span_context()
     return context if context.is_valid else None
 
 
@@ -160,12 +179,9 @@ def linked_span(
     `contexts` (span contexts from `current`, None skipped)."""
     if tracer is None:
         return _OFF
-    from opentelemetry import context as otel_context
-    from opentelemetry.trace import Link
-
-    links = [Link(c) for c in contexts if c is not None]
+    links = [_api.link(c) for c in contexts if c is not None]
     return tracer.start_as_current_span(
-        name, context=otel_context.Context(), links=links, attributes=attributes or None
+        name, context=_api.empty(), links=links, attributes=attributes or None
     )
 
 
@@ -181,8 +197,6 @@ def parse(value: str | None) -> Any:
     """The span context a `traceparent` value names (remote), None when absent or malformed."""
     if not value or tracer is None:
         return None
-    from opentelemetry.trace import SpanContext, TraceFlags
-
     parts = value.split("-")
     if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
         return None
@@ -190,7 +204,7 @@ def parse(value: str | None) -> Any:
         trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
     except ValueError:
         return None
-    context = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
+    context = _api.span_context(trace_id, span_id, is_remote=True, trace_flags=_api.flags(flags))
     return context if context.is_valid else None
 
 
