@@ -106,18 +106,24 @@ async def ensure_topic(settings: Settings, timeout: float = 20.0) -> None:
         except KafkaError as exc:
             log.warning(cannot_create(topic, settings, describe_kafka_error(exc)))
             return
-        for entry in response.topic_errors:
-            code, message = entry[1], (entry[2] if len(entry) > 2 else None)
-            if code == TopicAlreadyExistsError.errno:
-                return
-            if code:
-                error = for_code(code)
-                log.warning(cannot_create(topic, settings, f"{error.__name__}: {message or ''}"))
-                return
+        refused = creation_refused(response.topic_errors)
+        if refused:
+            log.warning(cannot_create(topic, settings, refused))
+            return
         log.info("created topic %s (%d partitions, replication factor %d)",
                  topic, settings.kafka_topic_partitions, factor)  # fmt: skip
     finally:
         await admin.close()
+
+
+def creation_refused(topic_errors: list[Any]) -> str | None:
+    """The broker's reason for not creating the topic (CreateTopics answers per topic,
+    it does not raise), None when it was created or already exists."""
+    for entry in topic_errors:
+        code, message = entry[1], (entry[2] if len(entry) > 2 else None)
+        if code and code != TopicAlreadyExistsError.errno:
+            return f"{for_code(code).__name__}: {message or 'refused'}"
+    return None
 
 
 def replication_factor(settings: Settings, brokers: int) -> int:

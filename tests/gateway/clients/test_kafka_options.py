@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from gateway.clients.kafka import connection_options, create_producer, replication_factor
+from gateway.clients.kafka import (
+    connection_options,
+    create_producer,
+    creation_refused,
+    replication_factor,
+)
 from gateway.config import Settings
 from tests.estate.certs import Certificates, make_certificates
 
@@ -98,3 +103,18 @@ def test_certificate_files_are_checked_at_start_up(tmp_path: Path) -> None:
         Settings.from_env({
             "KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CERT_FILE": str(tmp_path / "none.pem"),
         })  # fmt: skip
+
+
+def test_a_refused_topic_creation_is_read_from_the_answer() -> None:
+    """CreateTopics answers per topic instead of raising: a managed cluster's refusal was
+    logged as "created topic" before."""
+    from aiokafka.errors import PolicyViolationError, TopicAuthorizationFailedError
+
+    assert creation_refused([("payment.events", 0, None)]) is None
+    assert creation_refused([("payment.events", 36, "Topic already exists.")]) is None
+    denied = creation_refused([("payment.events", TopicAuthorizationFailedError.errno, None)])
+    assert denied == "TopicAuthorizationFailedError: refused"
+    policy = creation_refused(
+        [("payment.events", PolicyViolationError.errno, "replication factor must be 3")]
+    )
+    assert policy == "PolicyViolationError: replication factor must be 3"
