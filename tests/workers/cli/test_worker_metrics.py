@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.conftest import TEST_SECRET
 from tests.faults.harness import gateway_env
+from tests.stack import server_set
 from workers.cli.devstack import free_port
 
 
+@pytest.mark.skipif(server_set() != "embedded", reason="no SQL of its own: default pass only")
 async def test_a_worker_alone_serves_metrics_on_metrics_port(
     stack: Any, db: Any, tmp_path: Path
 ) -> None:
