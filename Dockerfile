@@ -20,7 +20,7 @@ COPY pyproject.toml README.m[d] ./
 COPY gateway ./gateway
 COPY workers ./workers
 RUN pip install --upgrade pip setuptools wheel \
-    && pip install --only-binary=:all: . \
+    && pip install --only-binary=:all: '.[otel]' \
     && pip check
 
 

@@ -11,11 +11,17 @@ the process's CPU time by the requests answered. Postgres and Redis are real
     python -m bench.inproc --mode new --requests 60000
     python -m bench.inproc --mode bare --requests 100000   # the framework's share
     python -m bench.inproc --mode dup --limits none,local,redis --requests 60000
+    python -m bench.inproc --mode new --tracing off,on,off,on --requests 30000
 
 `--limits` runs the app once per rate-limit backend in the same run (same stack, same
 requests): `none` (no channel limit), `local` (per-process bucket) and `redis` (the
 shared, leased bucket), the generic channel at `--limit-rate` per second with as much
 burst, so every request is admitted and the figure is the limiter's hot-path cost.
+
+`--tracing` runs the app once per entry in the same run: `off` (no OTEL_* variables: the
+shipped default) and `on` (every span recorded by the OpenTelemetry SDK and handed to
+a batch processor whose exporter drops them, so the figure is paygate's and the SDK's
+cost without a network).
 
 Figures are for comparing two versions of the code on one machine, not for RESULTS'
 throughput tables.
@@ -152,6 +158,9 @@ async def main_async(args: argparse.Namespace) -> None:
         if args.limits:
             await compare_limits(args, stack, settings)
             return
+        if args.tracing:
+            await compare_tracing(args, stack, settings)
+            return
         seed, reqs = mode_requests("127.0.0.1:3004", args.mode, args.requests, stack.key)
         if args.mode == "bare":
             app = create_bare_app(stack.key)
@@ -199,6 +208,46 @@ async def compare_limits(args: argparse.Namespace, stack: Any, settings: Any) ->
             )
 
 
+async def compare_tracing(args: argparse.Namespace, stack: Any, settings: Any) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    from gateway.app import create_app
+    from gateway.observability import tracing
+
+    class Dropped(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Dropped()))
+    results: dict[str, list[tuple[float, float]]] = {}
+    for mode in args.tracing.split(","):
+        tracing.use(provider if mode == "on" else None)
+        seed, reqs = mode_requests("127.0.0.1:3004", args.mode, args.requests, stack.key)
+        cpu, wall, statuses = await run_app(
+            create_app(settings), settings, seed, reqs, args.connections
+        )
+        tracing.use(None)
+        n = sum(statuses.values())
+        results.setdefault(mode, []).append((1e6 * cpu / n, n / wall))
+        print(
+            f"tracing={mode} mode={args.mode} requests={n} statuses={statuses} "
+            f"cpu={1e6 * cpu / n:.1f} µs/request wall={n / wall:,.0f} req/s"
+        )
+    provider.shutdown()
+    base = results.get("off")
+    if base:
+        base_cpu = min(c for c, _ in base)
+        for mode, runs in results.items():
+            best = min(c for c, _ in runs)
+            print(f"  {mode}: best {best:.1f} µs/request (ratio to off {best / base_cpu:.2f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--mode", choices=("new", "dup", "bare"), default="dup")
@@ -206,6 +255,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=256)
     ap.add_argument("--limits", default="", help="e.g. none,local,redis: one run each")
     ap.add_argument("--limit-rate", type=float, default=200_000.0)
+    ap.add_argument("--tracing", default="", help="e.g. off,on,off,on: one run each")
     args = ap.parse_args()
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     import uvloop

@@ -20,6 +20,9 @@ from gateway.errors import ConfigError
 
 Parser = Callable[[str], Any]
 
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
 
 def _bool(raw: str) -> bool:
     value = raw.strip().lower()
@@ -92,6 +95,29 @@ def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, 
     return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
 
 
+def _upper_choice(*options: str) -> Parser:
+    def parse(raw: str) -> str:
+        value = raw.strip().upper()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _host_ports(raw: str) -> tuple[tuple[str, int], ...]:
+    """`host:port,host:port` (a bracketed IPv6 host keeps its colons)."""
+    out = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port, got {part!r}")
+        out.append((host.strip("[]"), int(port)))
+    return tuple(out)
+
+
 def _log_level(raw: str) -> str:
     value = raw.strip().upper()
     if value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -138,6 +164,15 @@ class Settings:
     redis_breaker_failures: int = env("REDIS_BREAKER_FAILURES", 3, _int(1))
     redis_breaker_reset_seconds: float = env("REDIS_BREAKER_RESET_SECONDS", 5.0, _float(0.01))
 
+    # Redis over TLS (a rediss:// URL), Sentinel and Cluster
+    redis_tls_ca_file: str = env("REDIS_TLS_CA_FILE", "")
+    redis_tls_cert_file: str = env("REDIS_TLS_CERT_FILE", "")
+    redis_tls_key_file: str = env("REDIS_TLS_KEY_FILE", "")
+    redis_sentinels: tuple[tuple[str, int], ...] = env("REDIS_SENTINELS", (), _host_ports)
+    redis_sentinel_master: str = env("REDIS_SENTINEL_MASTER", "")
+    redis_sentinel_password: str = env("REDIS_SENTINEL_PASSWORD", "", secret=True)
+    redis_cluster: bool = env("REDIS_CLUSTER", False, _bool)
+
     # Rate limits: `redis` shares each channel's bucket through Redis (per process when
     # there is no REDIS_URL at all); `local` keeps one bucket per process
     rate_limit_backend: str = env("RATE_LIMIT_BACKEND", "redis", _choice("redis", "local"))
@@ -152,8 +187,23 @@ class Settings:
     kafka_client_id: str = env("KAFKA_CLIENT_ID", "paygate")
     kafka_batch_size: int = env("KAFKA_BATCH_SIZE", 500, _int(1, 100_000))
     kafka_topic_partitions: int = env("KAFKA_TOPIC_PARTITIONS", 3, _int(1, 1000))
+    # 0: 3, or fewer when the cluster has fewer brokers (a dev broker gets 1)
+    kafka_topic_replication_factor: int = env("KAFKA_TOPIC_REPLICATION_FACTOR", 0, _int(0, 32))
     kafka_enable_idempotence: bool = env("KAFKA_ENABLE_IDEMPOTENCE", False, _bool)
     kafka_request_timeout_ms: int = env("KAFKA_REQUEST_TIMEOUT_MS", 5000, _int(100))
+    kafka_security_protocol: str = env(
+        "KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        _upper_choice(*KAFKA_SECURITY_PROTOCOLS),
+    )
+    kafka_sasl_mechanism: str = env(
+        "KAFKA_SASL_MECHANISM", "", _upper_choice(*KAFKA_SASL_MECHANISMS)
+    )
+    kafka_sasl_username: str = env("KAFKA_SASL_USERNAME", "")
+    kafka_sasl_password: str = env("KAFKA_SASL_PASSWORD", "", secret=True)
+    kafka_ssl_ca_file: str = env("KAFKA_SSL_CA_FILE", "")
+    kafka_ssl_cert_file: str = env("KAFKA_SSL_CERT_FILE", "")
+    kafka_ssl_key_file: str = env("KAFKA_SSL_KEY_FILE", "")
 
     # Webhooks and signatures
     webhook_secret: tuple[str, ...] = env("WEBHOOK_SECRET", (), _secret_list, secret=True)
@@ -254,6 +304,11 @@ class Settings:
                 raise ConfigError(f"invalid value for {name}{shown}: {exc}") from None
         values.setdefault("database_url", _database_url_from_parts(environ))
         values.setdefault("redis_url", _redis_url_from_parts(environ))
+        master = environ.get("REDIS_SENTINEL_MASTER", "").strip()
+        if master and environ.get("REDIS_SENTINELS", "").strip() and not values["redis_url"]:
+            # The sentinels name the master's address; the URL then only carries the
+            # scheme (TLS or not), credentials and database, and may be left out.
+            values["redis_url"] = f"redis://{quote(master, safe='')}/0"
         kafka = environ.get("KAFKA_BROKERS", "").strip()
         if kafka:
             values.setdefault("kafka_bootstrap_servers", kafka)
@@ -273,6 +328,9 @@ class Settings:
         ):
             if url and not url.startswith(schemes):
                 raise ConfigError(f"invalid value for {name}: expected a {schemes[0]} URL")
+        _check_files(self)
+        _check_kafka_security(self)
+        _check_redis_topology(self)
 
     @property
     def shared_rate_limits(self) -> bool:
@@ -309,6 +367,62 @@ class Settings:
         return f"Settings({', '.join(shown)})"
 
     __str__ = __repr__
+
+
+def _check_files(s: Settings) -> None:
+    """Certificate files are read when a client connects, maybe minutes after start-up:
+    a wrong path must stop start-up instead, naming the variable."""
+    for name in (
+        "TLS_CERT_FILE", "TLS_KEY_FILE", "KAFKA_SSL_CA_FILE", "KAFKA_SSL_CERT_FILE",
+        "KAFKA_SSL_KEY_FILE", "REDIS_TLS_CA_FILE", "REDIS_TLS_CERT_FILE", "REDIS_TLS_KEY_FILE",
+    ):  # fmt: skip
+        path = getattr(s, name.lower())
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(f"invalid value for {name}: {path!r} is not a readable file")
+
+
+def _check_kafka_security(s: Settings) -> None:
+    """Refuse combinations that cannot work, rather than a client that silently ignores
+    half of them (or fails its handshake later with a less helpful message)."""
+    protocol = s.kafka_security_protocol
+    sasl = protocol.startswith("SASL_")
+    if sasl and not s.kafka_sasl_mechanism:
+        raise ConfigError(
+            f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_MECHANISM "
+            f"({', '.join(KAFKA_SASL_MECHANISMS)})"
+        )
+    if sasl and not (s.kafka_sasl_username and s.kafka_sasl_password):
+        raise ConfigError(
+            f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+        )
+    if not sasl and (s.kafka_sasl_mechanism or s.kafka_sasl_username or s.kafka_sasl_password):
+        raise ConfigError(
+            f"KAFKA_SASL_* is set but KAFKA_SECURITY_PROTOCOL={protocol} does not use SASL "
+            "(SASL_SSL or SASL_PLAINTEXT)"
+        )
+    files = s.kafka_ssl_ca_file or s.kafka_ssl_cert_file or s.kafka_ssl_key_file
+    if files and not protocol.endswith("SSL"):
+        raise ConfigError(
+            f"KAFKA_SSL_* is set but KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS "
+            "(SSL or SASL_SSL)"
+        )
+    if s.kafka_ssl_key_file and not s.kafka_ssl_cert_file:
+        raise ConfigError("KAFKA_SSL_KEY_FILE needs KAFKA_SSL_CERT_FILE (the client certificate)")
+
+
+def _check_redis_topology(s: Settings) -> None:
+    if bool(s.redis_sentinels) != bool(s.redis_sentinel_master):
+        raise ConfigError("REDIS_SENTINELS and REDIS_SENTINEL_MASTER must be set together")
+    if s.redis_sentinels and s.redis_cluster:
+        raise ConfigError("REDIS_SENTINELS and REDIS_CLUSTER=true exclude each other")
+    if s.redis_sentinels and not s.redis_url:
+        raise ConfigError("REDIS_SENTINELS is set but REDIS_URL is empty")
+    if (s.redis_cluster or s.redis_sentinels) and s.redis_url.startswith("unix://"):
+        raise ConfigError("REDIS_URL: a unix:// socket cannot reach a Sentinel or Cluster")
+    if (s.redis_tls_ca_file or s.redis_tls_cert_file) and not s.redis_url.startswith("rediss://"):
+        raise ConfigError("REDIS_TLS_* is set but REDIS_URL is not a rediss:// (TLS) URL")
+    if s.redis_tls_key_file and not s.redis_tls_cert_file:
+        raise ConfigError("REDIS_TLS_KEY_FILE needs REDIS_TLS_CERT_FILE (the client certificate)")
 
 
 def usable_cpus() -> int:

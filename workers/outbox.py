@@ -77,7 +77,7 @@ from gateway.clients.kafka import create_producer, ensure_topic
 from gateway.config import Settings
 from gateway.db.event_log import ROUND_SQL, SESSION_SQL, SETTLE_SQL
 from gateway.notify import Wakeup
-from gateway.observability import metrics
+from gateway.observability import metrics, tracing
 from workers.backoff import backoff_delay
 from workers.base import Worker
 from workers.event_log_upkeep import UPKEEP_SECONDS, upkeep
@@ -141,6 +141,7 @@ class Event:
     outbox_id: int | None = None  # a retry
     attempts: int = 0
     held: bool = False  # a log event queued behind an undead outbox row of its key
+    traceparent: str | None = None  # the recording's trace context (tracing on), for Kafka
 
 
 @dataclass
@@ -165,7 +166,7 @@ class RoundPlan:
                 0, r["lane"], r["key"], r["event_id"], r["event_type"], r["topic"],
                 r["payload"], r["created_at"], r["payment_id"], r["payment_date"],
                 r["status"], r["seq"] or 0, r["idx"] or 0, r["outbox_id"], r["attempts"],
-                r["held"],
+                r["held"], r["traceparent"],
             )  # fmt: skip
             (retries if event.outbox_id is not None else logged).append(event)
         logged.sort(key=lambda e: (e.seq, e.idx))
@@ -411,7 +412,11 @@ class OutboxRelay(Worker):
             await self._write_cursors(conn, states)  # idle: where every lane stands
             self._note_healthy()
             return not all(complete for _, complete, _ in plan.lanes.values())
-        result, unsent = await self._publish_waves(producer, plan)
+        traces = (tracing.parse(e.traceparent) for e in plan.events)
+        with tracing.linked_span(
+            "paygate.relay.round", traces, **{"paygate.relay.events": len(plan.events)}
+        ):
+            result, unsent = await self._publish_waves(producer, plan)
         if result.acked and generation <= self._outage_generation:
             result.distrust_acks()
         self._account(plan, result)
@@ -493,6 +498,7 @@ class OutboxRelay(Worker):
                             headers=[
                                 ("event_id", str(event.event_id).encode()),
                                 ("event_type", event.event_type.encode()),
+                                *tracing.kafka_headers(event.traceparent),
                             ],
                         )
                     except Exception as exc:
@@ -535,7 +541,7 @@ class OutboxRelay(Worker):
         held and unsent log events into the outbox in their order; cursors appended."""
         acked_ids: list[int] = []
         failed: list[list[Any]] = [[] for _ in range(5)]
-        moved: list[list[Any]] = [[] for _ in range(13)]
+        moved: list[list[Any]] = [[] for _ in range(14)]
         unsent_ns = {e.n for e in unsent}
         moved_ns: set[int] = set()
         for event in plan.events:
@@ -560,8 +566,8 @@ class OutboxRelay(Worker):
             moved_ns.add(event.n)
             values = [
                 event.event_id, event.event_type, event.topic, event.key, event.payload,
-                event.payment_id, event.payment_date, event.status, event.created_at, n,
-                delay, text, dead,
+                event.payment_id, event.payment_date, event.status, event.created_at,
+                event.traceparent, n, delay, text, dead,
             ]  # fmt: skip
             for column, value in zip(moved, values, strict=True):
                 column.append(value)
@@ -630,7 +636,7 @@ def _written(states: Iterable[LaneState]) -> None:
 
 
 def _no_outbox_change() -> list[list[Any]]:
-    return [[] for _ in range(1 + 5 + 13)]
+    return [[] for _ in range(1 + 5 + 14)]
 
 
 def _swallow(fut: asyncio.Future[Any]) -> None:

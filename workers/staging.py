@@ -74,7 +74,7 @@ from gateway.db.errors import describe, describe_text
 from gateway.db.server import ServerFunctions, server_version
 from gateway.domain.validation import date_window
 from gateway.notify import Wakeup
-from gateway.observability import metrics
+from gateway.observability import metrics, tracing
 from workers import staging_sql
 from workers.backoff import backoff_delay
 from workers.base import Worker
@@ -212,7 +212,8 @@ class StagingWorker(Worker):
                 ids = await conn.fetchval(staging_sql.CLAIM, self.batch_size)
                 if not ids:
                     return BatchReport(0, 0, 0, Counts(0, 0, 0, 0), attempt, 0.0)
-                done = await self._record(conn, ids)
+                with tracing.span("paygate.staging.batch", **{"paygate.batch.rows": len(ids)}):
+                    done = await self._record(conn, ids)
                 first, last, total = ids[0], ids[-1], len(ids)
                 seconds = time.perf_counter() - started
                 tally = await conn.fetchrow(
@@ -272,9 +273,10 @@ class StagingWorker(Worker):
             self.settings.partition_retention_months,
             self.settings.payment_date_max_future_days,
         )
+        trace = tracing.traceparent(tracing.current())
         row = await conn.fetchrow(
             sql, ids, window.earliest, window.latest, window.too_old_detail(),
-            window.too_late_detail(), self.settings.kafka_topic,
+            window.too_late_detail(), self.settings.kafka_topic, trace,
         )  # fmt: skip
         assert row is not None
         return Recorded(

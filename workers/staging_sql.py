@@ -250,13 +250,13 @@ def _batch_ids_sql(new_id: str, n: str) -> str:
 
 def record_sql(rules: Sequence[Rule], *, server: ServerFunctions = NEWEST) -> str:
     """Record a claimed batch. Parameters: $1 ids, $2 earliest and $3 latest payment
-    date, $4 the too-old and $5 the too-late detail, $6 the outbox topic. One row back:
-    recorded, errors, error_items (JSON text, first ERROR_DETAILS_MAX by id), rest_ids,
-    rest_fresh."""
+    date, $4 the too-old and $5 the too-late detail, $6 the outbox topic, $7 the batch's
+    trace context (or NULL) for its events. One row back: recorded, errors, error_items
+    (JSON text, first ERROR_DETAILS_MAX by id), rest_ids, rest_fresh."""
     hashed = business_hash_sql("l.ref", "l.account", "l.cif", "l.amount", "l.payment_date")
     chain = record_ctes(
         source=_lit(SOURCE), status=_lit(DEFAULT_STATUS), event_at="NULL", topic="$6",
-        actor=_lit(SOURCE),
+        actor=_lit(SOURCE), traceparent="$7::text",
     )  # fmt: skip
     return f"""
 WITH batch AS MATERIALIZED ({classify_sql(rules, server)}

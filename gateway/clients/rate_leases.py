@@ -9,7 +9,9 @@ by age; its cardinality is the live instance count the fallback divides the rate
 Short timeouts and the dedup client's circuit breaker: a dead Redis costs one timeout,
 then nothing until the breaker half-opens. Scripts run with EVALSHA through redis-py's
 Script object (it loads them again after a NOSCRIPT, e.g. a restarted Redis). Works on
-Redis 6.2 and 7 (script effects replication is the default on both).
+Redis 6.2 and 7 (script effects replication is the default on both), and on a Cluster:
+each script touches only the one key it is given (a script's keys must share a slot),
+so a channel's bucket lives on whichever node owns its slot.
 """
 
 from __future__ import annotations
@@ -23,9 +25,8 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
-from redis.exceptions import RedisError
-
 from gateway.clients.redis import bounded_client, note_failure, settings_breaker
+from gateway.clients.redis_connect import REDIS_FAILURES, close_client
 from gateway.config import Settings
 from gateway.observability import metrics
 
@@ -73,7 +74,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return redis.call('ZCARD', KEYS[1])
 """
 
-_FAILURES = (RedisError, OSError, TimeoutError)
+_FAILURES = REDIS_FAILURES
 
 
 def bucket_key(channel: str) -> str:
@@ -142,8 +143,7 @@ class RedisLeaseStore:
     async def close(self) -> None:
         with suppress(*_FAILURES):
             await self.client.zrem(INSTANCES_KEY, self.instance_id)
-        await self.client.aclose()
-        await self.client.connection_pool.disconnect()
+        await close_client(self.client)
 
     def _failed(self, exc: BaseException) -> None:
         note_failure(self.breaker, exc, "rate limits fall back to this process's share", log)

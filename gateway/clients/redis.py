@@ -12,7 +12,10 @@ an entry lives between one and two TTLs.
 The per-batch exchange talks to a few dedicated redis-py connections with commands
 packed by hiredis, not through redis-py's pipeline: the pipeline's machinery (pool
 checkout, retry wrapper, Python packing, per-command bookkeeping) cost ~220 µs of CPU
-per call against ~85 µs this way, paid once per group-commit batch.
+per call against ~85 µs this way, paid once per group-commit batch. Those connections
+are made like the client's own (`redis_connect`): the same server, or the master the
+sentinels name at the time. A Cluster routes each command by its key's slot, so there
+the exchange is redis-py's cluster pipeline (the two buckets may live on two nodes).
 """
 
 from __future__ import annotations
@@ -20,13 +23,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import hiredis
-import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection, Connection, parse_url
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
 
+from gateway.clients.redis_connect import (
+    REDIS_FAILURES,
+    RedisClient,
+    close_client,
+    link_factory,
+    redis_client,
+)
 from gateway.config import Settings
 from gateway.observability import metrics
 
@@ -84,39 +92,25 @@ def settings_breaker(settings: Settings) -> CircuitBreaker:
     return CircuitBreaker(settings.redis_breaker_failures, settings.redis_breaker_reset_seconds)
 
 
-def bounded_client(settings: Settings, max_connections: int) -> aioredis.Redis:
+def bounded_client(settings: Settings, max_connections: int) -> RedisClient:
     """A client whose every wait (a free connection, the connect, a reply) is bounded by
     REDIS_TIMEOUT_MS: Redis only ever saves work here, so it must never stall a request."""
-    timeout = settings.redis_timeout_ms / 1000
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=max_connections,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-    )
-    return aioredis.Redis(connection_pool=pool)
+    return redis_client(settings, max_connections)
 
 
 class RedisCache:
     def __init__(self, settings: Settings) -> None:
-        timeout = settings.redis_timeout_ms / 1000
         self.ttl = settings.redis_ttl_seconds
         self.breaker = settings_breaker(settings)
         self.client = bounded_client(settings, max_connections=8)
-        link = parse_url(settings.redis_url)
-        self._link_class: type[AbstractConnection] = link.pop("connection_class", Connection)
-        self._link_kwargs: dict[str, Any] = dict(
-            link, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        self._new_link = link_factory(self.client)
         self._links: list[AbstractConnection] = []  # idle dedicated connections for `exchange`
 
     async def close(self) -> None:
         links, self._links = self._links, []
         for link in links:
             await link.disconnect()
-        await self.client.aclose()
-        await self.client.connection_pool.disconnect()
+        await close_client(self.client)
 
     def _buckets(self) -> tuple[str, str]:
         bucket = int(time.time() // self.ttl)
@@ -132,6 +126,8 @@ class RedisCache:
         if (not refs and not store) or not self.breaker.allow():
             return misses
         current, previous = self._buckets()
+        if self._new_link is None:
+            return await self._exchange_routed(refs, store, current, previous)
         packed: list[bytes] = []
         if store:
             fields: list[str | bytes] = []
@@ -140,11 +136,15 @@ class RedisCache:
             packed += (_pack("HSET", current, *fields), _pack("EXPIRE", current, 2 * self.ttl))
         if refs:
             packed += (_pack("HMGET", current, *refs), _pack("HMGET", previous, *refs))
-        link = self._links.pop() if self._links else self._link_class(**self._link_kwargs)
+        link = self._links.pop() if self._links else self._new_link()
         try:
+            if not link.is_connected:
+                # connect() is what asks the sentinels for the master's address; sending
+                # would connect too, but to the address the link was made with.
+                await link.connect()
             await link.send_packed_command(packed, check_health=False)
             replies = [await link.read_response() for _ in packed]
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             await link.disconnect(nowait=True)  # its state is unknown: never reused
             self._failed(exc)
             return misses
@@ -158,10 +158,33 @@ class RedisCache:
         now, before = replies[-2], replies[-1]
         return [a if a is not None else b for a, b in zip(now, before, strict=True)]
 
+    async def _exchange_routed(
+        self, refs: Sequence[str], store: Mapping[str, bytes], current: str, previous: str
+    ) -> list[bytes | None]:
+        """`exchange` through a Cluster: the same commands, routed per slot by redis-py."""
+        assert isinstance(self.client, RedisCluster)
+        pipe = self.client.pipeline(transaction=False)
+        if store:
+            pipe.hset(current, mapping=dict(store))  # type: ignore[arg-type]  # its stub is invariant
+            pipe.expire(current, 2 * self.ttl)
+        if refs:
+            pipe.hmget(current, list(refs))
+            pipe.hmget(previous, list(refs))
+        try:
+            replies = await pipe.execute()
+        except REDIS_FAILURES as exc:
+            self._failed(exc)
+            return [None] * len(refs)
+        self.breaker.success()
+        if not refs:
+            return [None] * len(refs)
+        now, before = replies[-2], replies[-1]
+        return [a if a is not None else b for a, b in zip(now, before, strict=True)]
+
     async def ping(self) -> bool:
         try:
             return bool(await self.client.ping())
-        except (RedisError, OSError, TimeoutError):
+        except REDIS_FAILURES:
             return False
 
     def _failed(self, exc: BaseException) -> None:

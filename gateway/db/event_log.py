@@ -24,14 +24,18 @@ from gateway.domain.events import PAYMENT_RECORDED
 EVENT_LANES = 8  # sql/170's payment_service.event_lane() masks with EVENT_LANES - 1
 
 
-def append_recorded_sql(*, won: str, status: str, topic: str) -> str:
+def append_recorded_sql(*, won: str, status: str, topic: str, traceparent: str = "NULL") -> str:
     """An INSERT (for a data-modifying CTE) of the `payment.recorded` events of the rows of
-    `won` (columns payment_id, ref, payment_date): one log row per lane. `status` and
-    `topic` are SQL expressions (over the row `w`, or parameters)."""
+    `won` (columns payment_id, ref, payment_date): one log row per lane. `status`, `topic`
+    and `traceparent` (each event's trace context for Kafka, sql/172) are SQL expressions
+    (over the row `w`, or parameters). With tracing off every traceparent is NULL and the
+    row stores no array at all (bytes per payment are the log's budget)."""
+    tp = f"({traceparent})::text"
     return f"""INSERT INTO payment_service.event_log
-        (lane, event_type, topic, payment_ids, payment_dates, statuses)
+        (lane, event_type, topic, payment_ids, payment_dates, statuses, traceparents)
     SELECT payment_service.event_lane(w.ref), {sql_literal(PAYMENT_RECORDED)}, {topic},
-           array_agg(w.payment_id), array_agg(w.payment_date), array_agg(({status})::text)
+           array_agg(w.payment_id), array_agg(w.payment_date), array_agg(({status})::text),
+           CASE WHEN count({tp}) > 0 THEN array_agg({tp}) END
     FROM {won} w GROUP BY 1"""
 
 
@@ -70,16 +74,16 @@ def expanded_sql(rows: str) -> str:
     """The events of the log rows `rows` (a relation with the log's columns), one row each:
     lane, seq, idx (the element's position, 0 for a stored event), event_id, event_type,
     topic, key, payload (NULL if a recorded payment is gone), payment_id, payment_date,
-    status, created_at."""
+    status, created_at, traceparent."""
     return f"""
     SELECT t.lane, t.seq, 0::bigint AS idx, t.event_id, t.event_type, t.topic, t.key,
            t.payload, NULL::uuid AS payment_id, NULL::timestamp AS payment_date,
-           NULL::text AS status, t.created_at
+           NULL::text AS status, t.created_at, t.traceparents[1] AS traceparent
     FROM {rows} t WHERE t.payment_ids IS NULL
     UNION ALL
     SELECT t.lane, t.seq, u.idx, i.event_id, t.event_type, t.topic,
            coalesce(b.ref, u.payment_id::text), b.payload, u.payment_id, u.payment_date,
-           u.status, t.created_at
+           u.status, t.created_at, t.traceparents[u.idx::int]
     FROM {rows} t
     CROSS JOIN LATERAL unnest(t.payment_ids, t.payment_dates, t.statuses) WITH ORDINALITY
         AS u(payment_id, payment_date, status, idx)
@@ -161,12 +165,12 @@ SELECT 'lane' AS kind, l.lane, l.target, pg_current_snapshot() AS now,
        NULL::uuid AS event_id, NULL::text AS event_type, NULL::text AS topic,
        NULL::text AS key, NULL::bytea AS payload, NULL::uuid AS payment_id,
        NULL::timestamp AS payment_date, NULL::text AS status, NULL::timestamptz AS created_at,
-       0 AS attempts, false AS held
+       0 AS attempts, false AS held, NULL::text AS traceparent
 FROM lanes l
 UNION ALL
 SELECT 'log', e.lane, NULL, NULL, NULL, NULL, NULL, e.seq, e.idx, e.event_id, e.event_type, e.topic,
        e.key, e.payload, e.payment_id, e.payment_date, e.status, e.created_at, 0,
-       h.held IS NOT NULL
+       h.held IS NOT NULL, e.traceparent
 FROM events e
 -- one probe per event (a LATERAL is never turned into a scan of the whole outbox)
 LEFT JOIN LATERAL (
@@ -176,7 +180,7 @@ LEFT JOIN LATERAL (
 UNION ALL
 SELECT 'retry', payment_service.event_lane(o.key), NULL, NULL, NULL, NULL, o.id, NULL, NULL,
        o.event_id, o.event_type, o.topic, o.key, {outbox_payload_sql()}, o.payment_id,
-       o.payment_date, o.status, o.created_at, o.attempts, false
+       o.payment_date, o.status, o.created_at, o.attempts, false, o.traceparent
 FROM payment_service.outbox o
 WHERE o.id = ANY (ARRAY(SELECT id FROM win WHERE due AND nth = 1
                         AND payment_service.event_lane(key) = ANY ($1::int2[])))
@@ -199,21 +203,21 @@ WITH acked AS (
 ), moved AS (
     INSERT INTO payment_service.outbox
         (event_id, event_type, topic, key, payload, payment_id, payment_date, status,
-         created_at, attempts, next_attempt_at, last_error, dead_lettered_at)
+         created_at, traceparent, attempts, next_attempt_at, last_error, dead_lettered_at)
     SELECT m.event_id, m.event_type, m.topic, m.key,
            CASE WHEN m.payment_id IS NULL THEN m.payload END, m.payment_id, m.payment_date,
-           m.status, m.created_at, m.attempts, now() + make_interval(secs => m.delay),
-           m.error, CASE WHEN m.dead THEN now() END
+           m.status, m.created_at, m.traceparent, m.attempts,
+           now() + make_interval(secs => m.delay), m.error, CASE WHEN m.dead THEN now() END
     FROM unnest($7::uuid[], $8::text[], $9::text[], $10::text[], $11::bytea[], $12::uuid[],
-                $13::timestamp[], $14::text[], $15::timestamptz[], $16::int[],
-                $17::float8[], $18::text[], $19::bool[]) WITH ORDINALITY
+                $13::timestamp[], $14::text[], $15::timestamptz[], $16::text[], $17::int[],
+                $18::float8[], $19::text[], $20::bool[]) WITH ORDINALITY
         AS m(event_id, event_type, topic, key, payload, payment_id, payment_date, status,
-             created_at, attempts, delay, error, dead, n)
+             created_at, traceparent, attempts, delay, error, dead, n)
     ORDER BY m.n
 ), cursors AS (
     INSERT INTO payment_service.event_cursors (lane, done, target, after_seq, relay)
-    SELECT c.lane, c.done, c.target, c.after_seq, $24
-    FROM unnest($20::int2[], $21::pg_snapshot[], $22::pg_snapshot[], $23::int8[])
+    SELECT c.lane, c.done, c.target, c.after_seq, $25
+    FROM unnest($21::int2[], $22::pg_snapshot[], $23::pg_snapshot[], $24::int8[])
         AS c(lane, done, target, after_seq)
 )
 SELECT 1

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
-from gateway.db.server import check_supported, server_version
+from gateway.db.server import certificate_check, check_supported, server_version
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,11 @@ async def migrate(
 ) -> list[str]:
     """Apply every migration not yet recorded; return the versions applied now. A server
     older than paygate supports is refused first (UnsupportedServer)."""
-    conn = await asyncpg.connect(dsn_or_conn) if isinstance(dsn_or_conn, str) else dsn_or_conn
+    if isinstance(dsn_or_conn, str):
+        with certificate_check():
+            conn = await asyncpg.connect(dsn_or_conn)
+    else:
+        conn = dsn_or_conn
     try:
         check_supported(await server_version(conn), minimum_server_version)
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)

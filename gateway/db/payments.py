@@ -16,24 +16,28 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
 from gateway.db.recording_sql import record_ctes
 from gateway.domain.ids import uuid7
 from gateway.domain.model import Payment
+from gateway.observability import tracing
 
 _CHAIN = record_ctes(
-    source="$15::text", status="w.status", event_at="w.event_at", topic="$16", actor="$17"
-)
+    source="$15::text", status="w.status", event_at="w.event_at", topic="$16", actor="$17",
+    traceparent="w.traceparent",
+)  # fmt: skip
 _RECORD = f"""
 WITH input AS (
     SELECT * FROM unnest(
         $1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::timestamp[],
         $7::text[], $8::jsonb[], $9::text[], $10::timestamptz[], $11::text[], $12::text[],
-        $13::text[], $14::bytea[], $18::text[], $19::timestamptz[]
+        $13::text[], $14::bytea[], $18::text[], $19::timestamptz[], $20::text[]
     ) AS t(payment_id, ref, account, cif, amount, payment_date, channel, metadata, status,
-           event_at, hash, delivery_channel, delivery_id, body, currency, payment_at)
+           event_at, hash, delivery_channel, delivery_id, body, currency, payment_at,
+           traceparent)
 ), {_CHAIN}, raw AS (
     INSERT INTO payment_service.webhook_events
         (channel, delivery_id, reference_number, payment_id, outcome, body)
@@ -78,6 +82,7 @@ class Candidate:
     delivery_id: str | None = None
     body: bytes | None = None  # the raw verified delivery, kept in webhook_events
     payment_id: uuid.UUID = field(default_factory=uuid7)
+    trace: Any = None  # the request's span context while tracing (gateway.observability)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +114,7 @@ async def record_batch(
     returns a reference once even if the input holds it twice). Rows are claimed in
     reference order so concurrent batches never deadlock on each other.
     """
-    cols: list[list[object]] = [[] for _ in range(16)]
+    cols: list[list[object]] = [[] for _ in range(17)]
     for c in candidates:
         p = c.payment
         row = (
@@ -117,6 +122,7 @@ async def record_batch(
             p.payment_date, p.payment_channel, p.metadata, p.status, p.provider_event_at,
             p.payload_hash, c.channel, c.delivery_id, c.body, p.currency,
             None if p.payment_at is None else p.payment_at.replace(tzinfo=UTC),
+            None if c.trace is None else tracing.traceparent(c.trace),
         )  # fmt: skip
         for col, value in zip(cols, row, strict=True):
             col.append(value)

@@ -7,7 +7,7 @@ import orjson
 
 from gateway.config import Settings
 from gateway.db.primary import PrimaryPool
-from gateway.db.server import check_supported, server_version
+from gateway.db.server import certificate_check, check_supported, server_version
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -48,7 +48,8 @@ async def create_pool(
         command_timeout=60,
         server_settings={"application_name": "paygate", "timezone": "UTC"},
     )
-    await pool
+    with certificate_check():
+        await pool
     try:
         async with pool.acquire() as conn:
             check_supported(await server_version(conn), minimum_server_version)

@@ -19,9 +19,12 @@ from __future__ import annotations
 from gateway.db.event_log import append_recorded_sql
 
 
-def record_ctes(*, source: str, status: str, event_at: str, topic: str, actor: str) -> str:
+def record_ctes(
+    *, source: str, status: str, event_at: str, topic: str, actor: str, traceparent: str
+) -> str:
     """`claimed, won, paid, evt, aud` as SQL (to follow `WITH input AS (...),`). Each
-    argument is an SQL expression over the winner row `w` (or a parameter/literal)."""
+    argument is an SQL expression over the winner row `w` (or a parameter/literal);
+    `traceparent` is the trace context the event carries to Kafka (NULL: none)."""
     return f"""claimed AS (
     INSERT INTO payment_service.payment_references
         (reference_number, payment_id, payment_date, payload_hash)
@@ -38,7 +41,7 @@ def record_ctes(*, source: str, status: str, event_at: str, topic: str, actor: s
            w.payment_at, w.channel, {source}, w.metadata, {status}, {event_at}
     FROM won w
 ), evt AS (
-    {append_recorded_sql(won="won", status=status, topic=topic)}
+    {append_recorded_sql(won="won", status=status, topic=topic, traceparent=traceparent)}
 ), aud AS (
     INSERT INTO payment_service.audit_log (actor, action, reference_number, payment_id, details)
     SELECT {actor}, 'created', w.ref, w.payment_id,

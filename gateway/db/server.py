@@ -12,11 +12,31 @@ correct and only slower.
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import asyncpg
 
 from gateway.errors import ConfigError
+
+
+@contextmanager
+def certificate_check() -> Iterator[None]:
+    """A server certificate refused under `sslmode=verify-ca|verify-full` is a configuration
+    error, said as such (which check failed, and what to change) instead of a traceback.
+    asyncpg raises it only once every host of DATABASE_URL refused."""
+    try:
+        yield
+    except ssl.SSLCertVerificationError as exc:
+        raise ConfigError(
+            "DATABASE_URL: the server's TLS certificate was refused "
+            f"({exc.verify_message or exc.reason}); with sslmode=verify-full the host in the "
+            "URL must be a name the certificate was issued for, and sslrootcert the CA "
+            "that signed it"
+        ) from None
+
 
 MINIMUM_SERVER_VERSION = 150000  # server_version_num of PostgreSQL 15.0
 

@@ -27,7 +27,7 @@ from gateway.ingest.channels import Channel
 from gateway.ingest.pipeline import DELIVERY_ID_MAX, header_delivery_id
 from gateway.ingest.refusals import refusal, refused_outcome
 from gateway.ingest.signatures import KeyFetchRequired, SignatureError
-from gateway.observability import metrics
+from gateway.observability import metrics, tracing
 
 log = logging.getLogger("paygate.webhook")
 
@@ -54,6 +54,19 @@ def _outcome_of(exc: PaygateError) -> str:
 
 
 async def handle_webhook(request: web.Request) -> web.Response:
+    if tracing.tracer is None:
+        return await _handle(request)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else request.path
+    with tracing.server_span(
+        f"POST {route}", request.headers, **{"http.request.method": "POST", "http.route": route}
+    ) as span:
+        response = await _handle(request)
+        span.set_attribute("http.response.status_code", response.status)
+        return response
+
+
+async def _handle(request: web.Request) -> web.Response:
     started = time.perf_counter()
     app = request.app
     bound = app[appkeys.INFLIGHT]
@@ -99,10 +112,11 @@ async def _process(request: web.Request, channel: Channel) -> tuple[web.Response
     guard.admit(request, channel)  # allowlist, failing sources: before the body is read
     body = await read_body(request)
     try:
-        try:
-            verified = channel.verify(request.headers, body, now=time.time())
-        except KeyFetchRequired as need:  # a key to fetch first (PayPal's certificate)
-            verified = await channel.verify_after(need, request.headers, body, now=time.time())
+        with tracing.span("paygate.verify"):
+            try:
+                verified = channel.verify(request.headers, body, now=time.time())
+            except KeyFetchRequired as need:  # a key to fetch first (PayPal's certificate)
+                verified = await channel.verify_after(need, request.headers, body, now=time.time())
     except SignatureError as exc:
         metrics.signature_failures.labels(channel.name, exc.reason).inc()
         guard.failed(request, channel)

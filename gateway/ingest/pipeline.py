@@ -27,7 +27,7 @@ from gateway.ingest.channels import Channel
 from gateway.ingest.dedup import Deduplicator
 from gateway.ingest.protocols import ReplayGuard, StatusApplier
 from gateway.ingest.writer import CONFLICT, CREATED, DUPLICATE, GroupCommitWriter, WriteResult
-from gateway.observability import metrics
+from gateway.observability import metrics, tracing
 
 # Provider delivery ids that no signature covers, by header: kept for the record only.
 DELIVERY_ID_HEADERS = (
@@ -165,7 +165,8 @@ class Pipeline:
         payment = validate_payment(fields, window=window, currency=currency, places=places)
         if channel.identity_fields != IDENTITY_FIELDS:
             payment = dataclasses.replace(payment, identity=channel.identity_fields)
-        known = self.dedup.lookup_local(payment.reference_number)
+        with tracing.span("paygate.dedup"):
+            known = self.dedup.lookup_local(payment.reference_number)
         if (
             known is not None
             and known.payload_hash == payment.payload_hash
@@ -174,7 +175,13 @@ class Pipeline:
             return duplicate(known.payment_id, "memory")
 
         # The writer fails the future with 503 write_timeout after WEBHOOK_TIMEOUT_MS.
-        result = await self.writer.submit(Candidate(payment, channel.name, delivery_id, body))
+        candidate = Candidate(payment, channel.name, delivery_id, body)
+        if tracing.tracer is None:
+            result = await self.writer.submit(candidate)
+        else:
+            with tracing.span("paygate.group_commit"):
+                candidate.trace = tracing.current()
+                result = await self.writer.submit(candidate)
         answer = await self._answer(channel, payment, result, delivery_id, body)
         return self._remembered(channel, key, answer)
 

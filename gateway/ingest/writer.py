@@ -30,7 +30,7 @@ from gateway.db.payments import Candidate, Existing, Loser, record_batch, record
 from gateway.errors import PaygateError, ServiceUnavailable, ValidationError
 from gateway.ingest.dedup import Deduplicator, Known
 from gateway.notify import Wakeup
-from gateway.observability import metrics
+from gateway.observability import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,10 @@ class GroupCommitWriter:
                 self._drain(batch, max_size)
             metrics.write_queue_depth.set(self.in_flight)
             try:
-                await self._write(batch)
+                traces = (candidate.trace for candidate, _ in batch)
+                size = {"paygate.batch.size": len(batch)}
+                with tracing.linked_span("paygate.group_commit.batch", traces, **size):
+                    await self._write(batch)
             except asyncio.CancelledError:
                 for _, fut in batch:
                     self._settle(fut, exc=ServiceUnavailable("shutting down", code="shutting_down"))

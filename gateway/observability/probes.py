@@ -10,6 +10,7 @@ from datetime import UTC
 import asyncpg
 from aiokafka.client import AIOKafkaClient
 
+from gateway.clients.kafka import connection_options
 from gateway.clients.redis import RedisCache
 from gateway.config import Settings
 from gateway.db import counts
@@ -46,9 +47,7 @@ class HealthProbes:
             now = time.monotonic()
             if self._kafka is not None and now - self._kafka[0] < KAFKA_CACHE_SECONDS:
                 return self._kafka[1]
-            client = AIOKafkaClient(
-                bootstrap_servers=self.settings.kafka_bootstrap_servers, request_timeout_ms=1500
-            )
+            client = AIOKafkaClient(**connection_options(self.settings), request_timeout_ms=1500)
             try:
                 await asyncio.wait_for(client.bootstrap(), 2)
                 ok = True

@@ -65,7 +65,7 @@ class Tail:
 
     def __init__(
         self,
-        bootstrap: str,
+        settings: Settings,
         topic: str,
         *,
         from_beginning: bool,
@@ -74,7 +74,8 @@ class Tail:
         key: str | None,
         out: TextIO,
     ) -> None:
-        self.bootstrap = bootstrap
+        self.settings = settings
+        self.bootstrap = settings.kafka_bootstrap_servers
         self.topic = topic
         self.from_beginning = from_beginning
         # Only new events wanted: there is no end to stop at.
@@ -86,11 +87,12 @@ class Tail:
 
     async def run(self) -> int:
         from aiokafka import AIOKafkaConsumer, TopicPartition
-        from aiokafka.errors import KafkaError
 
         started_ms = int(time.time() * 1000)
+        from gateway.clients.kafka import connection_options, describe_start_failure, tls_refusal
+
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **connection_options(self.settings),
             client_id="paygate-events-tail",
             group_id=None,  # no offsets committed anywhere: a look, not a consumer group
             enable_auto_commit=False,
@@ -98,9 +100,10 @@ class Tail:
         )
         try:
             await asyncio.wait_for(consumer.start(), CONNECT_TIMEOUT_S)
-        except (KafkaError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # aiokafka's SASL exchange may fail with a KeyError
             await consumer.stop()
-            return _fail(f"cannot reach the broker at {self.bootstrap}: {type(exc).__name__}")
+            why = await tls_refusal(self.settings) or describe_start_failure(self.settings, exc)
+            return _fail(f"cannot reach the broker at {self.bootstrap}: {why}")
         try:
             await consumer.topics()  # fresh metadata
             parts = consumer.partitions_for_topic(self.topic)
@@ -186,7 +189,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     # KAFKA_BOOTSTRAP_SERVERS, else the broker of the dev stack running here.
     settings = await locate(settings, "KAFKA_BOOTSTRAP_SERVERS")
     tail = Tail(
-        settings.kafka_bootstrap_servers,
+        settings,
         args.topic or settings.kafka_topic,
         from_beginning=args.from_beginning,
         follow=args.follow,

@@ -89,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logs.configure(settings.log_level)
+    from gateway.observability import tracing
+
+    try:
+        tracing.configure()  # only when OTEL_* asks for traces
+    except ConfigError as exc:
+        print(f"paygate: configuration error: {exc}", file=sys.stderr)
+        return 2
     run = next(c.run for c in COMMANDS if c.name == args.command)
     try:
         return _run_loop(run(args, settings))

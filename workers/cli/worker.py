@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from gateway.config import Settings
 from gateway.errors import ConfigError
-from workers.cli.command import Command
+from workers.cli.command import CHILD_ENV, Command
 
 log = logging.getLogger("paygate")
 
@@ -37,13 +39,39 @@ async def run_workers(settings: Settings, names: list[str]) -> None:
     listening = wake.listen(socket_name) if socket_name else None
     pool = await create_pool(settings, min_size=1, max_size=max(2, settings.db_pool_max // 2))
     try:
-        async with running_workers(pool, settings, wake, only=names) as workers:
+        async with (
+            running_workers(pool, settings, wake, only=names) as workers,
+            metrics_site(settings),
+        ):
             log.info("workers running: %s", ", ".join(w.name for w in workers))
             await wait_for_stop_signal()
     finally:
         if listening is not None:
             stop_listening(listening)
         await pool.close()
+
+
+@asynccontextmanager
+async def metrics_site(settings: Settings) -> AsyncIterator[None]:
+    """METRICS_PORT on a worker run on its own (a Kubernetes worker pod, say): its metrics
+    (relay lag, dead letters, staging) on `/metrics` there. Under `paygate run` the
+    servers expose the workers process's metrics already (multiprocess mode)."""
+    if not (settings.enable_metrics and settings.metrics_port) or os.environ.get(CHILD_ENV):
+        yield
+        return
+    from aiohttp import web
+
+    from gateway.http.metrics import metrics_handler
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.metrics_port).start()
+        yield
+    finally:
+        await runner.cleanup()
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
