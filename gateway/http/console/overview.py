@@ -14,6 +14,7 @@ from gateway import appkeys
 from gateway.db import counts, overview
 from gateway.http.console import chart
 from gateway.http.console.render import render
+from gateway.http.console.retention import retention_rows
 from gateway.observability.stats import midnight_utc, webhook_stats
 
 QUERY_TIMEOUT = 5.0
@@ -47,6 +48,7 @@ async def overview_page(request: web.Request) -> web.Response:
         _, last_run = await counts.staging_state(conn, QUERY_TIMEOUT)
         defaults = await counts.default_partition_rows(conn)
     data, end = await _chart(request)
+    kept = await retention_rows(request)
     db_ok, redis_ok, kafka_ok = await asyncio.gather(
         probes.database(), probes.redis_ok(), probes.kafka()
     )
@@ -59,6 +61,6 @@ async def overview_page(request: web.Request) -> web.Response:
         outbox={"pending": pending, "capped": pending >= counts.PENDING_COUNT_MAX,
                 "oldest_seconds": round(oldest, 1)},
         dead_letters=dead, staging={"backlog": backlog, "last_run": last_run},
-        defaults=defaults,
+        defaults=defaults, retention=kept,
         health={"database": db_ok, "redis": redis_ok, "kafka": kafka_ok},
     )  # fmt: skip
