@@ -16,7 +16,7 @@ others report "skipped"):
    later, longer retention can recreate an empty partition for that month. The
    DEFAULT partition is never detached or dropped.
 4. `payment_references` rows older than `REFERENCE_CACHE_TTL_DAYS` are deleted in
-   small batches, each its own short transaction.
+   small batches, each its own short transaction (workers/reference_pruning.py).
 
 What pruning references means: `payment_references` is the only authority on "have we
 seen this reference". Once a reference's row is pruned, a delivery carrying that
@@ -64,6 +64,7 @@ from gateway.db.partition_plan import (
 )
 from gateway.db.tables import SCHEMA, quote_ident
 from gateway.observability import metrics
+from workers import reference_pruning
 from workers.base import Worker
 
 log = logging.getLogger(__name__)
@@ -297,31 +298,13 @@ class PartitionMaintainer:
     async def _prune_references(
         self, conn: asyncpg.Connection, now: datetime, report: MaintenanceReport
     ) -> None:
-        """Delete expired references a batch at a time; rows a writer holds are skipped
-        and left for the next run."""
+        """Delete expired references a batch at a time (workers/reference_pruning.py)."""
         cutoff = now - timedelta(days=self.settings.reference_cache_ttl_days)
-        refs = self._q("payment_references")
-        while True:
-            status = await conn.execute(
-                f"""
-                DELETE FROM {refs}
-                WHERE reference_number IN (
-                    SELECT reference_number FROM {refs}
-                    WHERE created_at < $1
-                    ORDER BY created_at
-                    LIMIT $2
-                    FOR UPDATE SKIP LOCKED
-                )
-                AND created_at < $1
-                """,
-                cutoff,
-                self.prune_batch_size,
-            )
-            deleted = int(status.split()[-1])
-            report.prune_batches += 1
-            report.references_pruned += deleted
-            if deleted < self.prune_batch_size:
-                return
+        deleted, batches = await reference_pruning.prune_expired(
+            conn, self._q("payment_references"), cutoff, self.prune_batch_size
+        )
+        report.references_pruned += deleted
+        report.prune_batches += batches
 
     async def status(self, now: datetime | None = None) -> list[PartitionInfo]:
         """Every partition of the maintained tables, its rows and what a run would do."""
