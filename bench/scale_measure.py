@@ -103,12 +103,12 @@ class _PgCounters:
         end = await self._read()
         self.delta = {k: end[k] - self._start[k] for k in end}
 
-    def per(self, what: str, count: int) -> dict[str, float]:
+    def per(self, what: str, unit: str, count: int) -> dict[str, float]:
         n = max(count, 1)
         return {
-            f"{what}: WAL bytes per {what}": self.delta["wal"] / n,
-            f"{what}: full-page images per {what}": self.delta["fpi"] / n,
-            f"{what}: blocks read into shared_buffers per {what}": self.delta["reads"] / n,
+            f"{what}: WAL bytes per {unit}": self.delta["wal"] / n,
+            f"{what}: full-page images per {unit}": self.delta["fpi"] / n,
+            f"{what}: blocks read into shared_buffers per {unit}": self.delta["reads"] / n,
         }
 
 
@@ -141,7 +141,7 @@ async def recording(s: Step) -> dict[str, float]:
     _check(res, "recording", 201)
     done = res.statuses[201]
     server_us, pg_us = ((a - b) * 1e6 / done for a, b in zip(after, before, strict=True))
-    return pg_counters.per("recording", done) | {
+    return pg_counters.per("recording", "payment", done) | {
         "recording: CPU µs/payment (server + Postgres)": server_us + pg_us,
         "recording: server CPU µs/payment": server_us,
         "recording: Postgres CPU µs/payment": pg_us,
@@ -186,7 +186,7 @@ async def duplicates(s: Step, conn: asyncpg.Connection) -> dict[str, float]:
     async with _PgCounters(s.stack.pg.url) as pg_counters:
         res = await run(s.url, reqs, rate=0, seconds=120, connections=s.connections)
     _check(res, "duplicates", 200)
-    return pg_counters.per("duplicate", len(reqs)) | {
+    return pg_counters.per("duplicate", "answer", len(reqs)) | {
         "duplicate of an old reference: p99 ms (L1, L2 cold)": p99_ms(res.latencies)
     }
 
