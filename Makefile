@@ -38,10 +38,12 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 # The hot path in its best shape (bench.run_all), then end to end as `make run` ships it
-# (bench.e2e: recorded and published, every payment checked on the topic).
+# (bench.e2e: recorded and published, every payment checked on the topic). How costs grow
+# with the tables (0 to 20M payments, hours and tens of GB) is a separate run: bench.scale.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
 	$(BIN)/python -m bench.e2e $(E2E_ARGS)
+	@echo "Cost against table size (hours, tens of GB; docs/scaling.md): $(BIN)/python -m bench.scale --help"
 
 clean:
 	rm -rf $(VENV) .paygate .pytest_cache .mypy_cache

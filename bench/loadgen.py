@@ -116,16 +116,18 @@ def build_requests(
             out.append(out[random.randrange(max(0, len(out) - 5000), len(out))])
             continue
         body = payment_body(f"B-{uuid.uuid4().hex}", now)
-        headers = sign("standard", key, body, now=ts, delivery_id=f"msg_{uuid.uuid4().hex}")
-        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        out.append(
-            (
-                f"POST {PATH} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n{head}\r\n"
-            ).encode()
-            + body
-        )
+        out.append(signed_request(host, key, body, ts))
     return out
+
+
+def signed_request(host: str, key: bytes, body: bytes, ts: int) -> bytes:
+    """One raw HTTP request carrying `body`, signed for the generic channel at `ts`."""
+    headers = sign("standard", key, body, now=ts, delivery_id=f"msg_{uuid.uuid4().hex}")
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return (
+        f"POST {PATH} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{head}\r\n"
+    ).encode() + body
 
 
 def _parse_responses(buf: bytearray) -> list[int]:

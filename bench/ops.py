@@ -55,7 +55,7 @@ class Endpoint:
     times: list[float] = field(default_factory=list)
 
 
-def _endpoints(pending_cursor: str) -> list[Endpoint]:
+def endpoints(pending_cursor: str) -> list[Endpoint]:
     api, page = "/api/v1/payments", "/console/payments"
     return [
         Endpoint("baseline: GET /health/live", lambda k: "/health/live"),
@@ -92,13 +92,13 @@ async def _keys(conn: asyncpg.Connection, payments: int, count: int) -> list[Key
     return [Key(*r) for r in rows]
 
 
-def _pct(values: list[float], q: float) -> float:
+def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def _measure(base: str, endpoints: list[Endpoint], keys: list[Key], token: str,
-                   cookie: str, requests: int, warm_up: int) -> None:  # fmt: skip
+async def measure(base: str, endpoints: list[Endpoint], keys: list[Key], token: str,
+                  cookie: str, requests: int, warm_up: int) -> None:  # fmt: skip
     bearer = {"Authorization": f"Bearer {token}"}
     jar = aiohttp.CookieJar(unsafe=True)
     conn = aiohttp.TCPConnector(limit=1)
@@ -146,22 +146,22 @@ async def main_async(args: argparse.Namespace) -> None:
                 url = f"http://127.0.0.1:{port}/api/v1/payments?status=pending&limit=50"
                 async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as r:
                     first: dict[str, Any] = await r.json()
-            endpoints = _endpoints(first["next_cursor"])
+            eps = endpoints(first["next_cursor"])
             began = time.monotonic()
-            await _measure(f"http://127.0.0.1:{port}", endpoints, keys, token, cookie,
-                           args.requests, args.warm_up)  # fmt: skip
+            await measure(f"http://127.0.0.1:{port}", eps, keys, token, cookie,
+                          args.requests, args.warm_up)  # fmt: skip
             took = time.monotonic() - began
     load_after = os.getloadavg()
-    base95 = _pct(endpoints[0].times, 0.95)
+    base95 = pct(eps[0].times, 0.95)
     print(f"\ndatabase {size}; {args.requests} measured requests per endpoint after "
           f"{args.warm_up} unmeasured, one connection, {took:.0f} s; load average "
           f"{load_before[0]:.1f} before, {load_after[0]:.1f} after (1 min)\n")  # fmt: skip
     print("| endpoint | p50 ms | p95 ms | p99 ms | max ms | p95 / baseline p95 |")
     print("|---|---:|---:|---:|---:|---:|")
-    for ep in endpoints:
+    for ep in eps:
         t = ep.times
-        print(f"| {ep.name} | {statistics.median(t):.1f} | **{_pct(t, 0.95):.1f}** | "
-              f"{_pct(t, 0.99):.1f} | {max(t):.1f} | {_pct(t, 0.95) / base95:.1f} |")  # fmt: skip
+        print(f"| {ep.name} | {statistics.median(t):.1f} | **{pct(t, 0.95):.1f}** | "
+              f"{pct(t, 0.99):.1f} | {max(t):.1f} | {pct(t, 0.95) / base95:.1f} |")  # fmt: skip
 
 
 def main() -> None:

@@ -50,9 +50,15 @@ class Second:
 class WaitSampler:
     """Async context manager: samples while the block runs, prints the seconds after."""
 
-    def __init__(self, dsn: str, *, every: float = 0.004, slow_ms: float = 20.0) -> None:
-        self.dsn, self.every, self.slow_ms = dsn, every, slow_ms
+    def __init__(
+        self, dsn: str, *, every: float = 0.004, slow_ms: float = 20.0, quiet: bool = False
+    ) -> None:
+        self.dsn, self.every, self.slow_ms, self.quiet = dsn, every, slow_ms, quiet
         self.seconds: dict[int, Second] = {}
+        # Heavyweight-lock waits seen (samples per wait event) and the longest one, for a
+        # bench that asks what the hot path waited on while DDL ran (bench.scale).
+        self.lock_waits: Counter[str] = Counter()
+        self.lock_max_ms = 0.0
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
@@ -68,6 +74,9 @@ class WaitSampler:
                 for r in rows:
                     ms = float(r["ms"] or 0.0)
                     second.oldest_ms = max(second.oldest_ms, ms)
+                    if r["wait"].startswith("Lock/"):
+                        self.lock_waits[r["wait"]] += 1
+                        self.lock_max_ms = max(self.lock_max_ms, ms)
                     if ms > self.slow_ms:
                         second.slow[f"{r['wait']} [{r['head'].strip()}]"] += 1
                 await asyncio.sleep(self.every)
@@ -84,5 +93,11 @@ class WaitSampler:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._task
+        if self.quiet:
+            return
         for at, second in sorted(self.seconds.items()):
             print(second.describe(at))
+
+    @property
+    def oldest_ms(self) -> float:
+        return max((s.oldest_ms for s in self.seconds.values()), default=0.0)

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -93,11 +93,19 @@ async def load_payments(url: str, n: int, start: datetime) -> float:
 
 def write_statement(path: Path, n: int, start: datetime) -> dict[str, int]:
     """Line i describes payment i (mostly faithfully); the mix is deterministic."""
+    return write_statement_of(path, payments(n, start), n)
+
+
+def write_statement_of(
+    path: Path, rows: Iterable[tuple[str, Decimal, datetime]], n: int
+) -> dict[str, int]:
+    """A statement of `n` payments `rows` (reference, amount, date) with the bench's mix
+    of outcomes; bench.scale writes one over payments already in its tables."""
     rng = random.Random(11)
     made = dict.fromkeys(("fee", "amount", "status", "unknown", "left_out", "malformed"), 0)
     with path.open("w") as f:
         f.write("reference_number,amount,payment_date,status\n")
-        for i, (ref, amount, day) in enumerate(payments(n, start)):
+        for i, (ref, amount, day) in enumerate(rows):
             roll = rng.random()
             status = ""
             if roll < 0.01:

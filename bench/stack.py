@@ -34,7 +34,9 @@ class BenchStack:
 
     @property
     def kafka_url(self) -> str:
-        return self.kafka.url if self.kafka is not None else "127.0.0.1:1"  # nothing there
+        # No broker: empty, which servers take as "none" (an address where nothing answers
+        # stops `paygate serve` at start-up).
+        return self.kafka.url if self.kafka is not None else ""
 
     def settings(self) -> Settings:
         return Settings.from_env(
@@ -64,16 +66,38 @@ class BenchStack:
         return env
 
 
+class _TunedPostgres(EmbeddedPostgres):
+    """The embedded server with extra `-c name=value` settings (a preload library, say)."""
+
+    def __init__(self, data_dir: Path, settings: tuple[str, ...]) -> None:
+        super().__init__(data_dir)
+        self.settings = settings
+
+    def command(self) -> list[str]:
+        extra = [arg for setting in self.settings for arg in ("-c", setting)]
+        return [*super().command(), *extra]
+
+
 @asynccontextmanager
-async def bench_stack(prefix: str, *, kafka: bool = False) -> AsyncIterator[BenchStack]:
-    root = Path(tempfile.mkdtemp(prefix=prefix))
+async def bench_stack(
+    prefix: str,
+    *,
+    kafka: bool = False,
+    parent: Path | None = None,
+    pg_settings: tuple[str, ...] = (),
+) -> AsyncIterator[BenchStack]:
+    """`parent`: where the stack's folder goes (a temp dir by default; a bench that fills
+    gigabytes keeps it on the disk it checks); `pg_settings`: extra server settings."""
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     root.chmod(0o755)  # the embedded Postgres may run as its own user
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     stack = BenchStack(
         root,
         secret,
         decode_secret("standard", secret),
-        EmbeddedPostgres(root / "pg"),
+        _TunedPostgres(root / "pg", pg_settings),
         EmbeddedRedis(root / "redis"),
         EmbeddedKafka(root / "kafka") if kafka else None,
     )

@@ -22,7 +22,7 @@ others report "skipped"):
    way, status updates still parked for the month's payments move to the operators'
    queue (payment_reviews, reason payment_retired) in the transaction that retires it.
 4. `payment_references` rows older than `REFERENCE_CACHE_TTL_DAYS` are deleted in
-   small batches, each its own short transaction.
+   small batches, each its own short transaction (workers/reference_pruning.py).
 
 What pruning references means: `payment_references` is the only authority on "have we
 seen this reference". Once a reference's row is pruned, a delivery carrying that
@@ -58,29 +58,27 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from gateway.config import Settings
-from gateway.db import counts
-from gateway.db.tables import SCHEMA, quote_ident
-from gateway.observability import metrics
-from workers.base import Worker
-from workers.partition_dependents import month_dependents, review_parked
-from workers.partition_plan import (
+from gateway.db import counts, retention
+from gateway.db.partition_plan import (
     Existing,
     Partition,
     TablePlan,
     TableSpec,
     bound_literal,
-    parse_bound,
     plan_table,
     table_specs,
 )
+from gateway.db.tables import SCHEMA, quote_ident
+from gateway.observability import metrics
+from workers import reference_pruning
+from workers.base import Worker
+from workers.partition_dependents import month_dependents, review_parked
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SCHEMA = SCHEMA
 PRUNE_BATCH_SIZE = 5000
 LOCK_TIMEOUT = "2s"
-# Above this size a partition's row count is the planner's estimate, not count(*).
-EXACT_COUNT_MAX_BYTES = 16 * 1024 * 1024
 
 
 def advisory_key(schema: str) -> int:
@@ -245,31 +243,10 @@ class PartitionMaintainer:
     async def _installed(self, conn: asyncpg.Connection) -> datetime | None:
         """When this schema was first migrated: its first `schema_migrations` row. None for
         a schema without one (the tests' scratch copies): every month is then wanted."""
-        table = self._q("schema_migrations")
-        if await conn.fetchval("SELECT to_regclass($1) IS NULL", table):
-            return None
-        installed: datetime | None = await conn.fetchval(f"SELECT min(applied_at) FROM {table}")
-        return installed
+        return await retention.installed_at(conn, self.schema)
 
     async def _existing(self, conn: asyncpg.Connection, table: str) -> list[Existing]:
-        rows = await conn.fetch(
-            """
-            SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound
-            FROM pg_inherits i
-            JOIN pg_class c ON c.oid = i.inhrelid
-            WHERE i.inhparent = to_regclass($1)
-            ORDER BY c.relname
-            """,
-            self._q(table),
-        )
-        found = []
-        for row in rows:
-            bounds = parse_bound(row["bound"])
-            if bounds is None:
-                found.append(Existing(row["relname"], None, None, is_default=True))
-            else:
-                found.append(Existing(row["relname"], *bounds))
-        return found
+        return await retention.attached_partitions(conn, self._q(table))
 
     async def _create_partition(
         self, conn: asyncpg.Connection, spec: TableSpec, p: Partition
@@ -372,31 +349,13 @@ class PartitionMaintainer:
     async def _prune_references(
         self, conn: asyncpg.Connection, now: datetime, report: MaintenanceReport
     ) -> None:
-        """Delete expired references a batch at a time; rows a writer holds are skipped
-        and left for the next run."""
+        """Delete expired references a batch at a time (workers/reference_pruning.py)."""
         cutoff = now - timedelta(days=self.settings.reference_cache_ttl_days)
-        refs = self._q("payment_references")
-        while True:
-            status = await conn.execute(
-                f"""
-                DELETE FROM {refs}
-                WHERE reference_number IN (
-                    SELECT reference_number FROM {refs}
-                    WHERE created_at < $1
-                    ORDER BY created_at
-                    LIMIT $2
-                    FOR UPDATE SKIP LOCKED
-                )
-                AND created_at < $1
-                """,
-                cutoff,
-                self.prune_batch_size,
-            )
-            deleted = int(status.split()[-1])
-            report.prune_batches += 1
-            report.references_pruned += deleted
-            if deleted < self.prune_batch_size:
-                return
+        deleted, batches = await reference_pruning.prune_expired(
+            conn, self._q("payment_references"), cutoff, self.prune_batch_size
+        )
+        report.references_pruned += deleted
+        report.prune_batches += batches
 
     async def status(self, now: datetime | None = None) -> list[PartitionInfo]:
         """Every partition of the maintained tables, its rows and what a run would do."""
@@ -440,17 +399,8 @@ class PartitionMaintainer:
         return infos
 
     async def _row_count(self, conn: asyncpg.Connection, name: str) -> tuple[int | None, bool]:
-        row = await conn.fetchrow(
-            "SELECT pg_relation_size(c.oid) AS size, c.reltuples FROM pg_class c "
-            "WHERE c.oid = to_regclass($1)",
-            self._q(name),
-        )
-        if row is None:
-            return None, True
-        if row["size"] <= EXACT_COUNT_MAX_BYTES:
-            return int(await conn.fetchval(f"SELECT count(*) FROM {self._q(name)}")), True
-        estimate = row["reltuples"]
-        return (int(estimate) if estimate >= 0 else None), False
+        rows, _, exact = await retention.row_count(conn, self._q(name))
+        return rows, exact
 
 
 class PartitionWorker(Worker):

@@ -1,4 +1,8 @@
-"""`paygate partitions status|maintain`: what partition maintenance sees and does."""
+"""`paygate partitions status|maintain`: what partition maintenance sees and does.
+
+`status` prints every partition with its rows and the action planned for it, then each
+retained table against its retention: rows, bytes, the oldest data kept, the moment
+retention keeps from, and what the next maintenance run will detach, drop or delete."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.db.pool import create_pool
+    from gateway.db.retention import format_retention, retention_report
     from workers.partitions import PartitionMaintainer, format_report, format_status
 
     settings = await locate(settings, "DATABASE_URL")
@@ -29,6 +34,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         maintainer = PartitionMaintainer(pool, settings, force=args.force)
         if args.action == "status":
             print(format_status(await maintainer.status()))
+            print()
+            print(format_retention(await retention_report(pool, settings)))
             return 0
         report = await maintainer.maintain()
         print(format_report(report))

@@ -16,6 +16,7 @@ from gateway.db.deliveries import OUTCOMES
 from gateway.http.console import chart
 from gateway.http.console.paging import href
 from gateway.http.console.render import render
+from gateway.http.console.retention import retention_rows
 from gateway.observability.stats import midnight_utc, webhook_stats
 
 QUERY_TIMEOUT = 5.0
@@ -66,6 +67,7 @@ async def overview_page(request: web.Request) -> web.Response:
         _, last_run = await counts.staging_state(conn, QUERY_TIMEOUT)
         defaults = await counts.default_partition_rows(conn)
     data, end = await _chart(request)
+    retained = await retention_rows(request)
     db_ok, redis_ok, kafka_ok = await asyncio.gather(
         probes.database(), probes.redis_ok(), probes.kafka()
     )
@@ -77,6 +79,6 @@ async def overview_page(request: web.Request) -> web.Response:
         outbox={"pending": pending, "capped": pending >= counts.PENDING_COUNT_MAX,
                 "oldest_seconds": round(oldest, 1)},
         dead_letters=dead, staging={"backlog": backlog, "last_run": last_run},
-        defaults=defaults,
+        defaults=defaults, retention=retained,
         health={"database": db_ok, "redis": redis_ok, "kafka": kafka_ok},
     )  # fmt: skip

@@ -253,7 +253,8 @@ async def test_partitions_start_at_the_install_except_payments(dev: DevStack) ->
     now = datetime.now(UTC)
     this_month = f"{now.year:04d}-{now.month:02d}-01"
     months: dict[str, list[str]] = {}
-    for line in out.splitlines()[1:]:
+    partitions = out.split("\n\n")[0]  # the retention table follows a blank line
+    for line in partitions.splitlines()[1:]:
         table, name, *rest = line.split()
         if not name.endswith("_default"):
             months.setdefault(table, []).append(rest[0])

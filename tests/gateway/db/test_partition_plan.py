@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from gateway.config import Settings
-from workers.partition_plan import (
+from gateway.db.partition_plan import (
     Existing,
     Month,
     TableSpec,
