@@ -62,8 +62,9 @@ _LEAN_PAYLOAD = f"""LEFT JOIN LATERAL (
 } AS payload
         FROM (
             SELECT i.event_id, p.id AS payment_id, p.reference_number AS ref,
-                   p.loan_account_number AS account, p.cif, p.amount, p.payment_date,
-                   p.payment_channel AS channel, p.metadata, p.source, u.status, t.created_at
+                   p.loan_account_number AS account, p.cif, p.amount, p.currency,
+                   p.payment_date, p.payment_at, p.payment_channel AS channel, p.metadata,
+                   p.source, u.status, t.created_at
             FROM payment_service.payments p
             WHERE p.id = u.payment_id AND p.payment_date = u.payment_date
         ) lean
