@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -203,6 +204,7 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             await server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)  # a million-line statement and a server
 
     s = result["summary"]
     rss = result["rss"]

@@ -197,7 +197,7 @@ class Generator:
             )
             if references and at >= h.references_since:
                 digest = business_hash(ref, account, cif, amount, day)
-                rows.references.append((ref, pid, day, digest, at))
+                rows.references.append((ref, pid, day, bytes.fromhex(digest), at))
             if webhook and at >= h.events_since:
                 body = orjson.dumps({
                     "reference_number": ref, "loan_account_number": account, "cif": cif,
@@ -259,7 +259,7 @@ async def fill_expired_references(
     for part in chunks(gen.times([Span(end - timedelta(days=1), end)], count)):
         await conn.copy_records_to_table(
             "payment_references", schema_name=SCHEMA, columns=REFERENCE_COLUMNS,
-            records=[(gen.reference(), gen.uuid7(at), at.replace(tzinfo=None), "0" * 32, at)
+            records=[(gen.reference(), gen.uuid7(at), at.replace(tzinfo=None), bytes(32), at)
                      for at in part],
         )  # fmt: skip
 

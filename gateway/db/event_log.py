@@ -95,17 +95,18 @@ def expanded_sql(rows: str) -> str:
 
 def queued_events_sql(cap: int = 100_000) -> str:
     """Every event not yet published, with the payload the relay publishes for it (columns
-    event_id, event_type, topic, key, payload, attempts, dead_lettered_at, created_at, and
-    outbox_id, NULL for an event still in the log): the log's rows past their lane's
-    cursor (up to `cap` rows a lane) and everything in the outbox, dead letters included.
+    event_id, event_type, topic, key, payload, attempts, dead_lettered_at, created_at,
+    traceparent, and outbox_id, NULL for an event still in the log): the log's rows past
+    their lane's cursor (up to `cap` rows a lane) and everything in the outbox, dead
+    letters included.
     For reading events, e.g. `SELECT * FROM (<this>) e WHERE key = $1`."""
     return f"""
 SELECT NULL::bigint AS outbox_id, e.event_id, e.event_type, e.topic, e.key, e.payload,
-       0 AS attempts, NULL::timestamptz AS dead_lettered_at, e.created_at
+       0 AS attempts, NULL::timestamptz AS dead_lettered_at, e.created_at, e.traceparent
 FROM ({expanded_sql(f"payment_service.event_log_unpublished({int(cap)})")}) e
 UNION ALL
 SELECT o.id, o.event_id, o.event_type, o.topic, o.key, {outbox_payload_sql()},
-       o.attempts, o.dead_lettered_at, o.created_at
+       o.attempts, o.dead_lettered_at, o.created_at, o.traceparent
 FROM payment_service.outbox o"""
 
 

@@ -15,14 +15,14 @@ from gateway import appkeys
 from gateway.errors import ValidationError
 from gateway.http.ops_query import actor, answer, json_object
 from gateway.security.auth import TOKEN
-from gateway.security.tokens import LEEWAY_SECONDS, TOKEN_ID_MAX
+from gateway.security.tokens import LEEWAY_SECONDS, TOKEN_ID_MAX, is_token_id
 
 
 async def post_revoke(request: web.Request) -> web.Response:
     doc = await json_object(request)
     token_id = doc.get("jti")
-    if not isinstance(token_id, str) or not 1 <= len(token_id) <= TOKEN_ID_MAX:
-        raise ValidationError("jti", f"the token's id: 1 to {TOKEN_ID_MAX} characters")
+    if not is_token_id(token_id):
+        raise ValidationError("jti", f"the token's id: 1 to {TOKEN_ID_MAX} printable characters")
     own = request.get(TOKEN)
     if own is not None and own.token_id == token_id:
         expires = own.expires

@@ -20,7 +20,7 @@ import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 import jwt
 
@@ -36,6 +36,12 @@ ISSUER = "paygate"
 AUDIENCE = "paygate-ops"
 MAX_TTL_SECONDS = 24 * 3600
 TOKEN_ID_MAX = 128
+
+
+def is_token_id(value: object) -> TypeGuard[str]:
+    """A token id the revocation list can hold: 1 to TOKEN_ID_MAX printable characters
+    (a NUL or another control character is no id, and Postgres text cannot store NUL)."""
+    return isinstance(value, str) and 0 < len(value) <= TOKEN_ID_MAX and value.isprintable()
 
 
 @dataclass(frozen=True)
@@ -125,9 +131,9 @@ def verify(
     except jwt.PyJWTError:
         raise refused from None
     sub, jti = claims.get("sub"), claims.get("jti")
-    if not isinstance(sub, str) or not sub or len(sub) > 255:
-        raise refused
-    if not isinstance(jti, str) or not jti or len(jti) > TOKEN_ID_MAX:
+    if not isinstance(sub, str) or not sub or len(sub) > 255 or not sub.isprintable():
+        raise refused  # the audit log's actor: no control characters (NUL cannot be stored)
+    if not is_token_id(jti):
         raise refused
     issued, expires = int(claims["iat"]), int(claims["exp"])
     if expires - issued > policy.max_ttl:

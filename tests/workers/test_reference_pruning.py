@@ -27,7 +27,7 @@ async def test_ties_across_batches_and_the_cutoff(db: asyncpg.Pool, scratch: str
         "payment_references",
         schema_name=scratch,
         columns=COLUMNS,
-        records=[(ref, uuid.uuid4(), datetime(2026, 1, 1), "h", at) for ref, at in rows],
+        records=[(ref, uuid.uuid4(), datetime(2026, 1, 1), b"h", at) for ref, at in rows],
     )
     async with db.acquire() as conn:
         deleted, batches = await prune_expired(

@@ -29,7 +29,7 @@ async def insert_references(pool: asyncpg.Pool, schema: str, ages_days: list[int
             f"ref-{uuid.uuid4().hex}",
             uuid.uuid4(),
             datetime(2026, 1, 1),
-            "h",
+            b"h",
             NOW - timedelta(days=a),
         )
         for a in ages_days

@@ -160,7 +160,8 @@ async def test_the_online_widening_in_the_docs_leaves_the_migration_nothing_to_r
         files = "SELECT relname, relfilenode FROM pg_class WHERE relname LIKE 'payments_%'"
         before = dict(await conn.fetch(files))
         assert "110_money_and_dates" in await migrate(old_database)
-        assert dict(await conn.fetch(files)) == before
+        after = dict(await conn.fetch(files))  # later migrations may add indexes of their own
+        assert {name: after[name] for name in before} == before
         valid = await conn.fetch(
             "SELECT relname FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid"
             " WHERE relname IN ('idx_payments_cif', 'idx_payments_loan_account') AND i.indisvalid"

@@ -21,6 +21,7 @@ from gateway.notify import Wakeup
 from gateway.observability import tracing
 from tests import stack as stack_module
 from tests.conftest import make_settings, wait_for
+from tests.events import queued_events
 from tests.webhooks import payment_doc, post_webhook, signed_headers
 from tests.workers.test_outbox import headers, read_topic
 from workers.registry import running_workers
@@ -181,7 +182,9 @@ async def test_nothing_is_carried_while_tracing_is_off(
     settings = make_settings(stack, outbox_poll_interval_ms=50)
     client = await make_client(settings)
     assert await post_traced(client, payment_doc()) == 201
-    assert await db.fetchval("SELECT traceparent FROM payment_service.outbox") is None
+    # nothing stored for it: the log row holds no array (bytes per payment)
+    assert await db.fetchval("SELECT count(*) FROM payment_service.event_log") == 1
+    assert await db.fetchval("SELECT traceparents FROM payment_service.event_log") is None
     async with running_workers(db, settings, Wakeup(), only=["outbox"]):
         [record] = await read_topic(settings, 1)
     assert "traceparent" not in headers(record)
@@ -200,8 +203,7 @@ async def test_a_staging_batch_is_a_span_and_its_events_carry_it(
     assert batch.attributes is not None and batch.attributes["paygate.batch.rows"] == 2
 
     async def carried() -> list[str | None]:
-        rows = await db.fetch("SELECT traceparent FROM payment_service.outbox ORDER BY id")
-        return [r["traceparent"] for r in rows]
+        return [r["traceparent"] for r in await queued_events(db)]
 
     values = await wait_for(carried)
     assert values == [tracing.traceparent(batch.context)] * 2
