@@ -26,8 +26,15 @@ from workers.cli.devstack import free_port
 
 def _server(dev: psutil.Process, name: str) -> psutil.Process:
     """The dev process's direct child running `name` (the postmaster, not a backend)."""
-    [found] = [c for c in dev.children() if c.name() == name]
+    [found] = [c for c in dev.children() if _name(c) == name]
     return found
+
+
+def _name(process: psutil.Process) -> str | None:
+    try:
+        return process.name()
+    except psutil.NoSuchProcess:  # exited between the listing and the look (a restart)
+        return None
 
 
 async def test_a_killed_postmaster_and_broker_come_back_without_help() -> None:
