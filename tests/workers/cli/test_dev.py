@@ -72,24 +72,38 @@ async def _stop_and_check_no_orphans(
     proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGINT
 ) -> None:
     children = psutil.Process(proc.pid).children(recursive=True)
-    names = set()
-    for child in children:  # a short-lived child (a Postgres backend) may be gone already
-        with contextlib.suppress(psutil.NoSuchProcess):
-            names.add(child.name())
-    assert {"postgres", "redis-server", "tansu"} <= names, names
-    if sig == signal.SIGKILL:
+    try:
+        names = set()
+        for child in children:  # a short-lived child (a Postgres backend) may be gone already
+            with contextlib.suppress(psutil.NoSuchProcess):
+                names.add(child.name())
+        assert {"postgres", "redis-server", "tansu"} <= names, names
+        if sig == signal.SIGKILL:
+            proc.kill()
+            proc.wait()
+            _gone, alive = psutil.wait_procs(children, timeout=30)
+            assert not alive, [(p.pid, p.name()) for p in alive]
+            return
+        proc.send_signal(sig)
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert proc.returncode == 0
+        _gone, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, [p.pid for p in alive]
+    finally:
+        _reap(proc, children)
+
+
+def _reap(proc: subprocess.Popen[bytes], children: list[psutil.Process]) -> None:
+    """Whatever a failed check left running is killed: a failing test must not leave a
+    dev stack behind for the next one (or the next run) to trip over."""
+    if proc.poll() is None:
         proc.kill()
         proc.wait()
-        _gone, alive = psutil.wait_procs(children, timeout=30)
-        assert not alive, [(p.pid, p.name()) for p in alive]
-        return
-    proc.send_signal(sig)
-    deadline = time.monotonic() + 30
-    while proc.poll() is None and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    assert proc.returncode == 0
-    _gone, alive = psutil.wait_procs(children, timeout=10)
-    assert not alive, [p.pid for p in alive]
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
 
 
 async def _post(port: int, key: bytes, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
