@@ -16,13 +16,19 @@ from tests.conftest import TEST_SECRET
 GENERIC_KEY = decode_secret("standard", TEST_SECRET)
 
 
+# One instant for every default document of a test session: two documents of one reference
+# built a second apart had different payment dates, so the second was a 409 conflict
+# instead of the duplicate or status change the test meant (a flake at a second boundary).
+SESSION_NOW = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def payment_doc(ref: str | None = None, **fields: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "reference_number": ref or f"REF-{uuid.uuid4().hex[:16]}",
         "loan_account_number": "LA-0001",
         "cif": "CIF-0001",
         "amount": "125.50",
-        "payment_date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "payment_date": SESSION_NOW,
         "payment_channel": "bank_transfer",
         "metadata": {"note": "test"},
     }
