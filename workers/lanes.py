@@ -42,7 +42,8 @@ WHERE locktype = 'advisory' AND classid = $1::oid AND objid = $2::oid AND objsub
 class LaneState:
     """A lane's cursor: every event of the lane visible in `done` is published; a round
     that could not take all of (done, target] in one page pins `target` and goes on
-    after `after_seq`."""
+    after `after_seq`, up to the interval's largest seq `seq_hi` (learned by its first
+    page; not written with the cursor: a relay taking the lane over learns it again)."""
 
     lane: int
     done: Snapshot
@@ -54,17 +55,22 @@ class LaneState:
     # goes through them one interval at a time instead of reading the whole outage's
     # events as one interval, page after page.
     later: list[Snapshot] = field(default_factory=list)
+    seq_hi: int | None = None
 
-    def advance(self, target: Snapshot, complete: bool, last_seq: int | None) -> None:
+    def advance(
+        self, target: Snapshot, complete: bool, last_seq: int | None, seq_hi: int | None = None
+    ) -> None:
         if complete:
             moved = self.target is not None or self.done != target
             self.done, self.after_seq = target, 0
-            self.target = None
+            self.target = self.seq_hi = None
         else:
             moved = True
             self.target = target
             if last_seq is not None:
                 self.after_seq = last_seq
+            if seq_hi is not None:
+                self.seq_hi = seq_hi
         self.dirty = self.dirty or moved
 
     def remember(self, now: Snapshot) -> None:

@@ -148,7 +148,8 @@ class Event:
 class RoundPlan:
     """What one read returned: each lane's new position, and the events in order."""
 
-    lanes: dict[int, tuple[Snapshot, bool, int | None]] = field(default_factory=dict)
+    # lane -> (target, complete, last_seq, seq_hi)
+    lanes: dict[int, tuple[Snapshot, bool, int | None, int | None]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     now: Snapshot | None = None  # the read's own snapshot
 
@@ -159,7 +160,7 @@ class RoundPlan:
         logged: list[Event] = []
         for r in rows:
             if r["kind"] == "lane":
-                plan.lanes[r["lane"]] = (r["target"], r["complete"], r["last_seq"])
+                plan.lanes[r["lane"]] = (r["target"], r["complete"], r["last_seq"], r["seq_hi"])
                 plan.now = r["now"]
                 continue
             event = Event(
@@ -404,14 +405,14 @@ class OutboxRelay(Worker):
         rows = await conn.fetch(
             ROUND_SQL, [s.lane for s in states], [s.done for s in states],
             [s.next_target() for s in states], [s.after_seq for s in states], self.batch_size,
-            self.batch_size, RETRY_WINDOW * self.batch_size,
+            self.batch_size, RETRY_WINDOW * self.batch_size, [s.seq_hi for s in states],
         )  # fmt: skip
         plan = RoundPlan.from_rows(rows)
         if not plan.events:
             self._advance(plan)
             await self._write_cursors(conn, states)  # idle: where every lane stands
             self._note_healthy()
-            return not all(complete for _, complete, _ in plan.lanes.values())
+            return not all(lane[1] for lane in plan.lanes.values())
         traces = (tracing.parse(e.traceparent) for e in plan.events)
         with tracing.linked_span(
             "paygate.relay.round", traces, **{"paygate.relay.events": len(plan.events)}
@@ -435,7 +436,7 @@ class OutboxRelay(Worker):
         self._advance(plan)
         await _uncancellable(self._settle(conn, plan, result, unsent))
         self._note_healthy()
-        if not all(complete for _, complete, _ in plan.lanes.values()):
+        if not all(lane[1] for lane in plan.lanes.values()):
             self._next_round_at = 0.0  # a backlog: the next page at once, no spacing
         return True
 
@@ -446,10 +447,10 @@ class OutboxRelay(Worker):
                 state.remember(plan.now)
 
     def _advance(self, plan: RoundPlan) -> None:
-        for lane, (target, complete, last_seq) in plan.lanes.items():
+        for lane, (target, complete, last_seq, seq_hi) in plan.lanes.items():
             state = self.lanes.held.get(lane)
             if state is not None:
-                state.advance(target, complete, last_seq)
+                state.advance(target, complete, last_seq, seq_hi)
 
     async def _publish_waves(
         self, producer: AIOKafkaProducer, plan: RoundPlan

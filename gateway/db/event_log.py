@@ -120,35 +120,56 @@ FROM payment_service.outbox o"""
 #
 # Parameters: $1 lanes, $2 their cursors, $3 their pinned targets (NULL: a new one), $4
 # the seq reached in the pinned interval, $5 log rows read per lane at most, $6 events per
-# lane at most, $7 the retry window. Rows back: kind 'lane' (lane, target, complete,
-# last_seq, and the statement's own snapshot `now`), 'log' (an event of the log: held
-# when an undead outbox row of its key exists, so it must queue behind it) and 'retry'
-# (an outbox row).
+# lane at most, $7 the retry window, $8 the largest seq of the pinned interval (NULL: not
+# known yet). Rows back: kind 'lane' (lane, target, complete, last_seq, seq_hi, and the
+# statement's own snapshot `now`), 'log' (an event of the log: held when an undead outbox
+# row of its key exists, so it must queue behind it) and 'retry' (an outbox row).
 #
-# Every access is an index range: (lane, txid) from the cursor's xmax up to the target's,
-# and the cursor's in-progress transactions by value; the payment by primary key; the
-# outbox by its partial indexes. The relay's session turns sequential and bitmap scans off
-# so that no plan depends on the statistics of a table that is never analyzed.
+# Every access is an index range. A lane's first page of an interval reads the interval
+# by (lane, txid): from the cursor's xmax up to the target's, and the cursor's
+# in-progress transactions one probe each (a nested loop: as `txid = ANY (array)`,
+# PostgreSQL 15 and 16 filtered the lane's whole generation instead). It is sorted by
+# seq, and its largest seq comes back as seq_hi. The interval's rows are fixed once its
+# target is (every transaction the target shows had ended), so each later page is the
+# range (after_seq, seq_hi] of (lane, seq), of which only rows of transactions running
+# at either snapshot are not taken: a page costs what it takes, not the interval again
+# (sql/173). The payment by primary key; the outbox by its partial indexes. The relay's
+# session turns sequential and bitmap scans off so that no plan depends on the
+# statistics of a table that is never analyzed.
 ROUND_SQL = f"""
 WITH lanes AS MATERIALIZED (
-    SELECT l.lane, l.done, coalesce(l.target, pg_current_snapshot()) AS target, l.after_seq
-    FROM unnest($1::int2[], $2::pg_snapshot[], $3::pg_snapshot[], $4::int8[])
-        AS l(lane, done, target, after_seq)
+    SELECT l.lane, l.done, coalesce(l.target, pg_current_snapshot()) AS target, l.after_seq,
+           l.seq_hi
+    FROM unnest($1::int2[], $2::pg_snapshot[], $3::pg_snapshot[], $4::int8[], $8::int8[])
+        AS l(lane, done, target, after_seq, seq_hi)
 ), page AS MATERIALIZED (
     SELECT e.*, count(*) OVER (PARTITION BY e.lane) AS rows_read,
            sum(coalesce(cardinality(e.payment_ids), 1))
                OVER (PARTITION BY e.lane ORDER BY e.seq) AS upto
     FROM lanes l CROSS JOIN LATERAL (
-        SELECT u.* FROM (
-            SELECT * FROM payment_service.event_log e
-            WHERE e.lane = l.lane AND e.txid >= pg_snapshot_xmax(l.done)
-              AND e.txid < pg_snapshot_xmax(l.target)
-            UNION ALL
-            SELECT * FROM payment_service.event_log e
-            WHERE e.lane = l.lane AND e.txid = ANY (ARRAY(SELECT pg_snapshot_xip(l.done)))
-        ) u
-        WHERE pg_visible_in_snapshot(u.txid, l.target) AND u.seq > l.after_seq
-        ORDER BY u.seq LIMIT $5
+        SELECT * FROM ((
+            SELECT u.*, max(u.seq) OVER () AS seq_hi FROM (
+                SELECT * FROM payment_service.event_log e
+                WHERE l.seq_hi IS NULL AND e.lane = l.lane
+                  AND e.txid >= pg_snapshot_xmax(l.done)
+                  AND e.txid < pg_snapshot_xmax(l.target)
+                UNION ALL
+                SELECT x.* FROM pg_snapshot_xip(l.done) AS r(txid)
+                CROSS JOIN LATERAL (
+                    SELECT * FROM payment_service.event_log e
+                    WHERE l.seq_hi IS NULL AND e.lane = l.lane AND e.txid = r.txid OFFSET 0
+                ) x
+            ) u
+            WHERE pg_visible_in_snapshot(u.txid, l.target) AND u.seq > l.after_seq
+            ORDER BY u.seq LIMIT $5
+        ) UNION ALL (
+            SELECT e.*, l.seq_hi FROM payment_service.event_log e
+            WHERE l.seq_hi IS NOT NULL AND e.lane = l.lane AND e.seq > 0  -- sql/173's index
+              AND e.seq > l.after_seq AND e.seq <= l.seq_hi
+              AND pg_visible_in_snapshot(e.txid, l.target)
+              AND NOT pg_visible_in_snapshot(e.txid, l.done)
+            ORDER BY e.seq LIMIT $5
+        )) p
     ) e
 ), taken AS MATERIALIZED (
     SELECT * FROM page WHERE upto - coalesce(cardinality(payment_ids), 1) < $6
@@ -163,6 +184,7 @@ SELECT 'lane' AS kind, l.lane, l.target, pg_current_snapshot() AS now,
        NOT EXISTS (SELECT 1 FROM page p WHERE p.lane = l.lane AND (p.rows_read >= $5
                    OR p.upto - coalesce(cardinality(p.payment_ids), 1) >= $6)) AS complete,
        (SELECT max(t.seq) FROM taken t WHERE t.lane = l.lane) AS last_seq,
+       (SELECT max(p.seq_hi) FROM page p WHERE p.lane = l.lane) AS seq_hi,
        NULL::bigint AS outbox_id, NULL::bigint AS seq, NULL::bigint AS idx,
        NULL::uuid AS event_id, NULL::text AS event_type, NULL::text AS topic,
        NULL::text AS key, NULL::bytea AS payload, NULL::uuid AS payment_id,
@@ -170,9 +192,9 @@ SELECT 'lane' AS kind, l.lane, l.target, pg_current_snapshot() AS now,
        0 AS attempts, false AS held, NULL::text AS traceparent
 FROM lanes l
 UNION ALL
-SELECT 'log', e.lane, NULL, NULL, NULL, NULL, NULL, e.seq, e.idx, e.event_id, e.event_type, e.topic,
-       e.key, e.payload, e.payment_id, e.payment_date, e.status, e.created_at, 0,
-       h.held IS NOT NULL, e.traceparent
+SELECT 'log', e.lane, NULL, NULL, NULL, NULL, NULL, NULL, e.seq, e.idx, e.event_id,
+       e.event_type, e.topic, e.key, e.payload, e.payment_id, e.payment_date, e.status,
+       e.created_at, 0, h.held IS NOT NULL, e.traceparent
 FROM events e
 -- one probe per event (a LATERAL is never turned into a scan of the whole outbox)
 LEFT JOIN LATERAL (
@@ -180,8 +202,8 @@ LEFT JOIN LATERAL (
     WHERE o.key = e.key AND o.dead_lettered_at IS NULL LIMIT 1
 ) h ON true
 UNION ALL
-SELECT 'retry', payment_service.event_lane(o.key), NULL, NULL, NULL, NULL, o.id, NULL, NULL,
-       o.event_id, o.event_type, o.topic, o.key, {outbox_payload_sql()}, o.payment_id,
+SELECT 'retry', payment_service.event_lane(o.key), NULL, NULL, NULL, NULL, NULL, o.id,
+       NULL, NULL, o.event_id, o.event_type, o.topic, o.key, {outbox_payload_sql()}, o.payment_id,
        o.payment_date, o.status, o.created_at, o.attempts, false, o.traceparent
 FROM payment_service.outbox o
 WHERE o.id = ANY (ARRAY(SELECT id FROM win WHERE due AND nth = 1

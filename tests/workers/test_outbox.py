@@ -423,6 +423,7 @@ async def _round_plan(db: asyncpg.Pool, batch: int) -> dict[str, Any]:
                 "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + ROUND_SQL,
                 [c["lane"] for c in cursors], [c["done"] for c in cursors],
                 [None] * len(cursors), [0] * len(cursors), batch, batch, RETRY_WINDOW * batch,
+                [None] * len(cursors),
             )  # fmt: skip
         finally:
             await conn.execute("RESET ALL")
