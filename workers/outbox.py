@@ -82,6 +82,7 @@ from workers.backoff import backoff_delay
 from workers.base import Worker
 from workers.event_log_upkeep import UPKEEP_SECONDS, upkeep
 from workers.lanes import Lanes, LaneState, Snapshot
+from workers.plan_guard import DISCARD_SQL, PlanGuard
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +256,7 @@ class OutboxRelay(Worker):
         self._recycle = False
         self._next_round_at = 0.0
         self._upkeep_at = 0.0
+        self._plan_guard = PlanGuard()
         # Producers are numbered; acks through one numbered at or below the last that saw
         # an outage are not trusted (RoundResult.distrust_acks).
         self._generation = 0
@@ -402,12 +404,20 @@ class OutboxRelay(Worker):
         states = [self.lanes.held[lane] for lane in sorted(self.lanes.held)]
         if not states:
             return False
+        started = time.monotonic()
         rows = await conn.fetch(
             ROUND_SQL, [s.lane for s in states], [s.done for s in states],
             [s.next_target() for s in states], [s.after_seq for s in states], self.batch_size,
             self.batch_size, RETRY_WINDOW * self.batch_size, [s.seq_hi for s in states],
         )  # fmt: skip
         plan = RoundPlan.from_rows(rows)
+        took = time.monotonic() - started
+        if self._plan_guard.should_discard(took, len(plan.events), time.monotonic()):
+            log.warning(
+                "the relay's read took %.2f s for %d events: its cached plans are dropped"
+                " (workers/plan_guard.py)", took, len(plan.events),
+            )  # fmt: skip
+            await conn.execute(DISCARD_SQL)
         if not plan.events:
             self._advance(plan)
             await self._write_cursors(conn, states)  # idle: where every lane stands
