@@ -270,7 +270,9 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--rate", type=float, default=300,
                     help="open-loop recording rate while pruning and maintenance run")  # fmt: skip
-    ap.add_argument("--duplicates", type=int, default=5000, help="old references sent again")
+    ap.add_argument(
+        "--duplicates", type=int, default=20000, help="old references sent again (~10 s)"
+    )
     ap.add_argument("--ops-requests", type=int, default=100, help="per ops endpoint")
     ap.add_argument("--statement-rows", type=int, default=100_000)
     ap.add_argument("--prune-rows", type=int, default=864_000)
