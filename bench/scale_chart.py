@@ -19,7 +19,7 @@ LINES = (
     ("cost", "create a month from DEFAULT", "maintenance: create a month"),
     ("cost", "detach an old month", "maintenance: detach the month past retention: ms"),
     ("latency", "recording p99 (64 connections)", "recording: p99 ms"),
-    ("latency", "duplicate of an old reference p99", "duplicate of an old reference"),
+    ("latency", "duplicate of an old reference p99", "duplicate of an old reference: p99"),
     ("latency", "recording p99 while pruning", "prune: recording p99"),
     ("latency", "ops search p95 (worst)", "ops search: worst"),
     ("latency", "ops timeline p95 (worst)", "ops timeline: worst"),
