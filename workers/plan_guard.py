@@ -16,9 +16,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# A sound read costs ~15-50 µs an event (4,000 in 60-190 ms), plus a few ms however few
-# it returns; the bad plan above, 0.17 µs an event for each payment of its day.
-SLOW_READ_SECONDS = 0.02
+# A sound read costs ~15-50 µs an event (4,000 in 60-190 ms), plus its planning (10-30 ms
+# for each of the first reads after the plans went) however few it returns; the bad plan
+# above costs 0.17 µs an event for each payment of its day. Only a read with enough events
+# for their cost to outweigh a planning is judged.
+MIN_EVENTS = 32
+SLOW_READ_SECONDS = 0.05
 SLOW_SECONDS_PER_EVENT = 100e-6
 # A read slow for another reason (a starved CPU) costs at most a few plans this often.
 DISCARD_INTERVAL_SECONDS = 10.0
@@ -33,7 +36,7 @@ class PlanGuard:
 
     def should_discard(self, took: float, events: int, now: float) -> bool:
         """Whether a read that took `took` seconds for `events` events calls for fresh plans."""
-        if took < SLOW_READ_SECONDS or took < SLOW_SECONDS_PER_EVENT * max(events, 1):
+        if events < MIN_EVENTS or took < max(SLOW_READ_SECONDS, SLOW_SECONDS_PER_EVENT * events):
             return False
         if now - self.discarded_at < DISCARD_INTERVAL_SECONDS:
             return False

@@ -15,7 +15,8 @@ def test_a_read_slow_for_its_events_drops_the_plans_once_in_an_interval() -> Non
 
 def test_sound_reads_keep_their_plans() -> None:
     guard = PlanGuard()
-    assert not guard.should_discard(0.005, 1, now=0.0)  # a small read's fixed cost
+    assert not guard.should_discard(0.03, 0, now=0.0)  # an idle read that was planned
+    assert not guard.should_discard(0.2, 20, now=0.0)  # a few events: planning dominates
     assert not guard.should_discard(0.19, 4000, now=0.0)  # 48 µs an event: a sound plan
-    assert not guard.should_discard(0.015, 20, now=0.0)  # slow an event, but short
+    assert not guard.should_discard(0.04, 100, now=0.0)  # slow an event, but short
     assert guard.discards == 0
