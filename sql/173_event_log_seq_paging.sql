@@ -13,7 +13,8 @@ CREATE INDEX idx_event_log_lane_seq ON payment_service.event_log (lane, seq) WHE
 -- The rows of transactions a cursor saw in progress: one index probe per transaction.
 -- As `txid = ANY (ARRAY(SELECT pg_snapshot_xip(...)))` (sql/170) PostgreSQL 15 and 16
 -- used only the lane as the index condition and filtered the lane's whole generation,
--- so every read cost more as the log grew (17 on; the relay's round had the same read).
+-- so every read cost more as the log grew (18 used it as an index condition; the
+-- relay's round had the same read).
 CREATE OR REPLACE FUNCTION payment_service.event_log_unpublished(cap integer, only_lane smallint DEFAULT NULL)
 RETURNS SETOF payment_service.event_log
 LANGUAGE sql STABLE

@@ -67,7 +67,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -145,12 +145,20 @@ class Event:
     traceparent: str | None = None  # the recording's trace context (tracing on), for Kafka
 
 
+class LaneRead(NamedTuple):
+    """Where one read left a lane (LaneState.advance's arguments)."""
+
+    target: Snapshot
+    complete: bool  # the interval (done, target] is all read
+    last_seq: int | None  # the last seq taken, if any
+    seq_hi: int | None  # the interval's largest seq, from its first page
+
+
 @dataclass
 class RoundPlan:
     """What one read returned: each lane's new position, and the events in order."""
 
-    # lane -> (target, complete, last_seq, seq_hi)
-    lanes: dict[int, tuple[Snapshot, bool, int | None, int | None]] = field(default_factory=dict)
+    lanes: dict[int, LaneRead] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     now: Snapshot | None = None  # the read's own snapshot
 
@@ -161,7 +169,9 @@ class RoundPlan:
         logged: list[Event] = []
         for r in rows:
             if r["kind"] == "lane":
-                plan.lanes[r["lane"]] = (r["target"], r["complete"], r["last_seq"], r["seq_hi"])
+                plan.lanes[r["lane"]] = LaneRead(
+                    r["target"], r["complete"], r["last_seq"], r["seq_hi"]
+                )
                 plan.now = r["now"]
                 continue
             event = Event(
@@ -422,7 +432,7 @@ class OutboxRelay(Worker):
             self._advance(plan)
             await self._write_cursors(conn, states)  # idle: where every lane stands
             self._note_healthy()
-            return not all(lane[1] for lane in plan.lanes.values())
+            return not all(read.complete for read in plan.lanes.values())
         traces = (tracing.parse(e.traceparent) for e in plan.events)
         with tracing.linked_span(
             "paygate.relay.round", traces, **{"paygate.relay.events": len(plan.events)}
@@ -446,7 +456,7 @@ class OutboxRelay(Worker):
         self._advance(plan)
         await _uncancellable(self._settle(conn, plan, result, unsent))
         self._note_healthy()
-        if not all(lane[1] for lane in plan.lanes.values()):
+        if not all(read.complete for read in plan.lanes.values()):
             self._next_round_at = 0.0  # a backlog: the next page at once, no spacing
         return True
 
@@ -457,10 +467,10 @@ class OutboxRelay(Worker):
                 state.remember(plan.now)
 
     def _advance(self, plan: RoundPlan) -> None:
-        for lane, (target, complete, last_seq, seq_hi) in plan.lanes.items():
+        for lane, read in plan.lanes.items():
             state = self.lanes.held.get(lane)
             if state is not None:
-                state.advance(target, complete, last_seq, seq_hi)
+                state.advance(*read)
 
     async def _publish_waves(
         self, producer: AIOKafkaProducer, plan: RoundPlan

@@ -153,10 +153,13 @@ def _history(rng: random.Random, reference: str, start: datetime) -> History:
     return History(reference, events, expected)
 
 
-def generate(seed: int, references: int, prefix: str) -> list[History]:
-    """`references` histories of 2-6 events each, from `seed`."""
+def generate(
+    seed: int, references: int, prefix: str, *, now: datetime | None = None
+) -> list[History]:
+    """`references` histories of 2-6 events each, from `seed`, their events' times in the
+    two hours before `now` (the clock's, to the second, unless given)."""
     rng = random.Random(seed)
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    start = (now or datetime.now(UTC)).replace(microsecond=0) - timedelta(hours=2)
     histories = [_history(rng, f"{prefix}-{n:05d}", start) for n in range(references)]
     return histories
 
