@@ -37,7 +37,8 @@ def _paygate_children(proc: subprocess.Popen[bytes]) -> dict[str, list[psutil.Pr
             cmd = child.cmdline()
         except psutil.Error:  # exited, not yet reaped by the supervisor
             continue
-        if "workers.cli" in cmd:
+        # A child between fork and exec still shows the parent's command (`dev`): skipped.
+        if "workers.cli" in cmd and cmd[cmd.index("workers.cli") + 1] in found:
             found[cmd[cmd.index("workers.cli") + 1]].append(child)
     return found
 
