@@ -421,8 +421,9 @@ class OutboxRelay(Worker):
             self.batch_size, RETRY_WINDOW * self.batch_size, [s.seq_hi for s in states],
         )  # fmt: skip
         plan = RoundPlan.from_rows(rows)
-        took = time.monotonic() - started
-        if self._plan_guard.should_discard(took, len(plan.events), time.monotonic()):
+        read_at = time.monotonic()
+        took = read_at - started
+        if self._plan_guard.should_discard(took, len(plan.events), read_at):
             log.warning(
                 "the relay's read took %.2f s for %d events: its cached plans are dropped"
                 " (workers/plan_guard.py)", took, len(plan.events),

@@ -37,9 +37,10 @@ def _paygate_children(proc: subprocess.Popen[bytes]) -> dict[str, list[psutil.Pr
             cmd = child.cmdline()
         except psutil.Error:  # exited, not yet reaped by the supervisor
             continue
+        kind = cmd[cmd.index("workers.cli") + 1] if "workers.cli" in cmd else None
         # A child between fork and exec still shows the parent's command (`dev`): skipped.
-        if "workers.cli" in cmd and cmd[cmd.index("workers.cli") + 1] in found:
-            found[cmd[cmd.index("workers.cli") + 1]].append(child)
+        if kind in found:
+            found[kind].append(child)
     return found
 
 
