@@ -205,7 +205,11 @@ def queries(s: Sample) -> list[Query]:
         sql, args = payment_search.search_sql(
             payment_search.PaymentFilter(**f), after, PAGE, ascending=ascending
         )
-        cond = "lower((reference_number)::text) ~>=~" if f.get("reference_prefix") else None
+        cond = None
+        if f.get("reference_prefix"):
+            cond = "lower((reference_number)::text) ~>=~"
+        elif f.get("reference_number"):
+            cond = "lower((reference_number)::text) = "  # sql/174: the one index
         out.append(Query(f"payments: {name}", sql, tuple(args), cond))
 
     search("newest")

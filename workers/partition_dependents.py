@@ -27,6 +27,7 @@ from datetime import datetime
 
 import asyncpg
 
+from gateway.db.payment_search import reference_equals
 from gateway.db.tables import quote_ident
 
 log = logging.getLogger(__name__)
@@ -69,11 +70,12 @@ class Dependents:
 
 def _sql(schema: str, partition: str) -> str:
     s, p = quote_ident(schema), f"{quote_ident(schema)}.{quote_ident(partition)}"
+    parked = reference_equals("x.reference_number", "u.reference_number")
     return f"""
 SELECT
     (SELECT count(*) FROM {p} WHERE status = 'pending') AS pending_payments,
     (SELECT count(*) FROM {s}.pending_status_updates u
-     WHERE EXISTS (SELECT 1 FROM {p} x WHERE x.reference_number = u.reference_number))
+     WHERE EXISTS (SELECT 1 FROM {p} x WHERE {parked}))
         AS parked_updates,
     (SELECT count(*) FROM {s}.outbox o
      WHERE o.payment_date >= $1 AND o.payment_date < $2) AS unpublished_events,
@@ -103,14 +105,15 @@ async def month_dependents(
 
 def _review_parked_sql(schema: str, partition: str) -> str:
     s, p = quote_ident(schema), f"{quote_ident(schema)}.{quote_ident(partition)}"
+    parked = reference_equals("x.reference_number", "u.reference_number")
     return f"""
 WITH moved AS (
     DELETE FROM {s}.pending_status_updates u
-    WHERE EXISTS (SELECT 1 FROM {p} x WHERE x.reference_number = u.reference_number)
+    WHERE EXISTS (SELECT 1 FROM {p} x WHERE {parked})
     RETURNING u.reference_number, u.status, u.provider_event_at, u.channel, u.delivery_id
 ), latest AS (
     SELECT DISTINCT ON (m.reference_number) m.*, x.id AS payment_id
-    FROM moved m JOIN {p} x ON x.reference_number = m.reference_number
+    FROM moved m JOIN {p} x ON {reference_equals("x.reference_number", "m.reference_number")}
     ORDER BY m.reference_number, m.provider_event_at DESC NULLS LAST
 ), review AS (
     INSERT INTO {s}.payment_reviews

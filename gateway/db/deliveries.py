@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 
 from gateway.db import keyset
+from gateway.db.payment_search import reference_equals
 
 # Outcomes a stored delivery can have, from every path that stores one.
 REFUSED = ("invalid", "invalid_json", "ignored")
@@ -107,7 +108,8 @@ def _of_reference(ref: str) -> str:
     SELECT * FROM payment_service.webhook_events
     WHERE payment_id = ANY (ARRAY(
         SELECT payment_id FROM payment_service.payment_references WHERE reference_number = {ref}
-        UNION SELECT id FROM payment_service.payments WHERE reference_number = {ref}))
+        UNION SELECT id FROM payment_service.payments
+        WHERE {reference_equals("reference_number", ref)}))
     UNION ALL
     SELECT * FROM payment_service.webhook_events
     WHERE payment_id IS NULL AND reference_number = {ref}

@@ -3,12 +3,13 @@
 Every query is written so that an index serves it (tests/gateway/db/test_ops_plans.py
 shows the plans; bench/ops.py measures them at 1,000,000 payments):
 
-- a reference, cif or loan account narrows through its own index (idx_payments_reference,
-  idx_payments_cif, idx_payments_loan_account) to one customer's rows, which are sorted;
-- a reference prefix, in any case (what an operator types: `inv-10`), is a range on
-  idx_payments_reference_folded, the lower-cased reference in byte order (sql/151): the
-  range is written out (`~>=~`, `~<~`) rather than as LIKE, so the index serves it in a
-  prepared statement's generic plan too;
+- a cif or loan account narrows through its own index (idx_payments_cif,
+  idx_payments_loan_account) to one customer's rows, which are sorted;
+- a reference, exact or a prefix in any case (what an operator types: `inv-10`), goes
+  through idx_payments_reference_folded, the lower-cased reference in byte order
+  (sql/151, the only index on it since sql/174): an exact one as `reference_equals`
+  writes it, a prefix as a range written out (`~>=~`, `~<~`) rather than as LIKE, so the
+  index serves it in a prepared statement's generic plan too;
 - a status other than succeeded walks the partial idx_payments_uncommon_status;
 - everything else walks idx_payments_created_at backwards, newest first, and stops at the
   page size. Filters without an index of their own (source, channel) are applied to the
@@ -51,6 +52,13 @@ class PaymentFilter:
     until: datetime | None = None  # created_at < until
 
 
+def reference_equals(column: str, value: str) -> str:
+    """`column` (a payments reference) equals `value` (SQL expressions), written so that
+    idx_payments_reference_folded serves it: equal references fold equal, and the exact
+    comparison drops the other cases of the same letters."""
+    return f"(lower({column}) = lower({value}) AND {column} = {value})"
+
+
 def folded_range(prefix: str) -> tuple[str, str]:
     """[low, high) in byte order holding exactly the lower-cased strings starting with the
     lower-cased `prefix` (UTF-8's byte order is code point order)."""
@@ -77,7 +85,9 @@ def search_sql(
     where: list[str] = []
     params = keyset.Params()
     arg = params.add
-    for column in ("reference_number", "cif", "loan_account_number"):
+    if f.reference_number is not None:
+        where.append(reference_equals("reference_number", arg(f.reference_number)))
+    for column in ("cif", "loan_account_number"):
         value = getattr(f, column)
         if value is not None:
             where.append(f"{column} = {arg(value)}")

@@ -22,7 +22,7 @@ import asyncpg
 import orjson
 
 from gateway.db.events_sql import recorded_event_id_sql
-from gateway.db.payment_search import COLUMNS
+from gateway.db.payment_search import COLUMNS, reference_equals
 from gateway.domain.events import PAYMENT_RECORDED, PAYMENT_STATUS_CHANGED
 
 PART_LIMIT = 500  # rows per part: a payment with more shows the first ones
@@ -30,7 +30,7 @@ PART_LIMIT = 500  # rows per part: a payment with more shows the first ones
 _BY_ID = f"SELECT {COLUMNS}, metadata FROM payment_service.payments WHERE id = $1 LIMIT 1"
 _BY_REFERENCE = f"""
 SELECT {COLUMNS}, metadata FROM payment_service.payments
-WHERE reference_number = $1 ORDER BY created_at DESC LIMIT 1
+WHERE {reference_equals("reference_number", "$1")} ORDER BY created_at DESC LIMIT 1
 """
 _DELIVERIES = f"""
 SELECT id, received_at, channel, delivery_id, payment_id, outcome,
