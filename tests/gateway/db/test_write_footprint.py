@@ -1,6 +1,6 @@
 """What recording a payment writes into indexes, read back from the WAL the recording
 made (pg_walinspect). Every index entry is a WAL record, and on a random key such as the
-reference a share of page splits too: about 170 bytes a payment for each such index
+reference a share of page splits too: ~230 bytes a payment for such an index
 (`python -m bench.write_volume` measures the bytes; issue 31)."""
 
 from __future__ import annotations
