@@ -1,9 +1,10 @@
 """CPU of the pure steps every new payment takes, one at a time, without a server.
 
 `bench.inproc` gives the server's whole cost per payment but swings by ±10% from run to
-run; this times the steps that make it up (validation, the business hash, the payment
-id, the candidate, the recording arrays) over the same bodies the load generator sends,
-best of `--repeat`, so two trees can be compared step by step:
+run; this times the pure steps that make it up (validation, the business hash, the
+payment id, the candidate, the id as text) over the same bodies the load generator
+sends, best of `--repeat`, so two trees can be compared step by step (the recording
+statement is `bench.inproc`'s to measure: it needs the database):
 
     python -m bench.hot_path
     cd <other tree> && python -m bench.hot_path      # the same figures for that code
