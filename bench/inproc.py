@@ -18,6 +18,16 @@ requests): `none` (no channel limit), `local` (per-process bucket) and `redis` (
 shared, leased bucket), the generic channel at `--limit-rate` per second with as much
 burst, so every request is admitted and the figure is the limiter's hot-path cost.
 
+`--stages` answers each request after a given step, once per stage in the same run and
+in alternating order, so the differences between stages are what each step costs in
+the server as it runs (caches shared with aiohttp, the signature check, the writer),
+not in a tight loop: `bare` (the framework alone), `parse` (the pipeline answers right
+after parsing), `validate` (after validation), `hash` (after the business hash too),
+`nodb` (everything but the recording statement, answered as if it recorded every
+payment) and `full`.
+
+    python -m bench.inproc --stages bare,parse,validate,hash,nodb,full --rounds 3
+
 `--tracing` runs the app once per entry in the same run: `off` (no OTEL_* variables: the
 shipped default) and `on` (every span recorded by the OpenTelemetry SDK and handed to
 a batch processor whose exporter drops them, so the figure is paygate's and the SDK's
@@ -31,9 +41,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +173,9 @@ async def main_async(args: argparse.Namespace) -> None:
         if args.tracing:
             await compare_tracing(args, stack, settings)
             return
+        if args.stages:
+            await compare_stages(args, stack, settings)
+            return
         seed, reqs = mode_requests("127.0.0.1:3004", args.mode, args.requests, stack.key)
         if args.mode == "bare":
             app = create_bare_app(stack.key)
@@ -248,6 +263,69 @@ async def compare_tracing(args: argparse.Namespace, stack: Any, settings: Any) -
             print(f"  {mode}: best {best:.1f} µs/request (ratio to off {best / base_cpu:.2f})")
 
 
+STAGES = ("bare", "parse", "validate", "hash", "nodb", "full")
+
+
+@contextlib.contextmanager
+def stopped_after(stage: str) -> Iterator[None]:
+    """The app answering 201 once `stage` is done (see the module docstring)."""
+    from gateway.db.payments import BatchOutcome, Candidate
+    from gateway.domain.validation import validate_payment
+    from gateway.ingest import pipeline, writer
+
+    saved = pipeline.Pipeline.process_fields, writer.record_batch
+
+    async def answer_early(
+        self: pipeline.Pipeline, channel: Any, fields: Any, body: bytes, **_: Any
+    ) -> pipeline.Answer:
+        if stage != "parse":
+            s = self.settings
+            window = self._windows.get(s.partition_retention_months, s.payment_date_max_future_days)
+            currency, places = channel.money_of(fields)
+            payment = validate_payment(fields, window=window, currency=currency, places=places)
+            if stage == "hash":
+                assert payment.payload_hash
+        return pipeline.Answer(201, {"status": "created", "payment_id": "-"}, "created")
+
+    async def recorded(conn: Any, candidates: list[Candidate], **_: Any) -> BatchOutcome:
+        return BatchOutcome(set(), {}, set(), len(candidates))
+
+    if stage in ("parse", "validate", "hash"):
+        pipeline.Pipeline.process_fields = answer_early  # type: ignore[assignment,method-assign]
+    elif stage == "nodb":
+        writer.record_batch = recorded  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        pipeline.Pipeline.process_fields, writer.record_batch = saved  # type: ignore[method-assign]
+
+
+async def compare_stages(args: argparse.Namespace, stack: Any, settings: Any) -> None:
+    from gateway.app import create_app
+
+    stages = args.stages.split(",")
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise SystemExit(f"unknown stages {sorted(unknown)}: choose from {', '.join(STAGES)}")
+    runs: dict[str, list[float]] = {stage: [] for stage in stages}
+    for round_ in range(args.rounds):  # forward, then backward: no stage always runs first
+        for stage in stages if round_ % 2 == 0 else stages[::-1]:
+            _, reqs = mode_requests("127.0.0.1:3004", "new", args.requests, stack.key)
+            app = create_bare_app(stack.key) if stage == "bare" else create_app(settings)
+            with stopped_after(stage):
+                cpu, _, statuses = await run_app(app, settings, [], reqs, args.connections)
+            n = sum(statuses.values())
+            runs[stage].append(1e6 * cpu / n)
+            print(f"stage={stage} statuses={statuses} cpu={1e6 * cpu / n:.1f} µs/request")
+    previous = None
+    for stage in stages:
+        best = min(runs[stage])
+        step = "" if previous is None else f", +{best - previous:.1f} µs for this step"
+        print(f"  {stage}: best {best:.1f} µs/request{step} (runs: "
+              f"{', '.join(f'{x:.1f}' for x in runs[stage])})")  # fmt: skip
+        previous = best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--mode", choices=("new", "dup", "bare"), default="dup")
@@ -256,6 +334,8 @@ def main() -> None:
     ap.add_argument("--limits", default="", help="e.g. none,local,redis: one run each")
     ap.add_argument("--limit-rate", type=float, default=200_000.0)
     ap.add_argument("--tracing", default="", help="e.g. off,on,off,on: one run each")
+    ap.add_argument("--stages", default="", help=f"some of {','.join(STAGES)}, in that order")
+    ap.add_argument("--rounds", type=int, default=3, help="with --stages: runs of each stage")
     args = ap.parse_args()
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     import uvloop
