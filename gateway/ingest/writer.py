@@ -119,8 +119,7 @@ class GroupCommitWriter:
             for _ in range(self._keep - len(self._held)):
                 self._held.append(await self.pool.acquire(timeout=2))
         # Kept, not looked up per payment: CPython's get_running_loop() makes a getpid()
-        # system call every time (its fork check); 3.6 µs a request on the bench VM
-        # (bench.inproc --mode new, four runs each way), more than the call itself.
+        # system call every time (its fork check; bench/RESULTS.md has what it measured).
         self._loop = asyncio.get_running_loop()
         self._accepting = True
         self._tasks = [
