@@ -270,7 +270,6 @@ STAGES = ("bare", "parse", "validate", "hash", "nodb", "full")
 def stopped_after(stage: str) -> Iterator[None]:
     """The app answering 201 once `stage` is done (see the module docstring)."""
     from gateway.db.payments import BatchOutcome, Candidate
-    from gateway.domain.validation import validate_payment
     from gateway.ingest import pipeline, writer
 
     saved = pipeline.Pipeline.process_fields, writer.record_batch
@@ -279,12 +278,9 @@ def stopped_after(stage: str) -> Iterator[None]:
         self: pipeline.Pipeline, channel: Any, fields: Any, body: bytes, **_: Any
     ) -> pipeline.Answer:
         if stage != "parse":
-            s = self.settings
-            window = self._windows.get(s.partition_retention_months, s.payment_date_max_future_days)
-            currency, places = channel.money_of(fields)
-            payment = validate_payment(fields, window=window, currency=currency, places=places)
+            payment = self.validated(channel, fields)
             if stage == "hash":
-                assert payment.payload_hash
+                _ = payment.payload_hash  # computed once and kept on the payment
         return pipeline.Answer(201, {"status": "created", "payment_id": "-"}, "created")
 
     async def recorded(conn: Any, candidates: list[Candidate], **_: Any) -> BatchOutcome:

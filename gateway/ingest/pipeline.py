@@ -159,14 +159,7 @@ class Pipeline:
                 channel, key, Answer(202 if outcome in _ACCEPTED else 200, out, outcome)
             )
 
-        settings = self.settings
-        window = self._windows.get(
-            settings.partition_retention_months, settings.payment_date_max_future_days
-        )
-        currency, places = channel.money_of(fields)
-        payment = validate_payment(fields, window=window, currency=currency, places=places)
-        if channel.identity_fields != IDENTITY_FIELDS:
-            payment = dataclasses.replace(payment, identity=channel.identity_fields)
+        payment = self.validated(channel, fields)
         with tracing.span("paygate.dedup"):
             known = self.dedup.lookup_local(payment.reference_number)
         if (
@@ -186,6 +179,18 @@ class Pipeline:
                 result = await self.writer.submit(candidate)
         answer = await self._answer(channel, payment, result, delivery_id, body)
         return self._remembered(channel, key, answer)
+
+    def validated(self, channel: Channel, fields: Any) -> Payment:
+        """One mapped event as a Payment, in this channel's currency and identity."""
+        settings = self.settings
+        window = self._windows.get(
+            settings.partition_retention_months, settings.payment_date_max_future_days
+        )
+        currency, places = channel.money_of(fields)
+        payment = validate_payment(fields, window=window, currency=currency, places=places)
+        if channel.identity_fields != IDENTITY_FIELDS:
+            payment = dataclasses.replace(payment, identity=channel.identity_fields)
+        return payment
 
     def _remembered(self, channel: Channel, delivery_id: str | None, answer: Answer) -> Answer:
         """Remember a delivery id only once everything it carried is committed: a payment
