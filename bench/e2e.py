@@ -58,6 +58,7 @@ import asyncpg
 import orjson
 import psutil
 
+from bench import wal_split
 from bench.horizon import QUEUE_READS, HorizonSampler
 from bench.loadgen import PATH, Result, payment_body, run
 from gateway.ingest.signatures import decode_secret, sign
@@ -473,8 +474,10 @@ async def paygate_phase(
                     indexes += grown
                 else:
                     tables += grown
+            fpi = await wal_split.full_page_bytes(conn, marks[1], wal_after)
             vol = {
                 "tables_B": round(tables), "indexes_B": round(indexes), "wal_B": round(wal / created),
+                **({"wal_full_pages_B": round(fpi / created)} if fpi is not None else {}),
                 "total_B": round(tables + indexes + wal / created), "by_relation": by_relation,
             }  # fmt: skip
     finally:
