@@ -1,7 +1,7 @@
 """What a stretch of WAL holds, read back with pg_walinspect: the records by kind, by the
 relation they change, and how much of it is full-page images (the first change of a page
 after a checkpoint copies the whole page). A build without contrib has no pg_walinspect:
-each function then answers None and says why once."""
+the functions then answer nothing (empty lists, None) and print why."""
 
 from __future__ import annotations
 
@@ -33,20 +33,19 @@ async def _ready(conn: asyncpg.Connection) -> bool:
     return True
 
 
-async def by_kind(conn: asyncpg.Connection, start: object, end: object) -> list[asyncpg.Record]:
-    """(kind, count, record_size, fpi_size), largest first."""
-    return await conn.fetch(_KINDS, start, end) if await _ready(conn) else []
-
-
-async def by_relation(conn: asyncpg.Connection, start: object, end: object) -> list[asyncpg.Record]:
-    """(relname, records, bytes, fpi), largest first."""
+async def breakdown(
+    conn: asyncpg.Connection, start: object, end: object
+) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+    """The records by kind (kind, count, record_size, fpi_size) and by relation (relname,
+    records, bytes, fpi), largest first."""
     if not await _ready(conn):
-        return []
+        return [], []
+    kinds = await conn.fetch(_KINDS, start, end)
     try:
-        return await conn.fetch(_RELATIONS, start, end)
+        return kinds, await conn.fetch(_RELATIONS, start, end)
     except asyncpg.PostgresError as exc:  # before PostgreSQL 16
         print(f"no WAL by relation: {exc}")
-        return []
+        return kinds, []
 
 
 async def full_page_bytes(conn: asyncpg.Connection, start: object, end: object) -> int | None:

@@ -54,10 +54,10 @@ async def main_async(args: argparse.Namespace) -> None:
                 n = await conn.fetchval("SELECT count(*) FROM payment_service.payments")
                 wal_end = await conn.fetchval("SELECT pg_current_wal_lsn()")
                 wal = await conn.fetchval("SELECT $1::pg_lsn - $2::pg_lsn", wal_end, wal_start)
-                kinds = await wal_split.by_kind(conn, wal_start, wal_end) if args.wal_kinds else []
-                rels = (
-                    await wal_split.by_relation(conn, wal_start, wal_end) if args.wal_kinds else []
-                )
+                kinds, rels = (
+                    await wal_split.breakdown(conn, wal_start, wal_end) if args.wal_kinds
+                    else ([], [])
+                )  # fmt: skip
                 after = await conn.fetch(_RELATIONS)
                 extends = await conn.fetchval(_EXTENDS)
             finally:
@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=512)
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--wal-kinds", action="store_true",
-                    help="also split the WAL by record kind (needs pg_walinspect)")  # fmt: skip
+                    help="also split the WAL by record kind and by relation (pg_walinspect)")  # fmt: skip
     asyncio.run(main_async(ap.parse_args()))
 
 
