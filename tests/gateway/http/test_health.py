@@ -15,33 +15,27 @@ async def get(client: Any, path: str) -> tuple[int, dict[str, Any]]:
     return resp.status, await resp.json()
 
 
-async def _healthy_again(client: Any) -> None:
-    async def healthy() -> bool:
-        status, body = await get(client, "/health")
-        return status == 200 and body["status"] == "healthy"
-
-    await wait_for(healthy, timeout=30, interval=0.3)
-
-
-async def _first_healthy(client: Any) -> dict[str, Any]:
-    """The first 200 answer of /health. Each probe has 1-2 s (a pool connection, a cold
-    Kafka bootstrap), and on a slow machine the first answer after start-up can miss one
-    (a fresh clone's PostgreSQL 15 pass got a 503): poll, with a deadline."""
+async def _healthy(client: Any) -> dict[str, Any]:
+    """The first healthy answer of /health (200), polled with a deadline: after start-up
+    or a dependency's return, each probe has 1-2 s (a pool connection, a cold Kafka
+    bootstrap), and on a slow machine the first answer can miss one (a fresh clone's
+    PostgreSQL 15 pass got a 503)."""
     answers: list[tuple[int, dict[str, Any]]] = []
 
     async def healthy() -> bool:
         answers.append(await get(client, "/health"))
-        return answers[-1][0] == 200
+        status, body = answers[-1]
+        return status == 200 and body["status"] == "healthy"
 
     try:
         await wait_for(healthy, timeout=30, interval=0.3)
     except AssertionError:
-        raise AssertionError(f"/health never answered 200; last: {answers[-1]}") from None
+        raise AssertionError(f"/health never answered healthy; last: {answers[-1]}") from None
     return answers[-1][1]
 
 
 async def test_health_has_seed_shape_when_all_is_up(client: Any, db: Any) -> None:
-    body = await _first_healthy(client)
+    body = await _healthy(client)
     assert body["status"] == "healthy"
     checks = body["checks"]
     assert {"database", "kafka", "redis", "staging_backlog", "last_staging_run"} <= set(checks)
@@ -89,7 +83,7 @@ async def test_default_partition_rows_warn_without_turning_unhealthy(client: Any
             for t in ("payments", "webhook_events", "audit_log")
         ]
     )
-    body = await _first_healthy(client)
+    body = await _healthy(client)
     assert body["status"] == "healthy"
     assert body["checks"]["default_partition_rows"] == expected >= 1
     assert any("DEFAULT" in w for w in body["checks"]["warnings"])
@@ -108,7 +102,7 @@ async def test_redis_down_is_unhealthy_but_ready(client: Any, db: Any, stack: An
         assert (await post_webhook(client, payment_doc()))[0] == 201
     finally:
         await stack.redis.start()
-    await _healthy_again(client)
+    await _healthy(client)
 
 
 async def test_kafka_down_is_unhealthy_but_ready(client: Any, db: Any, stack: Any) -> None:
@@ -127,7 +121,7 @@ async def test_kafka_down_is_unhealthy_but_ready(client: Any, db: Any, stack: An
         assert (await post_webhook(client, payment_doc()))[0] == 201
     finally:
         await stack.kafka.start()
-    await _healthy_again(client)
+    await _healthy(client)
 
 
 async def test_postgres_down_is_unready_and_returns(client: Any, db: Any, stack: Any) -> None:
@@ -148,4 +142,4 @@ async def test_postgres_down_is_unready_and_returns(client: Any, db: Any, stack:
         return (await get(client, "/health/ready"))[0] == 200
 
     await wait_for(ready_again, timeout=30, interval=0.3)
-    await _healthy_again(client)
+    await _healthy(client)
